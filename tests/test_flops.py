@@ -1,0 +1,55 @@
+import random
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import timm_alphanet  # noqa: F401  (registers the models)
+from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, count_macs_and_params, mflops, num_params
+
+# DESIGN 1.2: MFLOPs by the official counter and params (M) of the modules that run
+PUBLISHED = {
+    'a0': (203.39, 8.95), 'a1': (279.24, 9.45), 'a2': (316.73, 11.15), 'a3': (356.52, 12.78),
+    'a4': (443.53, 11.81), 'a5_small': (491.48, 12.97), 'a5_base': (594.79, 12.40), 'a6': (709.01, 15.15),
+}
+
+
+@pytest.mark.parametrize('name', list(PUBLISHED))
+def test_mflops_and_params_match_the_original_counter(name):
+    ref_mflops, ref_params = PUBLISHED[name]
+    assert abs(mflops(ALPHANET_ARCHS[name]) - ref_mflops) <= 0.05
+    assert abs(num_params(ALPHANET_ARCHS[name]) / 1e6 - ref_params) <= 0.005
+
+
+def test_max_subnet_mflops():
+    assert abs(mflops(ALPHANET_SPACE.max_config()) - 1939.34) <= 0.05
+
+
+def test_original_dict_accepted():
+    assert mflops(ALPHANET_ARCHS['a0'].to_original_dict()) == mflops(ALPHANET_ARCHS['a0'])
+
+
+def _counted(model: torch.nn.Module, res: int):
+    """MACs by torch's FlopCounterMode (FLOPs = 2 x MACs) and the real parameter count."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, res, res))
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('name', ['a0', 'a3', 'a6'])
+def test_analytic_count_equals_torch_flop_counter(name):
+    model = timm.create_model(f'alphanet_{name}')
+    macs, params = _counted(model, ALPHANET_ARCHS[name].resolution)
+    assert (macs, params) == count_macs_and_params(ALPHANET_ARCHS[name])
+    assert model.mflops == pytest.approx(macs / 1e6)
+
+
+def test_analytic_count_on_random_subnets_and_other_heads():
+    rng = random.Random(3)
+    for _ in range(3):
+        arch = ALPHANET_SPACE.sample(rng)
+        model = timm.create_model('alphanet_custom', arch=arch.to_dict(), num_classes=10)
+        macs, params = _counted(model, arch.resolution)
+        assert (macs, params) == count_macs_and_params(arch, num_classes=10)

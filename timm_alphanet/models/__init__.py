@@ -1,0 +1,1 @@
+from .alphanet import AlphaNet, HF_HUB_ORG, WEIGHTS_HELP

@@ -1,0 +1,354 @@
+"""AlphaNet static models for timm.
+
+Paper: `AlphaNet: Improved Training of Supernets with Alpha-Divergence` - https://arxiv.org/abs/2102.07954
+Search space and blocks from `AttentiveNAS` - https://arxiv.org/abs/2011.09011
+
+The architecture (and the published weights) derive from work released under CC-BY-NC-4.0.
+"""
+from functools import partial
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub.errors import HfHubHTTPError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import BatchNormAct2d, Linear, SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ..archs import ALPHANET_ARCHS, ALPHANET_SPACE, ALPHANET_TOP1
+from ..config import SearchSpace, SubnetConfig
+from ..flops import count_macs_and_params
+from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
+
+__all__ = ['AlphaNet', 'HF_HUB_ORG', 'WEIGHTS_HELP']
+
+# every published weight lives under this Hugging Face organisation
+HF_HUB_ORG = 'timm-alphanet'
+WEIGHTS_HELP = (
+    'AlphaNet weights are published on the Hugging Face Hub under https://huggingface.co/' + HF_HUB_ORG +
+    ' (converted from the original release with `alphanet-convert`); see the "Pretrained weights" section '
+    'of the timm_alphanet README.')
+
+
+def _space_from(space: Optional[Union[SearchSpace, Mapping[str, Any]]]) -> SearchSpace:
+    return ALPHANET_SPACE if space is None else SearchSpace.from_dict(space)
+
+
+class AlphaNet(nn.Module):
+    """A static AlphaNet subnet as a timm model.
+
+    Args:
+        arch: the subnet (a SubnetConfig or a dict with our or the original keys).
+        space: the search space the arch belongs to (SearchSpace or its `supernet_config` dict); None = AlphaNet's.
+        num_classes: classifier outputs (0 = no classifier).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, scaled linearly with block index, on identity-shortcut blocks.
+        global_pool: timm pooling type ('' = no pooling).
+        bn_momentum, bn_eps: BatchNorm settings.
+    """
+
+    def __init__(
+            self,
+            arch: Union[SubnetConfig, Mapping[str, Any]],
+            space: Optional[Union[SearchSpace, Mapping[str, Any]]] = None,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            global_pool: str = 'avg',
+            bn_momentum: float = 0.1,
+            bn_eps: float = 1e-5,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.space = _space_from(space)
+        self.arch = self.space.validate(arch)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        bn = dict(momentum=bn_momentum, eps=bn_eps)
+        specs = self.space.block_specs(self.arch)
+
+        # Stem
+        stem_chs = self.arch.widths[0]
+        self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, self.space.stem_stride, 1, bias=False, **dd)
+        self.bn1 = BatchNormAct2d(stem_chs, act_layer=act_layer_for(self.space.stem_act), **bn, **dd)
+        self.feature_info = []
+
+        # Middle stages, then the head's expansion conv as a final stage (as in timm's MobileNetV3)
+        num_blocks = sum(len(s) for s in specs)
+        stages, block_idx, reduction = [], 0, self.space.stem_stride
+        for si, stage_specs in enumerate(specs):
+            blocks = []
+            for spec in stage_specs:
+                dpr = drop_path_rate * block_idx / num_blocks
+                blocks.append(MBConv(spec, drop_path_rate=dpr, bn_momentum=bn_momentum, bn_eps=bn_eps, **dd))
+                block_idx += 1
+            stages.append(nn.Sequential(*blocks))
+            next_stride = self.space.stages[si + 1].stride if si + 1 < len(specs) else 1
+            reduction *= self.space.stages[si].stride
+            if next_stride > 1:  # last stage at this resolution: a feature level
+                self.feature_info.append(dict(num_chs=self.arch.widths[si + 1], reduction=reduction, module=f'blocks.{si}'))
+        last_chs = self.arch.widths[-2]
+        self.num_features = last_chs * self.space.head_expand_ratio
+        head_act = act_layer_for(self.space.head_act)
+        stages.append(nn.Sequential(ConvBnAct(last_chs, self.num_features, head_act, bn_momentum, bn_eps, **dd)))
+        self.feature_info.append(dict(num_chs=self.num_features, reduction=reduction, module=f'blocks.{len(specs)}'))
+        self.blocks = nn.Sequential(*stages)
+        self.stage_ends = [int(info['module'].split('.')[-1]) for info in self.feature_info]
+
+        # Head + pooling: pool -> 1x1 conv (no BN, no bias) -> act -> dropout -> linear
+        self.head_hidden_size = self.arch.widths[-1]
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        self.conv_head = nn.Conv2d(self.num_features, self.head_hidden_size, 1, bias=False, **dd)
+        self.act2 = head_act(inplace=True)
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()  # don't flatten if pooling disabled
+        self.classifier = Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    @property
+    @torch.jit.unused
+    def mflops(self) -> float:
+        """MACs of this subnet in millions, by the original counter's convention (at its own resolution)."""
+        return count_macs_and_params(self.arch, self.space, num_classes=self.num_classes, in_chans=self.in_chans)[0] / 1e6
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^conv_stem|bn1',
+            blocks=r'^blocks\.(\d+)' if coarse else r'^blocks\.(\d+)\.(\d+)',
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        ref = self.conv_head.weight if isinstance(self.conv_head, nn.Conv2d) else self.conv_stem.weight
+        self.classifier = Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the feature maps at `feature_info` levels.
+
+        Args:
+            x: input images.
+            indices: take the last n levels if int, all if None, or the listed level indices.
+            norm: unused (no final norm layer in this model).
+            stop_early: stop after the last requested level (needs intermediates_only).
+            output_fmt: only 'NCHW'.
+            intermediates_only: return only the intermediates.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt {output_fmt!r} not supported; allowed: ['NCHW']")
+        if stop_early and not intermediates_only:
+            raise ValueError('stop_early=True requires intermediates_only=True')
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        take_indices = [self.stage_ends[i] for i in take_indices]
+        max_index = self.stage_ends[max_index]
+
+        x = self.conv_stem(x)
+        x = self.bn1(x)
+        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
+            stages = self.blocks
+        else:
+            stages = self.blocks[:max_index + 1]
+        for feat_idx, stage in enumerate(stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Remove the layers not needed for the requested intermediates; returns the kept level indices."""
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        num_chs = self.feature_info[max_index]['num_chs']
+        max_index = self.stage_ends[max_index]
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_head or max_index < self.stage_ends[-1]:
+            # the head is sized for the final features, so it goes with any truncation
+            self.num_features = self.head_hidden_size = num_chs
+            self.conv_head = nn.Identity()
+            self.act2 = nn.Identity()
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_stem(x)
+        x = self.bn1(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x, flatten=True)
+        else:
+            x = self.blocks(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.conv_head(x)
+        x = self.act2(x)
+        x = self.flatten(x)
+        if self.drop_rate > 0.:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AlphaNet) -> Dict[str, torch.Tensor]:
+    """Accept our own checkpoints, optionally wrapped (`state_dict`/`model`) or DDP-prefixed (`module.`)."""
+    for key in ('state_dict', 'model'):
+        if key in state_dict and isinstance(state_dict[key], Mapping):
+            state_dict = state_dict[key]
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+
+
+def _create_alphanet(variant: str, arch: Union[SubnetConfig, Mapping[str, Any]], pretrained: bool = False,
+                     **kwargs) -> AlphaNet:
+    if isinstance(arch, SubnetConfig):
+        arch = arch.to_dict()  # plain JSON-able kwargs so timm can record them in model_args / config.json
+    space = kwargs.pop('space', None)
+    if isinstance(space, SearchSpace):
+        space = space.to_dict()
+    if space is not None:
+        kwargs['space'] = space
+    try:
+        return build_model_with_cfg(
+            AlphaNet, variant, pretrained,
+            arch=dict(arch),
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(flatten_sequential=True),
+            **kwargs,
+        )
+    except (OSError, HfHubHTTPError) as e:
+        if not pretrained:
+            raise
+        # the hub error alone names a cache path, not where AlphaNet weights come from
+        raise RuntimeError(f'could not load pretrained weights for {variant!r}: {e}\n{WEIGHTS_HELP}') from e
+
+
+def _cfg(name: str = '', **kwargs) -> Dict[str, Any]:
+    """Pretrained cfg of a named AlphaNet arch: input size = its resolution, bicubic, crop_pct 0.875."""
+    cfg = dict(
+        url='', num_classes=1000, interpolation='bicubic', crop_pct=0.875, crop_mode='center',
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv='conv_stem', classifier='classifier',
+        license='cc-by-nc-4.0', paper_ids='arXiv:2102.07954', paper_name='AlphaNet: Improved Training of Supernets '
+        'with Alpha-Divergence', origin_url='https://github.com/facebookresearch/AlphaNet',
+    )
+    if name:
+        arch = ALPHANET_ARCHS[name]
+        res = arch.resolution
+        macs, params = count_macs_and_params(arch)
+        cfg.update(
+            input_size=(3, res, res), pool_size=(res // 32, res // 32), hf_hub_id=f'{HF_HUB_ORG}/alphanet_{name}.in1k',
+            description=f'AlphaNet-{name.upper()}: {res}px, {macs / 1e6:.2f} MFLOPs, {params / 1e6:.2f} M params, '
+                        f'{ALPHANET_TOP1[name]:.2f}% ImageNet-1k top-1 (reported)',
+        )
+    cfg.update(kwargs)
+    return cfg
+
+
+default_cfgs = generate_default_cfgs({  # must precede @register_model: the registry reads it at decoration
+    **{f'alphanet_{name}.in1k': _cfg(name) for name in ALPHANET_ARCHS},
+    'alphanet_custom': _cfg(input_size=(3, 224, 224), pool_size=(7, 7)),
+})
+
+
+@register_model
+def alphanet_a0(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A0, 192px, 203 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a0', ALPHANET_ARCHS['a0'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_a1(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A1, 224px, 279 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a1', ALPHANET_ARCHS['a1'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_a2(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A2, 224px, 317 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a2', ALPHANET_ARCHS['a2'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_a3(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A3, 224px, 357 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a3', ALPHANET_ARCHS['a3'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_a4(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A4, 256px, 444 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a4', ALPHANET_ARCHS['a4'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_a5_small(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A5 (small), 256px, 491 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a5_small', ALPHANET_ARCHS['a5_small'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_a5_base(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A5 (base), 288px, 596 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a5_base', ALPHANET_ARCHS['a5_base'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_a6(pretrained: bool = False, **kwargs) -> AlphaNet:
+    """AlphaNet-A6, 288px, 709 MFLOPs (arXiv:2102.07954)."""
+    return _create_alphanet('alphanet_a6', ALPHANET_ARCHS['a6'], pretrained, **kwargs)
+
+
+@register_model
+def alphanet_custom(pretrained: bool = False, arch: Optional[Union[SubnetConfig, Mapping[str, Any]]] = None,
+                    **kwargs) -> AlphaNet:
+    """Any AlphaNet subnet: `arch` (dict or SubnetConfig) of `space` (default: the AlphaNet space)."""
+    if arch is None:
+        raise ValueError("alphanet_custom needs arch=..., e.g. timm_alphanet.ALPHANET_ARCHS['a0'].to_dict() "
+                         f"or one of the named models alphanet_{{{', '.join(ALPHANET_ARCHS)}}}")
+    res = SubnetConfig.from_dict(arch).resolution
+    overlay = dict(input_size=(3, res, res), pool_size=(res // 32, res // 32))
+    kwargs['pretrained_cfg_overlay'] = {**overlay, **(kwargs.get('pretrained_cfg_overlay') or {})}
+    return _create_alphanet('alphanet_custom', arch, pretrained, **kwargs)
