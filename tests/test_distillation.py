@@ -1,0 +1,133 @@
+"""AlphaDistillationTask: timm's LogitDistillationTask with the adaptive alpha-divergence, on tiny CPU models."""
+import os
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never download: every model here is pretrained=False or local
+
+import pytest
+import timm
+import torch
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.task import LogitDistillationTask
+
+from timm_alphanet.distillation import AlphaDistillationTask
+from timm_alphanet.loss import AdaptiveAlphaDivergence
+
+NUM_CLASSES = 10
+
+
+def tiny_model(seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng():  # seeded init without touching the global RNG state
+        torch.manual_seed(seed)
+        return timm.create_model('resnet10t', pretrained=False, num_classes=NUM_CLASSES)
+
+
+def batch(seed: int = 0, size: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (size,), generator=g)
+
+
+def test_three_steps_reduce_the_loss_and_log_the_parts():
+    task = AlphaDistillationTask(tiny_model(0), tiny_model(1), criterion_kwargs=dict(smoothing=0.1), verbose=False)
+    task.train()
+    optimizer = torch.optim.SGD(task.get_trainable_module().parameters(), lr=0.01)
+    x, y = batch()
+    objectives = []
+    for step in range(4):  # 3 updates, then one more forward to see their effect
+        result = task(x, y)
+        for key in ('loss', 'task_loss', 'kd_loss', 'kd_divergence', 'kd_alpha_max_frac'):
+            assert result[key].ndim == 0 and torch.isfinite(result[key]), key
+        torch.testing.assert_close(result['loss'], result['task_loss'] + result['kd_loss'])
+        assert result['output'].shape == (8, NUM_CLASSES)
+        assert result['kd_divergence'] >= 0  # the larger of D_-1 and KL, and KL >= 0
+        assert 0.0 <= result['kd_alpha_max_frac'] <= 1.0
+        assert not result['kd_divergence'].requires_grad and not result['kd_alpha_max_frac'].requires_grad
+        # 'kd_loss' is the surrogate (its value may even be negative); what descends is CE + divergence
+        objectives.append((result['task_loss'] + result['kd_divergence']).item())
+        if step < 3:
+            optimizer.zero_grad()
+            result['loss'].backward()
+            optimizer.step()
+    assert objectives[-1] < objectives[0]
+
+
+def _as_image_stats(model: torch.nn.Module):
+    cfg = model.pretrained_cfg
+    return torch.tensor(cfg['mean']).view(1, 3, 1, 1), torch.tensor(cfg['std']).view(1, 3, 1, 1)
+
+
+def test_teacher_module_is_frozen_and_kd_term_matches_the_loss():
+    student, teacher = tiny_model(0), tiny_model(1)
+    teacher.pretrained_cfg = {**teacher.pretrained_cfg, 'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
+    task = AlphaDistillationTask(
+        student, teacher, kd_loss='alpha', alpha_min=-0.5, alpha_max=1.0, clip=3.0, temperature=2.0,
+        distill_loss_weight=0.7, task_loss_weight=0.2, verbose=False)
+    task.train()
+    assert task.teacher.model is teacher and not teacher.training  # inherited: teacher stays in eval mode
+    x, y = batch()
+    result = task(x, y)
+    result['loss'].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+    (mean_s, std_s), (mean_t, std_t) = _as_image_stats(student), _as_image_stats(teacher)
+    assert not torch.equal(mean_s, mean_t)
+    with torch.no_grad():
+        expected_kd = AdaptiveAlphaDivergence(-0.5, 1.0, clip=3.0, temperature=2.0)
+        kd = expected_kd(result['output'], teacher((x * std_s + mean_s - mean_t) / std_t))  # timm's fix-up
+        task_loss = torch.nn.functional.cross_entropy(result['output'], y)
+    torch.testing.assert_close(result['kd_loss'], kd)
+    torch.testing.assert_close(result['task_loss'], task_loss)
+    torch.testing.assert_close(result['loss'], 0.2 * task_loss + 0.7 * kd)
+    torch.testing.assert_close(result['kd_alpha_max_frac'], expected_kd.last_branch.float().mean())
+    torch.testing.assert_close(result['kd_divergence'], expected_kd.last_divergence.mean())
+
+
+def test_kl_option_matches_timm_logit_distillation():
+    student, teacher = tiny_model(0), tiny_model(1)
+    ours = AlphaDistillationTask(student, teacher, kd_loss='kl', temperature=2.0, task_loss_weight=0.3,
+                                 verbose=False).eval()
+    timm_task = LogitDistillationTask(student, teacher, temperature=2.0, task_loss_weight=0.3, verbose=False).eval()
+    x, y = batch()
+    result, expected = ours(x, y), timm_task(x, y)
+    assert 'kd_alpha_max_frac' not in result
+    for key in ('loss', 'task_loss', 'kd_loss', 'output'):
+        torch.testing.assert_close(result[key], expected[key], msg=key)
+    torch.testing.assert_close(result['kd_divergence'] * 4.0, result['kd_loss'])  # T^2 = 4, mean KL
+
+
+def test_label_smoothing_comes_from_timm_loss():
+    task = AlphaDistillationTask(tiny_model(0), tiny_model(1), criterion_kwargs=dict(smoothing=0.1),
+                                 verbose=False).eval()
+    x, y = batch()
+    result = task(x, y)
+    torch.testing.assert_close(result['task_loss'], LabelSmoothingCrossEntropy(0.1)(result['output'], y))
+
+
+def test_teacher_by_name_loads_a_local_weights_file(tmp_path):
+    source = tiny_model(1)
+    path = tmp_path / 'teacher.pth'
+    torch.save(source.state_dict(), path)
+    task = AlphaDistillationTask(tiny_model(0), 'resnet10t', teacher_pretrained_path=str(path), verbose=False)
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(task.teacher.model.state_dict()[name], value, msg=name)
+    x, _ = batch()
+    torch.testing.assert_close(task.teacher_logits(x), source.eval()(x))
+
+
+def test_checkpoint_and_ema_state_hold_the_student_only():
+    student = tiny_model(0)
+    task = AlphaDistillationTask(student, tiny_model(1), verbose=False)
+    task.setup_ema(decay=0.5)
+    x, y = batch()
+    task(x, y)['loss'].backward()
+    task.update_ema(step=1)
+    state = task.get_checkpoint_state()
+    assert set(state['state_dict']) == set(student.state_dict())
+    assert set(task.get_checkpoint_state(ema=True)['state_dict_ema']) == set(student.state_dict())
+
+
+def test_invalid_kd_loss_names_the_choices():
+    with pytest.raises(ValueError, match=r"\('alpha', 'kl'\)"):
+        AlphaDistillationTask(tiny_model(0), tiny_model(1), kd_loss='mse', verbose=False)
+    with pytest.raises(ValueError, match='clip'):
+        AlphaDistillationTask(tiny_model(0), tiny_model(1), clip=0.0, verbose=False)

@@ -1,0 +1,331 @@
+"""Alpha-divergence distillation losses (AlphaNet, arXiv:2102.07954).
+
+``D_alpha(p || q) = E_q[w^alpha - 1] / (alpha (alpha - 1))`` with ``p`` the teacher's softmax, ``q`` the
+student's and ``w = p / q``. Its limits are KL(p || q) at alpha -> 1 and KL(q || p) at alpha -> 0. The
+gradient is replaced by ``-1/alpha * E_q[clip(w^alpha) grad log q]``. We follow the original code
+(AlphaNet ``loss_ops.f_divergence``) branch for branch, but in log space and in float32 or wider, so the
+result equals the original's wherever the original is finite and stays finite for any finite logits.
+
+Each branch yields a per-sample *divergence* (for logging and for the adaptive choice; it carries no
+gradient) and a per-sample *surrogate*: the value the original returns, whose gradient w.r.t. the
+student logits is the clipped gradient above. Backpropagate the surrogate, log the divergence.
+"""
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['AlphaDivergenceOutput', 'alpha_divergence', 'AdaptiveAlphaDivergence', 'KLDivergence']
+
+_REDUCTIONS = ('mean', 'sum', 'none')
+_BRANCH_TOL = 1e-3  # the original treats alpha within 1e-3 of 0 or 1 as that limit
+
+
+class AlphaDivergenceOutput(NamedTuple):
+    """Per-sample results of `alpha_divergence`, shaped like the logits without the class dim."""
+    divergence: torch.Tensor  # D_alpha(p || q) at the given clip; no gradient
+    surrogate: torch.Tensor  # the original's returned value; its gradient is the clipped gradient
+
+
+def alpha_divergence(
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        alpha: float,
+        clip: float = 5.0,
+        temperature: float = 1.0,
+) -> AlphaDivergenceOutput:
+    """Per-sample alpha-divergence D_alpha(teacher || student) and its gradient surrogate.
+
+    Semantics of the original, per branch (``w = p / q``, ``p``/``q`` the softmaxes at `temperature`):
+
+    - ``|alpha - 1| < 1e-3``: divergence ``sum p log(p / q)`` (KL), no clipping; surrogate
+      ``-sum p log q``, whose gradient is the KL gradient.
+    - ``|alpha| < 1e-3``: ``w`` clipped to at most `clip`; divergence ``-sum q log w``; surrogate
+      ``-sum q (log w - 1) log q``.
+    - otherwise: ``w^alpha`` clipped to at most `clip`; divergence ``sum q (w^alpha - 1) / (alpha (alpha - 1))``;
+      surrogate ``-sum q (w^alpha / alpha + 1 / (alpha (alpha - 1))) log q``.
+
+    In every surrogate ``q`` and ``w`` are constants, so only ``log q`` carries gradient (the constant added to
+    the weight leaves the gradient unchanged, since ``sum q grad log q = 0``, but it is part of the value the
+    original returns). The teacher never receives a gradient.
+
+    Args:
+        student_logits: Student logits, classes in the last dim. Any float dtype; computed in float32 or wider,
+            also under autocast.
+        teacher_logits: Teacher logits, same shape.
+        alpha: Divergence order; 0.0 and 1.0 select the KL(q || p) and KL(p || q) limits.
+        clip: Upper bound on the importance weight ``w^alpha`` (``w`` at alpha = 0); must be > 0. It may be inf
+            (no clipping), but then results are finite only where the unclipped ``w^alpha`` is.
+        temperature: Both logits are divided by it before the softmax (no T^2 factor here).
+
+    Returns:
+        AlphaDivergenceOutput(divergence, surrogate), per sample, in float32 (float64 for float64 input).
+    """
+    alpha = _check_alpha(alpha, 'alpha')
+    _check_positive(clip, 'clip', allow_inf=True)
+    _check_positive(temperature, 'temperature')
+    divergences, surrogate, _ = _alpha_surrogate(student_logits, teacher_logits, (alpha,), clip, temperature)
+    return AlphaDivergenceOutput(divergences[0], surrogate)
+
+
+class AdaptiveAlphaDivergence(nn.Module):
+    """Adaptive alpha-divergence: per sample, the surrogate of whichever of D_alpha_min, D_alpha_max is larger.
+
+    Ties go to `alpha_max`, as in the original. The call returns the reduced surrogate to backpropagate, scaled
+    by ``temperature ** 2`` like Hinton KD and timm's ``LogitDistillationTask`` (so gradient magnitudes stay
+    comparable across temperatures; the paper's T = 1 leaves it unchanged). For logging, the last call's
+    per-sample divergence (the larger of the two, unscaled, at the temperature) and chosen branch (0: alpha_min,
+    1: alpha_max) are kept, detached, in `last_divergence` and `last_branch`.
+
+    Args:
+        alpha_min: Lower divergence order (paper: -1).
+        alpha_max: Upper divergence order (paper: +1); must be >= alpha_min.
+        clip: Upper bound on the importance weight ``w^alpha`` (paper: 5); must be > 0.
+        temperature: Softmax temperature for both logits; must be > 0.
+        reduction: 'mean', 'sum' or 'none' over samples.
+    """
+
+    def __init__(
+            self,
+            alpha_min: float = -1.0,
+            alpha_max: float = 1.0,
+            clip: float = 5.0,
+            temperature: float = 1.0,
+            reduction: str = 'mean',
+    ):
+        super().__init__()
+        self.alpha_min = _check_alpha(alpha_min, 'alpha_min')
+        self.alpha_max = _check_alpha(alpha_max, 'alpha_max')
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f'alpha_min must be <= alpha_max, got alpha_min={alpha_min}, alpha_max={alpha_max}')
+        self.clip = _check_positive(clip, 'clip', allow_inf=True)
+        self.temperature = _check_positive(temperature, 'temperature')
+        self.reduction = _check_reduction(reduction)
+        self.last_divergence: Optional[torch.Tensor] = None
+        self.last_branch: Optional[torch.Tensor] = None
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Return the reduced surrogate loss for student logits distilled from (detached) teacher logits."""
+        (div_min, div_max), surrogate, use_max = _alpha_surrogate(
+            student_logits, teacher_logits, (self.alpha_min, self.alpha_max), self.clip, self.temperature)
+        self.last_divergence = torch.maximum(div_min, div_max)
+        self.last_branch = use_max.long()
+        return _scale_t2(_reduce(surrogate, self.reduction), self.temperature)
+
+    def extra_repr(self) -> str:
+        return (f'alpha_min={self.alpha_min}, alpha_max={self.alpha_max}, clip={self.clip}, '
+                f'temperature={self.temperature}, reduction={self.reduction!r}')
+
+
+class KLDivergence(nn.Module):
+    """KL(teacher || student) baseline with the interface of `AdaptiveAlphaDivergence`.
+
+    Standard autograd KD loss (timm's ``LogitDistillationTask`` computes the same), in float32 or wider, scaled by
+    ``temperature ** 2``. `last_divergence` keeps the last call's per-sample KL (unscaled); there is no branch.
+
+    Args:
+        temperature: Softmax temperature for both logits; must be > 0.
+        reduction: 'mean', 'sum' or 'none' over samples.
+    """
+
+    def __init__(self, temperature: float = 1.0, reduction: str = 'mean'):
+        super().__init__()
+        self.temperature = _check_positive(temperature, 'temperature')
+        self.reduction = _check_reduction(reduction)
+        self.last_divergence: Optional[torch.Tensor] = None
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Return the reduced KL(p || q) for student logits distilled from (detached) teacher logits."""
+        _check_logits(student_logits, teacher_logits)
+        with _no_autocast(student_logits):
+            dtype = _compute_dtype(student_logits, teacher_logits)
+            log_q = F.log_softmax(_scaled(student_logits, self.temperature, dtype), dim=-1)
+            log_p = F.log_softmax(_scaled(teacher_logits.detach(), self.temperature, dtype), dim=-1)
+            kl = F.kl_div(log_q, log_p, reduction='none', log_target=True).sum(-1)
+        self.last_divergence = kl.detach()
+        return _scale_t2(_reduce(kl, self.reduction), self.temperature)
+
+    def extra_repr(self) -> str:
+        return f'temperature={self.temperature}, reduction={self.reduction!r}'
+
+
+def _alpha_surrogate(
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        alphas: Tuple[float, ...],
+        clip: float,
+        temperature: float,
+) -> Tuple[Tuple[torch.Tensor, ...], torch.Tensor, Optional[torch.Tensor]]:
+    """Divergences for one or two alphas, the surrogate of the chosen branch and, for two, `use_max` (bool).
+
+    With two alphas (alpha_min, alpha_max), a sample uses alpha_max unless its alpha_min divergence is strictly
+    larger (ties go to alpha_max).
+    """
+    _check_logits(student_logits, teacher_logits)
+    batch_shape, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
+    with _no_autocast(student_logits):
+        *divs, surrogate, use_max = _AlphaSurrogateFn.apply(
+            student_logits.reshape(-1, num_classes), teacher_logits.detach().reshape(-1, num_classes),
+            alphas, clip, temperature)
+    if use_max is not None:
+        use_max = use_max.reshape(batch_shape)
+    return tuple(d.reshape(batch_shape) for d in divs), surrogate.reshape(batch_shape), use_max
+
+
+class _AlphaSurrogateFn(torch.autograd.Function):
+    """All branches from one softmax per side, with the surrogate's gradient in closed form.
+
+    For a surrogate ``-sum_i q_i rho_i log q_i`` with q and rho constant, d/dz_j = ``q_j (E_q[rho] - rho_j)``.
+    Computing this directly (no autograd graph through softmax, weights and both branches), with per-row
+    constants kept out of the (batch, classes) passes, is what keeps the adaptive loss about as cheap as plain
+    KL. A per-row constant added to rho leaves the gradient unchanged; each branch picks the form for which
+    identical logits give an exactly zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, alphas: Tuple[float, ...], clip: float,
+                temperature: float):
+        ctx.set_materialize_grads(False)  # the divergences get no gradient: skip zero-filling theirs
+        dtype = _compute_dtype(student, teacher)
+        z_s, z_t = _scaled(student, temperature, dtype), _scaled(teacher, temperature, dtype)
+        q, max_s, log_q_max = _softmax_stats(z_s)
+        p, max_t, log_p_max = _softmax_stats(z_t)
+        # log q = log_q_c + log q_max and log(p / q) = log_w_c + shift, with shift = log p_max - log q_max small.
+        # Centred on each row's max first, like log_softmax: accurate for large logits and for nearly equal p and
+        # q (incl. their confident classes), exactly 0 for equal logits, finite for any finite logits
+        log_q_c = torch.sub(z_s, max_s)
+        log_w_c = torch.sub(z_t, max_t).sub_(log_q_c)
+        shift = log_p_max - log_q_max
+        branches = [_branch(a, q, p, log_w_c, shift, clip) for a in alphas]
+        if len(branches) == 1:
+            (div, q_rho, row_sum, scale, offset), = branches
+            divs, use_max = (div,), None
+        else:
+            (div_min, q_rho, sum_min, scale_min, offset_min), (div_max, q_rho_max, sum_max, scale_max, offset_max) = \
+                branches
+            divs, use_max = (div_min, div_max), torch.le(div_min, div_max)  # ties (and NaN) go to alpha_max
+            # lerp with a 0/1 weight returns one end exactly, and unlike a broadcast torch.where works in place
+            q_rho = q_rho.lerp_(q_rho_max, use_max.unsqueeze(-1).to(dtype))
+            row_sum = torch.where(use_max, sum_max, sum_min)
+            scale = torch.where(use_max, scale_max, scale_min)
+            offset = torch.where(use_max, offset_max, offset_min)
+        # q_rho holds q * rho / scale, row_sum its row sums. The value is the original's,
+        # -sum q (rho + offset) log q (rho + offset is its full weight), with log q = log_q_c + log q_max
+        log_q_max = log_q_max.squeeze(-1)
+        q_rho_log_q = torch.linalg.vecdot(q_rho, log_q_c).addcmul_(log_q_max, row_sum).mul_(scale)
+        q_log_q = torch.linalg.vecdot(q, log_q_c).add_(log_q_max)
+        surrogate = q_rho_log_q.add_(q_log_q * offset).neg_()
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(q_rho.addcmul_(q, row_sum.unsqueeze(-1), value=-1.0))  # -grad / scale
+            # d/d(logits) = d/dz / T; per row, so applied to the (N,) incoming gradient, not to (N, C)
+            factor = scale * (-1.0 / temperature)
+            ctx.factor = factor.unsqueeze(-1) if isinstance(factor, torch.Tensor) else factor
+        ctx.mark_non_differentiable(*divs, *([] if use_max is None else [use_max]))
+        return (*divs, surrogate, use_max)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grad_outputs):
+        grad_surrogate = grad_outputs[-2]  # outputs: divergence(s), surrogate, use_max
+        if grad_surrogate is None:
+            return None, None, None, None, None
+        neg_grad, = ctx.saved_tensors
+        return neg_grad * (grad_surrogate.unsqueeze(-1) * ctx.factor), None, None, None, None
+
+
+def _branch(
+        alpha: float,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        log_w_c: torch.Tensor,
+        shift: torch.Tensor,
+        clip: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """One alpha, with ``log w = log_w_c + shift`` (shift per row).
+
+    Returns the per-sample divergence; ``q * rho / scale`` (rho: the gradient weight), its row sums and `scale`;
+    and the constant that turns rho into the original's weight. The (batch, classes) result is a new tensor or
+    p itself (never modified here).
+    """
+    if abs(alpha - 1.0) < _BRANCH_TOL:
+        # KL(p || q), unclipped as in the original; q * w is p, so rho = w, row sum 1 (exact: sum p = 1), offset 0
+        div = torch.linalg.vecdot(p, log_w_c).add_(shift.squeeze(-1))
+        return div, p, torch.ones_like(div), 1.0, 0.0
+    if abs(alpha) < _BRANCH_TOL:
+        # KL(q || p) with w clipped; rho = log w (offset -1)
+        q_rho = torch.add(log_w_c, shift).clamp_(max=math.log(clip)).mul_(q)
+        row_sum = q_rho.sum(-1)
+        return -row_sum, q_rho, row_sum, 1.0, -1.0
+    # exp overflow to inf is clamped to `clip`; NOTE: torch.expm1 would be more exact near w == 1 but is
+    # ~10x slower than exp on CPU, and exp(0) - 1 is still exactly 0 where p == q
+    q_w = torch.add(shift * alpha, log_w_c, alpha=alpha).exp_().clamp_(max=clip).sub_(1.0).mul_(q)
+    row_sum = q_w.sum(-1)  # sum q (w^alpha - 1)
+    # rho = (w^alpha - 1) / alpha; the original's weight w^alpha / alpha + 1 / (alpha (alpha - 1)) adds 1 / (alpha - 1)
+    return row_sum / (alpha * (alpha - 1.0)), q_w, row_sum, 1.0 / alpha, 1.0 / (alpha - 1.0)
+
+
+def _softmax_stats(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """softmax(z), max(z) and log(max softmax(z)) (both keepdim): log_softmax(z) = z - max z + log max softmax.
+
+    One softmax and two cheap reductions instead of softmax + log_softmax. The largest probability,
+    1 / sum(exp(z - max z)), is at least 1 / num_classes, so its log is accurate.
+    """
+    q = torch.softmax(z, dim=-1)
+    return q, torch.amax(z, dim=-1, keepdim=True), torch.amax(q, dim=-1, keepdim=True).log_()
+
+
+def _compute_dtype(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.dtype:
+    """float32, or float64 if either input is: fp16/bf16 are upcast."""
+    return torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+
+
+def _scaled(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    logits = logits.to(dtype)
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _scale_t2(loss: torch.Tensor, temperature: float) -> torch.Tensor:
+    return loss if temperature == 1.0 else loss * temperature ** 2  # Hinton: keeps gradient size across T
+
+
+def _no_autocast(x: torch.Tensor):
+    # defensive: whatever an autocast op list holds on any device, everything here must stay in float32
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == 'mean':
+        return x.mean()
+    if reduction == 'sum':
+        return x.sum()
+    return x
+
+
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim == 0 or student_logits.shape[-1] == 0:
+        raise ValueError(
+            f'student and teacher logits must have the same shape (..., num_classes > 0), got '
+            f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
+    if not (student_logits.is_floating_point() and teacher_logits.is_floating_point()):
+        raise ValueError(f'logits must be floating point, got {student_logits.dtype} and {teacher_logits.dtype}')
+
+
+def _check_alpha(alpha: float, name: str) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f'{name} must be a finite number, got {alpha!r}')
+    return float(alpha)
+
+
+def _check_positive(value: float, name: str, allow_inf: bool = False) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0  # `not >` rejects NaN
+            or (value == math.inf and not allow_inf)):
+        raise ValueError(f'{name} must be > 0{"" if allow_inf else " and finite"}, got {value!r}')
+    return float(value)
+
+
+def _check_reduction(reduction: str) -> str:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f'reduction must be one of {_REDUCTIONS}, got {reduction!r}')
+    return reduction
