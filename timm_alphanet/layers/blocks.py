@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, DropPath, SEModule, create_conv2d, get_act_layer
+from timm.layers import BatchNormAct2d, DropPath, SEModule, get_act_layer
 
 from ..config import ACTIVATIONS, BlockSpec
 
@@ -37,11 +37,12 @@ class ShortcutPool(nn.Module):
 class Shortcut(nn.Module):
     """Residual path: optional stride-2 pooling, then a 1x1 conv (no BN, no bias) if the width changes."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, conv: Optional[bool] = None,
+                 conv_layer: Callable[..., nn.Module] = nn.Conv2d, device=None, dtype=None):
         super().__init__()
+        conv = in_chs != out_chs if conv is None else conv
         self.pool = ShortcutPool() if stride > 1 else nn.Identity()
-        self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=False, device=device, dtype=dtype) \
-            if in_chs != out_chs else nn.Identity()
+        self.conv = conv_layer(in_chs, out_chs, 1, bias=False, device=device, dtype=dtype) if conv else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
@@ -51,8 +52,12 @@ class MBConv(nn.Module):
     """Inverted residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project, plus `shortcut`.
 
     Attribute names follow timm's InvertedResidual (`conv_pw`, `bn1`, `conv_dw`, `bn2`, `se`, `conv_pwl`,
-    `bn3`, `drop_path`); `conv_pw`/`bn1` are Identity when the expand ratio is 1.
+    `bn3`, `drop_path`); `conv_pw`/`bn1` are Identity when the expand ratio is 1. The layer classes are
+    class attributes so that the supernet's block can store the same layers at max size.
     """
+    conv_layer = nn.Conv2d
+    norm_act_layer = BatchNormAct2d
+    se_layer = SEModule
 
     def __init__(
             self,
@@ -60,6 +65,7 @@ class MBConv(nn.Module):
             drop_path_rate: float = 0.,
             bn_momentum: float = 0.1,
             bn_eps: float = 1e-5,
+            shortcut_conv: Optional[bool] = None,
             device=None,
             dtype=None,
     ):
@@ -67,23 +73,27 @@ class MBConv(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         act_layer = act_layer_for(spec.act)
         bn = dict(momentum=bn_momentum, eps=bn_eps, act_layer=act_layer, **dd)
+        conv, k = self.conv_layer, spec.kernel_size
         if spec.expand_ratio != 1:
-            self.conv_pw = create_conv2d(spec.in_chs, spec.mid_chs, 1, **dd)
-            self.bn1 = BatchNormAct2d(spec.mid_chs, **bn)
+            self.conv_pw = conv(spec.in_chs, spec.mid_chs, 1, bias=False, **dd)
+            self.bn1 = self.norm_act_layer(spec.mid_chs, **bn)
         else:
             self.conv_pw = nn.Identity()
             self.bn1 = nn.Identity()
-        self.conv_dw = create_conv2d(spec.mid_chs, spec.mid_chs, spec.kernel_size, stride=spec.stride,
-                                     padding=spec.kernel_size // 2, depthwise=True, **dd)
-        self.bn2 = BatchNormAct2d(spec.mid_chs, **bn)
-        self.se = SEModule(spec.mid_chs, rd_channels=spec.se_chs, act_layer=nn.ReLU, gate_layer='hard_sigmoid', **dd) \
-            if spec.se_chs else nn.Identity()
-        self.conv_pwl = create_conv2d(spec.mid_chs, spec.out_chs, 1, **dd)
-        self.bn3 = BatchNormAct2d(spec.out_chs, apply_act=False, **bn)
-        self.shortcut = Shortcut(spec.in_chs, spec.out_chs, spec.stride, **dd)
+        self.conv_dw = conv(spec.mid_chs, spec.mid_chs, k, spec.stride, k // 2, groups=spec.mid_chs, bias=False, **dd)
+        self.bn2 = self.norm_act_layer(spec.mid_chs, **bn)
+        self.se = self.se_layer(spec.mid_chs, rd_channels=spec.se_chs, act_layer=nn.ReLU, gate_layer='hard_sigmoid',
+                                **dd) if spec.se_chs else nn.Identity()
+        self.conv_pwl = conv(spec.mid_chs, spec.out_chs, 1, bias=False, **dd)
+        self.bn3 = self.norm_act_layer(spec.out_chs, apply_act=False, **bn)
+        self.shortcut = Shortcut(spec.in_chs, spec.out_chs, spec.stride, conv=shortcut_conv, conv_layer=conv, **dd)
+        self.drop_path = DropPath(drop_path_rate) if self._drop_path_allowed(spec) and drop_path_rate > 0 \
+            else nn.Identity()
+
+    @staticmethod
+    def _drop_path_allowed(spec: BlockSpec) -> bool:
         # as in the original, drop-connect only where the shortcut is the identity
-        identity = spec.stride == 1 and spec.in_chs == spec.out_chs
-        self.drop_path = DropPath(drop_path_rate) if identity and drop_path_rate > 0 else nn.Identity()
+        return spec.stride == 1 and spec.in_chs == spec.out_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
@@ -100,12 +110,15 @@ class MBConv(nn.Module):
 class ConvBnAct(nn.Module):
     """1x1 conv + BN + activation (the head's expansion layer), named like timm's efficientnet ConvBnAct."""
 
+    conv_layer = nn.Conv2d
+    norm_act_layer = BatchNormAct2d
+
     def __init__(self, in_chs: int, out_chs: int, act_layer: Callable[..., nn.Module],
                  bn_momentum: float = 0.1, bn_eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
-        self.conv = create_conv2d(in_chs, out_chs, 1, device=device, dtype=dtype)
-        self.bn1 = BatchNormAct2d(out_chs, momentum=bn_momentum, eps=bn_eps, act_layer=act_layer,
-                                  device=device, dtype=dtype)
+        self.conv = self.conv_layer(in_chs, out_chs, 1, bias=False, device=device, dtype=dtype)
+        self.bn1 = self.norm_act_layer(out_chs, momentum=bn_momentum, eps=bn_eps, act_layer=act_layer,
+                                       device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn1(self.conv(x))

@@ -49,6 +49,12 @@ class AlphaNet(nn.Module):
         global_pool: timm pooling type ('' = no pooling).
         bn_momentum, bn_eps: BatchNorm settings.
     """
+    # layer classes: the supernet swaps in elastic versions that store the same tensors at max size
+    conv_layer = nn.Conv2d
+    norm_act_layer = BatchNormAct2d
+    linear_layer = Linear
+    block_layer = MBConv
+    head_block_layer = ConvBnAct
 
     def __init__(
             self,
@@ -73,12 +79,13 @@ class AlphaNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         bn = dict(momentum=bn_momentum, eps=bn_eps)
-        specs = self.space.block_specs(self.arch)
+        storage = self._storage_arch()
+        specs = self.space.block_specs(storage)
 
         # Stem
-        stem_chs = self.arch.widths[0]
-        self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, self.space.stem_stride, 1, bias=False, **dd)
-        self.bn1 = BatchNormAct2d(stem_chs, act_layer=act_layer_for(self.space.stem_act), **bn, **dd)
+        stem_chs = storage.widths[0]
+        self.conv_stem = self.conv_layer(in_chans, stem_chs, 3, self.space.stem_stride, 1, bias=False, **dd)
+        self.bn1 = self.norm_act_layer(stem_chs, act_layer=act_layer_for(self.space.stem_act), **bn, **dd)
         self.feature_info = []
 
         # Middle stages, then the head's expansion conv as a final stage (as in timm's MobileNetV3)
@@ -86,30 +93,41 @@ class AlphaNet(nn.Module):
         stages, block_idx, reduction = [], 0, self.space.stem_stride
         for si, stage_specs in enumerate(specs):
             blocks = []
-            for spec in stage_specs:
+            for j, spec in enumerate(stage_specs):
                 dpr = drop_path_rate * block_idx / num_blocks
-                blocks.append(MBConv(spec, drop_path_rate=dpr, bn_momentum=bn_momentum, bn_eps=bn_eps, **dd))
+                blocks.append(self.block_layer(spec, drop_path_rate=dpr, bn_momentum=bn_momentum, bn_eps=bn_eps,
+                                               shortcut_conv=self._shortcut_conv(si, j), **dd))
                 block_idx += 1
             stages.append(nn.Sequential(*blocks))
             next_stride = self.space.stages[si + 1].stride if si + 1 < len(specs) else 1
             reduction *= self.space.stages[si].stride
             if next_stride > 1:  # last stage at this resolution: a feature level
-                self.feature_info.append(dict(num_chs=self.arch.widths[si + 1], reduction=reduction, module=f'blocks.{si}'))
-        last_chs = self.arch.widths[-2]
+                self.feature_info.append(dict(num_chs=storage.widths[si + 1], reduction=reduction, module=f'blocks.{si}'))
+        last_chs = storage.widths[-2]
         self.num_features = last_chs * self.space.head_expand_ratio
         head_act = act_layer_for(self.space.head_act)
-        stages.append(nn.Sequential(ConvBnAct(last_chs, self.num_features, head_act, bn_momentum, bn_eps, **dd)))
+        stages.append(nn.Sequential(
+            self.head_block_layer(last_chs, self.num_features, head_act, bn_momentum, bn_eps, **dd)))
         self.feature_info.append(dict(num_chs=self.num_features, reduction=reduction, module=f'blocks.{len(specs)}'))
         self.blocks = nn.Sequential(*stages)
         self.stage_ends = [int(info['module'].split('.')[-1]) for info in self.feature_info]
 
         # Head + pooling: pool -> 1x1 conv (no BN, no bias) -> act -> dropout -> linear
-        self.head_hidden_size = self.arch.widths[-1]
+        self.head_hidden_size = storage.widths[-1]
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-        self.conv_head = nn.Conv2d(self.num_features, self.head_hidden_size, 1, bias=False, **dd)
+        self.conv_head = self.conv_layer(self.num_features, self.head_hidden_size, 1, bias=False, **dd)
         self.act2 = head_act(inplace=True)
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()  # don't flatten if pooling disabled
-        self.classifier = Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.classifier = self.linear_layer(self.head_hidden_size, num_classes, **dd) \
+            if num_classes > 0 else nn.Identity()
+
+    def _storage_arch(self) -> SubnetConfig:
+        """The arch whose tensors this model stores (the supernet stores its max subnet)."""
+        return self.arch
+
+    def _shortcut_conv(self, stage_idx: int, block_idx: int) -> Optional[bool]:
+        """Whether block `block_idx` of stage `stage_idx` stores a 1x1 shortcut conv; None = iff its width changes."""
+        return None
 
     @property
     @torch.jit.unused
@@ -142,7 +160,7 @@ class AlphaNet(nn.Module):
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
             self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         ref = self.conv_head.weight if isinstance(self.conv_head, nn.Conv2d) else self.conv_stem.weight
-        self.classifier = Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype) \
+        self.classifier = self.linear_layer(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype) \
             if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(

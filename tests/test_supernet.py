@@ -1,0 +1,188 @@
+"""The elastic supernet: subnet switching, extraction equivalence, gradients, regularisation switches."""
+import random
+
+import pytest
+import timm
+import torch
+
+from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, SearchSpace, SubnetConfig
+from timm_alphanet.export import crop_like, extract_subnet, save_pretrained
+from timm_alphanet.models import AlphaNetSupernet
+
+from conftest import randomize_bn_stats
+from reference_alphanet import reference_forward
+
+
+@pytest.fixture(scope='module')
+def supernet():
+    torch.manual_seed(0)
+    model = timm.create_model('alphanet_supernet').eval()
+    randomize_bn_stats(model, torch.Generator().manual_seed(1))
+    return model
+
+
+def _equivalence_archs():
+    rng = random.Random(2)
+    archs = {'min': ALPHANET_SPACE.min_config(), 'max': ALPHANET_SPACE.max_config(), **ALPHANET_ARCHS}
+    archs.update({f'random{i}': ALPHANET_SPACE.sample(rng) for i in range(3)})
+    return archs
+
+
+def test_fresh_supernet_runs_its_max_subnet_and_stores_no_copies(supernet):
+    fresh = timm.create_model('alphanet_supernet')
+    assert isinstance(fresh, AlphaNetSupernet) and fresh.active_subnet == ALPHANET_SPACE.max_config()
+    static_max = timm.create_model('alphanet_custom', arch=ALPHANET_SPACE.max_config().to_dict())
+    sd, st = fresh.state_dict(), static_max.state_dict()
+    # the largest static subnet's keys and shapes, plus the one first-block shortcut conv that only a
+    # subnet with a narrower stem than mb1 runs (mb1 is 24 wide like the max stem)
+    assert set(sd) - set(st) == {'blocks.0.0.shortcut.conv.weight'} and set(st) <= set(sd)
+    assert all(sd[k].shape == v.shape for k, v in st.items())
+    # one tensor per weight: no second (static) copy anywhere
+    ptrs = [p.data_ptr() for p in fresh.parameters()]
+    assert len(ptrs) == len(set(ptrs))
+    extra = sd['blocks.0.0.shortcut.conv.weight'].numel()
+    assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in static_max.parameters()) + extra
+
+
+@pytest.mark.parametrize('name', list(_equivalence_archs()))
+def test_extracted_subnet_equals_supernet_at_every_resolution(supernet, name):
+    arch = _equivalence_archs()[name]
+    supernet.set_subnet(arch)
+    static = extract_subnet(supernet).eval()
+    assert static.arch == arch and not static.training
+    for res in ALPHANET_SPACE.resolutions:
+        x = torch.randn(2, 3, res, res, generator=torch.Generator().manual_seed(res))
+        with torch.no_grad():
+            diff = (supernet(x) - static(x)).abs().max().item()
+        assert diff <= 1e-5, (name, res, diff)
+
+
+@pytest.mark.parametrize('name', ['min', 'a3'])
+def test_supernet_matches_float64_reference(supernet, name):
+    arch = _equivalence_archs()[name]
+    model = timm.create_model('alphanet_supernet').double().eval()
+    model.load_state_dict(supernet.state_dict())
+    model.set_subnet(arch)
+    x = torch.randn(2, 3, 97, 97, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_forward(model.state_dict(), arch, ALPHANET_SPACE, x),
+                                   rtol=1e-9, atol=1e-9)
+
+
+def test_set_subnet_validates_and_accepts_original_dicts(supernet):
+    supernet.set_subnet(ALPHANET_ARCHS['a2'].to_original_dict())
+    assert supernet.active_subnet == ALPHANET_ARCHS['a2']
+    bad = {**ALPHANET_ARCHS['a2'].to_dict(), 'kernel_sizes': [3, 3, 7, 3, 3, 3, 3]}
+    with pytest.raises(ValueError, match=r'kernel_sizes\[2\] \(mb3\) = 7 not allowed; allowed: \[3, 5\]'):
+        supernet.set_subnet(bad)
+    assert supernet.active_subnet == ALPHANET_ARCHS['a2']  # a rejected arch changes nothing
+    assert supernet.mflops == pytest.approx(316.73, abs=0.01)
+
+
+def test_sample_subnet(supernet):
+    supernet.set_subnet(ALPHANET_ARCHS['a1'])
+    assert supernet.sample_subnet('max') == ALPHANET_SPACE.max_config()
+    assert supernet.sample_subnet('min') == ALPHANET_SPACE.min_config()
+    a = [supernet.sample_subnet('random', random.Random(4)) for _ in range(2)]
+    assert a[0] == a[1] and ALPHANET_SPACE.contains(a[0])
+    assert supernet.active_subnet == ALPHANET_ARCHS['a1']  # sampling does not switch
+    with pytest.raises(ValueError, match='explicit rng'):
+        supernet.sample_subnet('random')
+    with pytest.raises(ValueError, match=r"unknown subnet kind 'medium'; allowed: \['max', 'min', 'random'\]"):
+        supernet.sample_subnet('medium')
+
+
+def test_gradients_max_and_min_subnets():
+    model = timm.create_model('alphanet_supernet', num_classes=42).train()
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    # the only tensor the max subnet does not run: mb1's first shortcut conv (24 -> 24 is the identity)
+    assert no_grad == {'blocks.0.0.shortcut.conv.weight'}
+    model.zero_grad(set_to_none=True)
+    model.set_subnet(ALPHANET_SPACE.min_config())  # stem 16 -> mb1 16: still identity; a0 also skips blocks
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads['blocks.4.2.conv_dw.weight'] is not None and grads['blocks.4.3.conv_dw.weight'] is None
+    # sliced weights get gradients only in the active slice
+    g = grads['blocks.4.0.conv_pwl.weight']
+    assert g[:112].abs().sum() > 0 and g[112:].abs().sum() == 0
+    g = grads['blocks.4.0.conv_dw.weight']  # k=3 of the stored 5x5: centre only
+    assert g[:, :, 1:4, 1:4].abs().sum() > 0 and g[:, :, 0].abs().sum() == 0
+    model.zero_grad(set_to_none=True)
+    narrow_stem = {**ALPHANET_SPACE.min_config().to_dict(), 'widths': [16, 24, 24, 32, 64, 112, 192, 216, 1792]}
+    model.set_subnet(narrow_stem)
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    assert dict(model.named_parameters())['blocks.0.0.shortcut.conv.weight'].grad is not None
+
+
+def test_train_mode_uses_batch_stats_and_updates_only_active_slices():
+    model = timm.create_model('alphanet_supernet', bn_momentum=0.5).train()
+    model.set_subnet(ALPHANET_SPACE.min_config())
+    before = model.blocks[4][0].bn3.running_mean.clone()
+    model(torch.randn(4, 3, 64, 64))
+    after = model.blocks[4][0].bn3.running_mean
+    assert not torch.equal(after[:112], before[:112]) and torch.equal(after[112:], before[112:])
+    assert torch.equal(model.blocks[4][5].bn3.running_mean, torch.zeros(128))  # disabled block untouched
+
+
+def test_dropout_and_drop_path_only_when_switched_on():
+    model = timm.create_model('alphanet_supernet', drop_rate=0.5, drop_path_rate=0.5, num_classes=10).train()
+    x = torch.randn(4, 3, 64, 64)
+    torch.testing.assert_close(model(x), model(x))  # a plain train() forward uses neither
+    with model.regularized():
+        assert model.drop_rate == 0.5
+        a, b = model(x), model(x)
+    assert not torch.allclose(a, b)
+    assert model.drop_rate == 0.
+    # drop path lives only in the last two stages, as in the original recipe
+    has_dp = [any(isinstance(b.drop_path, timm.layers.DropPath) for b in stage) for stage in model.blocks[:-1]]
+    assert has_dp == [False] * 5 + [True, True]
+    with model.regularized(drop_rate=0.0):  # drop path alone
+        c, d = model(x), model(x)
+    assert not torch.allclose(c, d)
+
+
+def test_custom_space_from_original_yaml(tmp_path):
+    yaml_text = """
+supernet_config:
+    use_v3_head: True
+    resolutions: [64, 96]
+    first_conv: {c: [8, 16], act_func: 'swish', s: 2}
+    mb1: {c: [8, 16], d: [1, 2], k: [3], t: [1], s: 1, act_func: 'swish', se: False}
+    mb2: {c: [16, 24], d: [1, 2], k: [3, 5], t: [3, 4], s: 2, act_func: 'swish', se: True}
+    last_conv: {c: [64, 96], act_func: 'swish'}
+"""
+    path = tmp_path / 'space.yml'
+    path.write_text(yaml_text)
+    model = timm.create_model('alphanet_supernet', space=str(path), num_classes=5).eval()
+    space = SearchSpace.from_yaml(path)
+    assert model.space == space and model.active_subnet == space.max_config()
+    randomize_bn_stats(model, torch.Generator().manual_seed(0))
+    # config.json records the space itself (not the YAML path), so local-dir:/hf-hub: rebuild it anywhere
+    save_pretrained(model, tmp_path / 'supernet')
+    path.unlink()
+    loaded = timm.create_model(f'local-dir:{tmp_path / "supernet"}', pretrained=True).eval()
+    assert isinstance(loaded, AlphaNetSupernet) and loaded.space == space
+    x = torch.randn(2, 3, 96, 96)
+    torch.testing.assert_close(loaded(x), model(x))
+    rng = random.Random(0)
+    for _ in range(4):
+        arch = space.sample(rng)
+        model.set_subnet(arch)
+        static = extract_subnet(model).eval()
+        x = torch.randn(2, 3, arch.resolution, arch.resolution)
+        torch.testing.assert_close(model(x), static(x), rtol=0, atol=1e-5)
+
+
+def test_crop_like():
+    w = torch.arange(2 * 3 * 5 * 5).reshape(2, 3, 5, 5)
+    c = crop_like(w, torch.Size([1, 2, 3, 3]))
+    assert torch.equal(c, w[:1, :2, 1:4, 1:4])
+    assert torch.equal(crop_like(torch.arange(6), torch.Size([4])), torch.arange(4))
+    with pytest.raises(ValueError, match='too small'):
+        crop_like(w, torch.Size([3, 3, 3, 3]))
+
+
+def test_supernet_rejects_arch_kwarg():
+    with pytest.raises(ValueError, match='takes no arch'):
+        timm.create_model('alphanet_supernet', arch=ALPHANET_ARCHS['a0'].to_dict())

@@ -1,0 +1,140 @@
+"""The AlphaNet weight-sharing supernet as a timm model (`alphanet_supernet`).
+
+Every layer stores its largest tensors; the active subnet's widths, kernel sizes, expand ratios and
+depths are slices chosen by `set_subnet`. The state-dict keys are those of the largest static subnet
+(plus the first-block shortcut convs a smaller subnet may need), so `extract_subnet` is a generic crop.
+The caller feeds images at the subnet's resolution: nothing is resized inside forward.
+"""
+import contextlib
+import os
+import random
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..archs import ALPHANET_SPACE
+from ..config import SearchSpace, SubnetConfig
+from ..layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicLinear
+from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv
+from .alphanet import AlphaNet, _cfg, checkpoint_filter_fn
+
+__all__ = ['AlphaNetSupernet', 'SUBNET_KINDS']
+
+SUBNET_KINDS = ('max', 'min', 'random')
+
+
+class AlphaNetSupernet(AlphaNet):
+    """Weight-sharing supernet over a `SearchSpace`; a fresh one runs its max subnet.
+
+    Args:
+        space: the search space (SearchSpace, its `supernet_config` dict, or a path to an original YAML).
+        drop_path_stages: drop path (when enabled) only in the last this-many stages, as the original
+            recipe does; None = every stage.
+        **kwargs: as AlphaNet (num_classes, in_chans, drop_rate, drop_path_rate, global_pool, bn_momentum, ...).
+    """
+    conv_layer = DynamicConv2d
+    norm_act_layer = DynamicBatchNormAct2d
+    linear_layer = DynamicLinear
+    block_layer = DynamicMBConv
+    head_block_layer = DynamicConvBnAct
+
+    def __init__(self, space: Optional[Union[SearchSpace, Mapping[str, Any], str, os.PathLike]] = None,
+                 drop_path_stages: Optional[int] = 2, **kwargs):
+        if isinstance(space, (str, os.PathLike)):
+            space = SearchSpace.from_yaml(space)
+        space = ALPHANET_SPACE if space is None else SearchSpace.from_dict(space)
+        if 'arch' in kwargs:
+            raise ValueError('alphanet_supernet takes no arch: it runs any subnet of its space (see set_subnet)')
+        super().__init__(arch=space.max_config(), space=space, **kwargs)
+        self.max_drop_rate = self.drop_rate
+        self.drop_rate = 0.  # dropout and drop path only when switched on (see `regularized`)
+        if drop_path_stages is not None:
+            for stage in list(self.blocks)[:-1][:max(0, self.space.num_stages - drop_path_stages)]:
+                for block in stage:
+                    block.drop_path = nn.Identity()
+        self.set_subnet(self.arch)
+
+    def _storage_arch(self) -> SubnetConfig:
+        return self.space.max_config()
+
+    def _shortcut_conv(self, stage_idx: int, block_idx: int) -> Optional[bool]:
+        # only a stage's first block can change width, and it must store a conv if any subnet does
+        return block_idx == 0 and self.space.first_block_needs_shortcut_conv()[stage_idx]
+
+    @property
+    @torch.jit.unused
+    def active_subnet(self) -> SubnetConfig:
+        """The subnet that forward runs."""
+        return self.arch
+
+    @torch.jit.ignore
+    def set_subnet(self, arch: Union[SubnetConfig, Mapping[str, Any]]) -> None:
+        """Run `arch` (a SubnetConfig or an original-style dict), validated against the space."""
+        arch = self.space.validate(arch)
+        self.conv_stem.active_out_channels = arch.widths[0]
+        for stage, specs in zip(self.blocks, self.space.block_specs(arch)):
+            for j, block in enumerate(stage):
+                block.set_active(specs[j] if j < len(specs) else None)
+        head = self.blocks[-1][0]
+        head.conv.active_out_channels = arch.widths[-2] * self.space.head_expand_ratio
+        self.conv_head.active_out_channels = arch.widths[-1]
+        self.arch = arch
+
+    @torch.jit.ignore
+    def sample_subnet(self, kind: str, rng: Optional[random.Random] = None) -> SubnetConfig:
+        """'max', 'min' or 'random' (needs an explicit `rng`) subnet of the space; the active one is unchanged."""
+        if kind == 'max':
+            return self.space.max_config()
+        if kind == 'min':
+            return self.space.min_config()
+        if kind == 'random':
+            if rng is None:
+                raise ValueError("sample_subnet('random') needs an explicit rng (random.Random)")
+            return self.space.sample(rng)
+        raise ValueError(f'unknown subnet kind {kind!r}; allowed: {list(SUBNET_KINDS)}')
+
+    @torch.jit.ignore
+    @contextlib.contextmanager
+    def regularized(self, drop_rate: Optional[float] = None, drop_path: bool = True) -> Iterator[None]:
+        """Within the block, forward applies dropout (`drop_rate`, default the model's) and drop path.
+
+        The original recipe regularizes only the max subnet, so both are off by default.
+        """
+        old = self.drop_rate
+        self.drop_rate = self.max_drop_rate if drop_rate is None else drop_rate
+        blocks = [b for b in self.modules() if isinstance(b, DynamicMBConv)]
+        for b in blocks:
+            b.drop_path_enabled = drop_path
+        try:
+            yield
+        finally:
+            self.drop_rate = old
+            for b in blocks:
+                b.drop_path_enabled = False
+
+
+def _create_supernet(variant: str, pretrained: bool = False, **kwargs) -> AlphaNetSupernet:
+    space = kwargs.get('space')
+    if isinstance(space, SearchSpace):
+        kwargs['space'] = space.to_dict()  # JSON-able so timm records it in model_args / config.json
+    elif isinstance(space, (str, os.PathLike)):
+        kwargs['space'] = SearchSpace.from_yaml(space).to_dict()
+    return build_model_with_cfg(
+        AlphaNetSupernet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True),
+        **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs({
+    'alphanet_supernet': _cfg(input_size=(3, 288, 288), pool_size=(9, 9)),
+})
+
+
+@register_model
+def alphanet_supernet(pretrained: bool = False, **kwargs) -> AlphaNetSupernet:
+    """AlphaNet weight-sharing supernet; `space=` a SearchSpace, its dict or an original YAML path."""
+    return _create_supernet('alphanet_supernet', pretrained, **kwargs)
