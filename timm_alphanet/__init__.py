@@ -3,8 +3,13 @@
 Importing this package registers the ``alphanet_*`` models in timm's registry.
 """
 from .archs import ALPHANET_ARCHS, ALPHANET_SPACE, ALPHANET_TOP1
+from .bn_calibration import calibrate_bn
 from .config import SearchSpace, StageSpace, SubnetConfig
+from .distillation import AlphaDistillationTask
+from .export import extract_subnet, save_pretrained
 from .flops import count_macs_and_params, mflops, num_params
-from .models import AlphaNet
+from .loss import AdaptiveAlphaDivergence, AlphaDivergenceOutput, KLDivergence, alpha_divergence
+from .models import AlphaNet, AlphaNetSupernet
+from .original import load_original_checkpoint
 
 __version__ = '0.1.0'
