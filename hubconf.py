@@ -15,3 +15,4 @@ from timm_alphanet.models.alphanet import (  # noqa: E402  (torch.hub reads `dep
     alphanet_a6,
     alphanet_custom,
 )
+from timm_alphanet.models.supernet import alphanet_supernet  # noqa: E402

@@ -11,5 +11,7 @@ from .flops import count_macs_and_params, mflops, num_params
 from .loss import AdaptiveAlphaDivergence, AlphaDivergenceOutput, KLDivergence, alpha_divergence
 from .models import AlphaNet, AlphaNetSupernet
 from .original import load_original_checkpoint
+from .sampling import sandwich_subnets
+from .sandwich import SandwichTask
 
 __version__ = '0.1.0'
