@@ -252,8 +252,7 @@ def test_invalid_archs_raise_clear_errors():
                                                    'widths': [16, 20, 24, 32, 64, 112, 192, 216, 1792]})
     with pytest.raises(ValueError, match=r'disagree on the number of stages.*depths \[1, 3, 3\]'):
         timm.create_model('alphanet_custom', arch={**ALPHANET_ARCHS['a0'].to_dict(), 'depths': [1, 3, 3]})
-    with pytest.raises(ValueError, match='alphanet_custom needs arch'):
-        timm.create_model('alphanet_custom')
+    assert timm.create_model('alphanet_custom').arch == ALPHANET_SPACE.min_config()  # no arch: the smallest
     with pytest.raises(RuntimeError, match='Unknown model'):
         timm.create_model('alphanet_a7')
 

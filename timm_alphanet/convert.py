@@ -296,24 +296,19 @@ def convert_checkpoint(
     return result
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
-    return value
+def _int_at_least(minimum: int):
+    """argparse type: an int >= `minimum`, with a message naming the bad value."""
+    what = {0: 'a non-negative integer', 1: 'a positive integer'}.get(minimum, f'an integer >= {minimum}')
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a non-negative integer, got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected a non-negative integer, got {value}')
-    return value
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'expected {what}, got {value}')
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,10 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                              'or paths to JSON/YAML arch files (default: none, only the supernet)')
     parser.add_argument('--calib-data', default=None,
                         help='image folder (e.g. ImageNet train) for BN calibration of each subnet')
-    parser.add_argument('--calib-batches', type=_positive_int, default=None, help='batches per subnet (default 64)')
-    parser.add_argument('--calib-batch-size', type=_positive_int, default=None,
+    parser.add_argument('--calib-batches', type=_int_at_least(1), default=None, help='batches per subnet (default 64)')
+    parser.add_argument('--calib-batch-size', type=_int_at_least(1), default=None,
                         help='images per batch (default 256)')
-    parser.add_argument('--workers', type=_non_negative_int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument('--workers', type=_int_at_least(0), default=min(4, os.cpu_count() or 1),
                         help='data loader processes')
     parser.add_argument('--seed', type=int, default=0, help='seed of the calibration data (default 0)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',

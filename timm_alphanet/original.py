@@ -25,6 +25,8 @@ from typing import Any, BinaryIO, Collection, Dict, Iterable, List, Mapping, Opt
 
 import torch
 
+from .config import SearchSpace
+
 __all__ = [
     'UnsafeCheckpointError', 'restricted_pickle', 'read_original_checkpoint', 'convert_original_state_dict',
     'check_converted_state_dict', 'layout_from_supernet_config', 'load_original_checkpoint',
@@ -266,34 +268,37 @@ def layout_from_supernet_config(supernet_config: Mapping[str, Any]) -> Tuple[Tup
         ``(stage_depths, shortcut_stages)``: the number of blocks per stage (max depth) and the stages
         whose first block can change width (so its 1x1 shortcut conv can run).
     """
-    def as_list(v: Any) -> List[int]:
-        return list(v) if isinstance(v, (list, tuple)) else [v]
+    # one reader of the schema: the same rules as the models
+    space = SearchSpace.from_dict(supernet_config)
+    depths = tuple(max(stage.depths) for stage in space.stages)
+    needs = space.first_block_needs_shortcut_conv()
+    return depths, tuple(i for i, n in enumerate(needs) if n)
 
-    stage_names = sorted((k for k in supernet_config if re.fullmatch(r'mb\d+', k)), key=lambda k: int(k[2:]))
-    if not stage_names or stage_names != [f'mb{i + 1}' for i in range(len(stage_names))]:
-        raise ValueError(f'supernet_config needs stages mb1..mbN, found {stage_names}')
-    depths = tuple(max(as_list(supernet_config[name]['d'])) for name in stage_names)
-    widths = [as_list(supernet_config['first_conv']['c'])] + [as_list(supernet_config[n]['c']) for n in stage_names]
-    return depths, _shortcut_stages(widths)
-
-
-def _shortcut_stages(widths: Sequence[Sequence[int]]) -> Tuple[int, ...]:
-    """Stages whose first block's input width (previous stage's choices) can differ from its output width."""
-    return tuple(s for s in range(len(widths) - 1)
-                 if any(a != b for a in widths[s] for b in widths[s + 1]))
 
 
 _BN_FIELDS = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
-_MB_PARTS = [  # original suffix within blocks.{n}.mobile_inverted_conv -> ours within blocks.{s}.{j}
-    (re.compile(r'inverted_bottleneck\.conv\.conv\.weight'), 'conv_pw.weight'),
-    (re.compile(rf'inverted_bottleneck\.bn\.bn\.{_BN_FIELDS}'), r'bn1.\1'),
-    (re.compile(r'depth_conv\.conv\.conv\.weight'), 'conv_dw.weight'),
-    (re.compile(rf'depth_conv\.bn\.bn\.{_BN_FIELDS}'), r'bn2.\1'),
-    (re.compile(r'depth_conv\.se\.fc\.reduce\.(weight|bias)'), r'se.fc1.\1'),
-    (re.compile(r'depth_conv\.se\.fc\.expand\.(weight|bias)'), r'se.fc2.\1'),
-    (re.compile(r'point_linear\.conv\.conv\.weight'), 'conv_pwl.weight'),
-    (re.compile(rf'point_linear\.bn\.bn\.{_BN_FIELDS}'), r'bn3.\1'),
+# (original suffix within blocks.{n}.mobile_inverted_conv, ours within blocks.{s}.{j}); {bn} = a BN field
+_MB_NAMES = [
+    ('inverted_bottleneck.conv.conv.weight', 'conv_pw.weight'),
+    ('inverted_bottleneck.bn.bn.{bn}', 'bn1.{bn}'),
+    ('depth_conv.conv.conv.weight', 'conv_dw.weight'),
+    ('depth_conv.bn.bn.{bn}', 'bn2.{bn}'),
+    ('depth_conv.se.fc.reduce.{wb}', 'se.fc1.{wb}'),
+    ('depth_conv.se.fc.expand.{wb}', 'se.fc2.{wb}'),
+    ('point_linear.conv.conv.weight', 'conv_pwl.weight'),
+    ('point_linear.bn.bn.{bn}', 'bn3.{bn}'),
 ]
+
+
+def _name_rule(src: str, dst: str):
+    """(regex matching `src`, replacement giving `dst`) with {bn}/{wb} as the captured field."""
+    field = _BN_FIELDS if '{bn}' in src else r'(weight|bias)'
+    pattern = re.escape(src).replace(re.escape('{bn}'), field).replace(re.escape('{wb}'), field)
+    return re.compile(pattern), dst.replace('{bn}', r'\1').replace('{wb}', r'\1')
+
+
+_MB_PARTS = [_name_rule(o, t) for o, t in _MB_NAMES]
+_MB_PARTS_INVERSE = [_name_rule(t, o) for o, t in _MB_NAMES]
 _BLOCK_RE = re.compile(r'blocks\.(\d+)\.(.+)')
 _BN_TRACKING_RE = re.compile(r'(.+\.)?bn_tracking\.\d+\.(.+)')
 
@@ -432,16 +437,6 @@ def check_converted_state_dict(converted: Mapping[str, Any], target: Union[Mappi
 
 # ---------------------------------------------------------------------------------------------------------
 # our key -> original key (for error messages that name both)
-_MB_PARTS_INVERSE = [
-    (re.compile(r'conv_pw\.weight'), 'inverted_bottleneck.conv.conv.weight'),
-    (re.compile(rf'bn1\.{_BN_FIELDS}'), r'inverted_bottleneck.bn.bn.\1'),
-    (re.compile(r'conv_dw\.weight'), 'depth_conv.conv.conv.weight'),
-    (re.compile(rf'bn2\.{_BN_FIELDS}'), r'depth_conv.bn.bn.\1'),
-    (re.compile(r'se\.fc1\.(weight|bias)'), r'depth_conv.se.fc.reduce.\1'),
-    (re.compile(r'se\.fc2\.(weight|bias)'), r'depth_conv.se.fc.expand.\1'),
-    (re.compile(r'conv_pwl\.weight'), 'point_linear.conv.conv.weight'),
-    (re.compile(rf'bn3\.{_BN_FIELDS}'), r'point_linear.bn.bn.\1'),
-]
 
 
 def _original_key(key: str, stage_depths: Sequence[int]) -> Optional[str]:
@@ -511,7 +506,6 @@ def _space_differences(a: Any, b: Any) -> List[str]:
 def _resolve_space(config: Any, args: Optional[Mapping[str, Any]], path: str) -> Any:
     """The SearchSpace to build: from ``config``, else the checkpoint's ``args['supernet_config']``, else AlphaNet."""
     from .archs import ALPHANET_SPACE
-    from .config import SearchSpace
 
     stored = args.get('supernet_config') if isinstance(args, Mapping) else None
     stored_space = None

@@ -5,7 +5,7 @@ Search space and blocks from `AttentiveNAS` - https://arxiv.org/abs/2011.09011
 
 The architecture (and the published weights) derive from work released under CC-BY-NC-4.0.
 """
-from functools import partial
+import math
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
@@ -297,7 +297,7 @@ def _cfg(name: str = '', **kwargs) -> Dict[str, Any]:
         res = arch.resolution
         macs, params = count_macs_and_params(arch)
         cfg.update(
-            input_size=(3, res, res), pool_size=(res // 32, res // 32), hf_hub_id=f'{HF_HUB_ORG}/alphanet_{name}.in1k',
+            input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2, hf_hub_id=f'{HF_HUB_ORG}/alphanet_{name}.in1k',
             description=f'AlphaNet-{name.upper()}: {res}px, {macs / 1e6:.2f} MFLOPs, {params / 1e6:.2f} M params, '
                         f'{ALPHANET_TOP1[name]:.2f}% ImageNet-1k top-1 (reported)',
         )
@@ -307,7 +307,7 @@ def _cfg(name: str = '', **kwargs) -> Dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({  # must precede @register_model: the registry reads it at decoration
     **{f'alphanet_{name}.in1k': _cfg(name) for name in ALPHANET_ARCHS},
-    'alphanet_custom': _cfg(input_size=(3, 224, 224), pool_size=(7, 7)),
+    'alphanet_custom': _cfg(input_size=(3, 192, 192), pool_size=(6, 6)),  # default arch: the space's smallest
 })
 
 
@@ -362,11 +362,10 @@ def alphanet_a6(pretrained: bool = False, **kwargs) -> AlphaNet:
 @register_model
 def alphanet_custom(pretrained: bool = False, arch: Optional[Union[SubnetConfig, Mapping[str, Any]]] = None,
                     **kwargs) -> AlphaNet:
-    """Any AlphaNet subnet: `arch` (dict or SubnetConfig) of `space` (default: the AlphaNet space)."""
+    """Any AlphaNet subnet: `arch` (dict or SubnetConfig) of `space` (default: AlphaNet's); no arch = the space's smallest."""
     if arch is None:
-        raise ValueError("alphanet_custom needs arch=..., e.g. timm_alphanet.ALPHANET_ARCHS['a0'].to_dict() "
-                         f"or one of the named models alphanet_{{{', '.join(ALPHANET_ARCHS)}}}")
+        arch = _space_from(kwargs.get('space')).min_config()
     res = SubnetConfig.from_dict(arch).resolution
-    overlay = dict(input_size=(3, res, res), pool_size=(res // 32, res // 32))
+    overlay = dict(input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2)
     kwargs['pretrained_cfg_overlay'] = {**overlay, **(kwargs.get('pretrained_cfg_overlay') or {})}
     return _create_alphanet('alphanet_custom', arch, pretrained, **kwargs)
