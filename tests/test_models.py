@@ -9,7 +9,7 @@ from timm.models import get_notrace_functions, get_notrace_modules, group_parame
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import timm_alphanet
-from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, AlphaNet
+from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE
 
 from conftest import randomize_bn_stats
 from reference_alphanet import reference_forward

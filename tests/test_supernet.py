@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, SearchSpace, SubnetConfig
+from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, SearchSpace
 from timm_alphanet.export import crop_like, extract_subnet, save_pretrained
 from timm_alphanet.models import AlphaNetSupernet
 

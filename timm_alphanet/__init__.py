@@ -14,4 +14,11 @@ from .original import load_original_checkpoint
 from .sampling import sandwich_subnets
 from .sandwich import SandwichTask
 
+__all__ = [
+    'ALPHANET_ARCHS', 'ALPHANET_SPACE', 'ALPHANET_TOP1', 'SearchSpace', 'StageSpace', 'SubnetConfig',
+    'AlphaNet', 'AlphaNetSupernet', 'mflops', 'num_params', 'count_macs_and_params',
+    'extract_subnet', 'save_pretrained', 'calibrate_bn', 'load_original_checkpoint',
+    'alpha_divergence', 'AlphaDivergenceOutput', 'AdaptiveAlphaDivergence', 'KLDivergence',
+    'AlphaDistillationTask', 'SandwichTask', 'sandwich_subnets',
+]
 __version__ = '0.1.0'

@@ -5,7 +5,6 @@ so its state-dict keys and shapes are those of the largest static layer, and ext
 generic crop of tensors. Input width always comes from `x.shape[1]`; output width and kernel size are
 plain attributes written only by the supernet's `set_subnet`.
 """
-from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -8,7 +8,7 @@ The caller feeds images at the subnet's resolution: nothing is resized inside fo
 import contextlib
 import os
 import random
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn

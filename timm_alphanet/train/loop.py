@@ -9,11 +9,10 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import random
