@@ -49,3 +49,13 @@ def test_digits_folder(tmp_path):
     n_val = sum(len(list(d.iterdir())) for d in (root / 'validation').iterdir())
     assert n_train + n_val == 1797 and 340 < n_val < 370
     assert build_digits_folder(tmp_path / 'digits', size=16) == root  # cached
+
+
+def test_world_size_mismatch_refuses_to_start(monkeypatch):
+    from timm_alphanet.train.loop import check_world_size
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    with pytest.raises(SystemExit, match=r'started 2 processes \(WORLD_SIZE\) but the Accelerator has 1'):
+        check_world_size(1)
+    check_world_size(2)
+    monkeypatch.delenv('WORLD_SIZE')
+    check_world_size(1)

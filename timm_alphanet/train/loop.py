@@ -37,7 +37,7 @@ from .data import create_datasets, create_loaders, create_mixup, num_classes_of
 from .evaluate import evaluate, format_table, validate_subnets
 from .sync_bn import convert_sync_dynamic_bn
 
-__all__ = ['NonFiniteLossError', 'build_accelerator', 'run']
+__all__ = ['NonFiniteLossError', 'build_accelerator', 'check_world_size', 'run']
 
 _logger = logging.getLogger(__name__)
 
@@ -70,13 +70,18 @@ def build_accelerator(args, project_dir: Optional[str] = None) -> Accelerator:
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    check_world_size(accelerator.num_processes)
+    return accelerator
+
+
+def check_world_size(num_processes: int) -> None:
+    """Exit if the launcher's WORLD_SIZE differs from the Accelerator's process count (each would train alone)."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world != accelerator.num_processes:
+    if world != num_processes:
         raise SystemExit(f'the launcher started {world} processes (WORLD_SIZE) but the Accelerator has '
-                         f'{accelerator.num_processes}: each process would train alone. On CPU, launch with '
+                         f'{num_processes}: each process would train alone. On CPU, launch with '
                          '`torchrun --nproc_per_node N train.py ...` or `accelerate launch --multi_gpu '
                          '--num_processes N train.py ...`.')
-    return accelerator
 
 
 def _step_seed(seed: int, step: int, rank: int) -> None:
