@@ -14,6 +14,7 @@ what never runs (``bn_tracking`` buffers, 1x1 shortcut convs whose input and out
 """
 import _compat_pickle
 import collections
+import functools
 import io
 import operator
 import os
@@ -299,6 +300,23 @@ def _name_rule(src: str, dst: str):
 
 _MB_PARTS = [_name_rule(o, t) for o, t in _MB_NAMES]
 _MB_PARTS_INVERSE = [_name_rule(t, o) for o, t in _MB_NAMES]
+
+# keys outside the MBConv blocks, original -> ours; {head} = the number of stages (the head's 1x1 expansion
+# is our last block)
+_TOP_NAMES = [
+    ('first_conv.conv.conv.weight', 'conv_stem.weight'),
+    ('first_conv.bn.bn.{bn}', 'bn1.{bn}'),
+    ('last_conv.final_expand_layer.conv.conv.weight', 'blocks.{head}.0.conv.weight'),
+    ('last_conv.final_expand_layer.bn.bn.{bn}', 'blocks.{head}.0.bn1.{bn}'),
+    ('last_conv.feature_mix_layer.conv.conv.weight', 'conv_head.weight'),
+    ('classifier.linear.linear.{wb}', 'classifier.{wb}'),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _top_rules(num_stages: int, inverse: bool):
+    pairs = [(o, t.replace('{head}', str(num_stages))) for o, t in _TOP_NAMES]
+    return [_name_rule(t, o) if inverse else _name_rule(o, t) for o, t in pairs]
 _BLOCK_RE = re.compile(r'blocks\.(\d+)\.(.+)')
 _BN_TRACKING_RE = re.compile(r'(.+\.)?bn_tracking\.\d+\.(.+)')
 
@@ -308,21 +326,9 @@ def _map_key(key: str, stage_of_block: Sequence[Tuple[int, int]], num_stages: in
     """Returns our key, or None for a key dropped on purpose; raises KeyError if the key is not recognised."""
     if _BN_TRACKING_RE.fullmatch(key):
         return None  # bn_tracking buffers are never used in forward
-    if key == 'first_conv.conv.conv.weight':
-        return 'conv_stem.weight'
-    m = re.fullmatch(rf'first_conv\.bn\.bn\.{_BN_FIELDS}', key)
-    if m:
-        return f'bn1.{m.group(1)}'
-    if key == 'last_conv.final_expand_layer.conv.conv.weight':
-        return f'blocks.{num_stages}.0.conv.weight'  # the head's 1x1 expansion is our last block
-    m = re.fullmatch(rf'last_conv\.final_expand_layer\.bn\.bn\.{_BN_FIELDS}', key)
-    if m:
-        return f'blocks.{num_stages}.0.bn1.{m.group(1)}'
-    if key == 'last_conv.feature_mix_layer.conv.conv.weight':
-        return 'conv_head.weight'
-    m = re.fullmatch(r'classifier\.linear\.linear\.(weight|bias)', key)
-    if m:
-        return f'classifier.{m.group(1)}'
+    for pattern, repl in _top_rules(num_stages, inverse=False):
+        if pattern.fullmatch(key):
+            return pattern.sub(repl, key)
     m = _BLOCK_RE.fullmatch(key)
     if m:
         n, rest = int(m.group(1)), m.group(2)
@@ -442,21 +448,9 @@ def check_converted_state_dict(converted: Mapping[str, Any], target: Union[Mappi
 def _original_key(key: str, stage_depths: Sequence[int]) -> Optional[str]:
     """The original supernet key (without ``module.``) that maps to our ``key``; None if there is none."""
     num_stages = len(stage_depths)
-    if key == 'conv_stem.weight':
-        return 'first_conv.conv.conv.weight'
-    m = re.fullmatch(rf'bn1\.{_BN_FIELDS}', key)
-    if m:
-        return f'first_conv.bn.bn.{m.group(1)}'
-    if key == f'blocks.{num_stages}.0.conv.weight':
-        return 'last_conv.final_expand_layer.conv.conv.weight'
-    m = re.fullmatch(rf'blocks\.{num_stages}\.0\.bn1\.{_BN_FIELDS}', key)
-    if m:
-        return f'last_conv.final_expand_layer.bn.bn.{m.group(1)}'
-    if key == 'conv_head.weight':
-        return 'last_conv.feature_mix_layer.conv.conv.weight'
-    m = re.fullmatch(r'classifier\.(weight|bias)', key)
-    if m:
-        return f'classifier.linear.linear.{m.group(1)}'
+    for pattern, repl in _top_rules(num_stages, inverse=True):
+        if pattern.fullmatch(key):
+            return pattern.sub(repl, key)
     m = re.fullmatch(r'blocks\.(\d+)\.(\d+)\.(.+)', key)
     if m:
         s, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
