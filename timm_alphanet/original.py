@@ -22,7 +22,7 @@ import pickle
 import re
 import types
 import zipfile
-from typing import Any, BinaryIO, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -426,10 +426,18 @@ def check_converted_state_dict(converted: Mapping[str, Any], target: Union[Mappi
     """
     if isinstance(target, torch.nn.Module):
         target = target.state_dict()
-    missing = [k for k in target if k not in converted]
-    unexpected = [k for k in converted if k not in target]
-    mismatched = [f'{k}: checkpoint {_shape_of(converted[k])} vs model {_shape_of(target[k])}'
-                  for k in converted if k in target and _shape_of(converted[k]) != _shape_of(target[k])]
+    problems = _mismatch_problems(converted, target)
+    if problems:
+        raise ValueError('converted original checkpoint does not match the model:\n  ' + '\n  '.join(problems))
+
+
+def _mismatch_problems(converted: Mapping[str, Any], target: Mapping[str, Any],
+                       name: Callable[[str], str] = str) -> List[str]:
+    """Missing keys, unexpected keys and shape mismatches, each key shown as `name(key)`."""
+    missing = [name(k) for k in target if k not in converted]
+    unexpected = [name(k) for k in converted if k not in target]
+    mismatched = [f'{name(k)}: checkpoint {_shape_of(v)} vs model {_shape_of(target[k])}'
+                  for k, v in converted.items() if k in target and _shape_of(v) != _shape_of(target[k])]
     problems = []
     if missing:
         problems.append(f'missing keys {_list_names(missing)}')
@@ -437,8 +445,7 @@ def check_converted_state_dict(converted: Mapping[str, Any], target: Union[Mappi
         problems.append(f'unexpected keys {_list_names(unexpected)}')
     if mismatched:
         problems.append(f'shape mismatches {_list_names(mismatched)}')
-    if problems:
-        raise ValueError('converted original checkpoint does not match the model:\n  ' + '\n  '.join(problems))
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -473,18 +480,7 @@ def _with_original_name(key: str, stage_depths: Sequence[int]) -> str:
 def _check_against_model(converted: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
                          stage_depths: Sequence[int], path: str) -> None:
     """As :func:`check_converted_state_dict`, with each of our keys followed by its original name."""
-    missing = [_with_original_name(k, stage_depths) for k in target if k not in converted]
-    unexpected = [_with_original_name(k, stage_depths) for k in converted if k not in target]
-    mismatched = [f'{_with_original_name(k, stage_depths)}: checkpoint {_shape_of(v)} vs model '
-                  f'{_shape_of(target[k])}' for k, v in converted.items()
-                  if k in target and _shape_of(v) != _shape_of(target[k])]
-    problems = []
-    if missing:
-        problems.append(f'missing keys {_list_names(missing)}')
-    if unexpected:
-        problems.append(f'unexpected keys {_list_names(unexpected)}')
-    if mismatched:
-        problems.append(f'shape mismatches {_list_names(mismatched)}')
+    problems = _mismatch_problems(converted, target, lambda k: _with_original_name(k, stage_depths))
     if problems:
         raise ValueError(
             f'{path}: the checkpoint does not match the supernet of its search space (is --config / config= '
