@@ -4,9 +4,9 @@
     accelerate launch train.py -c train_configs/demo.yaml          # or plain: python train.py
     torchrun --nproc_per_node 2 train.py -c train_configs/demo.yaml
 
-See ``python train.py --help`` and README "Training"; the work is in `timm_alphanet.train`.
+See ``python train.py --help`` and README "Training"; the work is in `timm_alphanet.train`, the command line in `timm_alphanet.cli.train`.
 """
-from timm_alphanet.train import main
+from timm_alphanet.cli.train import main
 
 if __name__ == '__main__':
     main()

@@ -12,44 +12,13 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run without installing
 from timm_alphanet.loss import AdaptiveAlphaDivergence, KLDivergence  # noqa: E402
+from timm_alphanet.testing.reference_loss import original_adaptive as naive_adaptive  # noqa: E402
+from timm_alphanet.testing.reference_loss import original_pq as naive_f_divergence  # noqa: E402
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def naive_f_divergence(
-        q_logits: torch.Tensor, p_logits: torch.Tensor, alpha: float, clip: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The original's direct p/q formulation (divergence, surrogate), in the dtype of the logits."""
-    q = F.softmax(q_logits, dim=1).detach()
-    p = F.softmax(p_logits, dim=1).detach()
-    log_q = F.log_softmax(q_logits, dim=1)
-    w = p / q
-    if abs(alpha) < 1e-3:
-        w = w.clamp(0, clip)
-        f, f_base, rho = -w.log(), 0.0, w.log() - 1.0
-    elif abs(alpha - 1.0) < 1e-3:
-        f, f_base, rho = w * w.log(), 0.0, w
-    else:
-        w_alpha = w.pow(alpha).clamp(0, clip)
-        f_base = 1.0 / alpha / (alpha - 1.0)
-        f, rho = w_alpha / alpha / (alpha - 1.0), w_alpha / alpha + f_base
-    return (q * (f - f_base)).sum(1), -(q * rho * log_q).sum(1)
-
-
-def naive_adaptive(
-        student: torch.Tensor, teacher: torch.Tensor, alpha_min: float = -1.0, alpha_max: float = 1.0,
-        clip: float = 5.0, reduction: str = 'mean',
-) -> torch.Tensor:
-    """The original's AdaptiveLossSoft: two full p/q passes, autograd through both."""
-    div_lo, sur_lo = naive_f_divergence(student, teacher, alpha_min, clip)
-    div_hi, sur_hi = naive_f_divergence(student, teacher, alpha_max, clip)
-    use_lo = torch.gt(div_lo, div_hi).to(sur_lo.dtype)
-    loss = use_lo * sur_lo + (1.0 - use_lo) * sur_hi
-    return loss.mean() if reduction == 'mean' else loss
 
 
 def make_logits(batch: int, classes: int, seed: int, scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:

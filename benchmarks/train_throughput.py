@@ -12,7 +12,7 @@ import torch
 
 import timm_alphanet  # noqa: F401  (registers the models)
 from timm_alphanet import ALPHANET_SPACE, AlphaDistillationTask, SearchSpace
-from timm_alphanet.sandwich import SandwichTask
+from timm_alphanet.task import SandwichTask
 from timm_alphanet.train.config import DEMO_SPACE
 
 

@@ -1,4 +1,4 @@
-"""load_original_checkpoint and the alphanet-convert command (timm_alphanet.convert)."""
+"""load_original_checkpoint and the alphanet-convert command (`original.convert`, `cli.convert`)."""
 import json
 from pathlib import Path
 
@@ -6,17 +6,16 @@ import pytest
 import timm
 import torch
 import yaml
-from original_ckpt import (  # a helper module next to the tests (pytest puts tests/ on sys.path)
-    SMALL_SUPERNET_CONFIG, original_manifest, write_malicious_checkpoint,
-    write_original_checkpoint)
-
 from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, SearchSpace, SubnetConfig, load_original_checkpoint
-from timm_alphanet.convert import SUBNET_NAMES, convert_checkpoint, main, resolve_subnets
+from timm_alphanet.cli.convert import main
+from timm_alphanet.original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
 from timm_alphanet.export import extract_subnet
 from timm_alphanet.models import AlphaNet, AlphaNetSupernet
 from timm_alphanet.original import (
-    UnsafeCheckpointError, _map_key, _original_key, convert_original_state_dict, layout_from_supernet_config,
-    read_original_checkpoint)
+    UnsafeCheckpointError, convert_original_state_dict, layout_from_supernet_config, read_original_checkpoint)
+from timm_alphanet.original.keys import _map_key, _original_key
+from timm_alphanet.testing.original_ckpt import (
+    SMALL_SUPERNET_CONFIG, original_manifest, write_malicious_checkpoint, write_original_checkpoint)
 
 REFERENCE = json.loads((Path(__file__).parent / 'data' / 'original_reference.json').read_text())
 SMALL_SPACE = SearchSpace.from_dict(SMALL_SUPERNET_CONFIG)

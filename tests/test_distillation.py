@@ -9,7 +9,7 @@ import torch
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.task import LogitDistillationTask
 
-from timm_alphanet.distillation import AlphaDistillationTask
+from timm_alphanet.task import AlphaDistillationTask
 from timm_alphanet.loss import AdaptiveAlphaDivergence
 
 NUM_CLASSES = 10

@@ -7,48 +7,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from timm_alphanet.loss import AdaptiveAlphaDivergence, KLDivergence, alpha_divergence
+from timm_alphanet.testing.reference_loss import original_pq, reference_alpha_divergence as reference
 
 ALPHAS = [-1.0, -0.5, 0.0, 5e-4, 0.3, 0.5, 1.0 - 5e-4, 1.0, 2.0]
-
-
-def reference(student, teacher, alpha, clip=5.0):
-    """float64 (divergence, surrogate, grad of the surrogate) in log space, straight from the formulas."""
-    s = student.detach().double().requires_grad_()
-    log_q = F.log_softmax(s, dim=-1)
-    log_p = F.log_softmax(teacher.detach().double(), dim=-1)
-    q, log_w = log_q.exp().detach(), (log_p - log_q).detach()
-    if abs(alpha - 1.0) < 1e-3:  # KL(p || q), weight w, no clip
-        divergence = (log_p.exp() * log_w).sum(-1)
-        weight = log_w.exp()
-    elif abs(alpha) < 1e-3:  # KL(q || p), w clipped, weight log w - 1
-        log_w = log_w.clamp(max=math.log(clip))
-        divergence = -(q * log_w).sum(-1)
-        weight = log_w - 1.0
-    else:
-        w_alpha = torch.exp(alpha * log_w).clamp(max=clip)
-        divergence = (q * (w_alpha - 1.0)).sum(-1) / (alpha * (alpha - 1.0))
-        weight = w_alpha / alpha + 1.0 / (alpha * (alpha - 1.0))
-    surrogate = -(q * weight * log_q).sum(-1)
-    grad, = torch.autograd.grad(surrogate.sum(), s)
-    return divergence.detach(), surrogate.detach(), grad
-
-
-def original_pq(student, teacher, alpha, clip=5.0):
-    """The original's direct p / q formulation (AlphaNet loss_ops.f_divergence), in the logits' dtype."""
-    q = F.softmax(student, dim=1).detach()
-    p = F.softmax(teacher, dim=1).detach()
-    log_q = F.log_softmax(student, dim=1)
-    w = p / q
-    if abs(alpha) < 1e-3:
-        w = w.clamp(0, clip)
-        f, f_base, rho = -w.log(), 0.0, w.log() - 1.0
-    elif abs(alpha - 1.0) < 1e-3:
-        f, f_base, rho = w * w.log(), 0.0, w
-    else:
-        w_alpha = w.pow(alpha).clamp(0, clip)
-        f_base = 1.0 / alpha / (alpha - 1.0)
-        f, rho = w_alpha / alpha / (alpha - 1.0), w_alpha / alpha + f_base
-    return (q * (f - f_base)).sum(1), -(q * rho * log_q).sum(1)
 
 
 def logits(batch=16, classes=50, seed=0, scale=3.0, dtype=torch.float32):

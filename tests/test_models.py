@@ -11,8 +11,8 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 import timm_alphanet
 from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE
 
-from conftest import randomize_bn_stats
-from reference_alphanet import reference_forward
+from timm_alphanet.testing import randomize_bn_stats
+from timm_alphanet.testing.reference_alphanet import reference_forward
 
 CUSTOM_ARCH = ALPHANET_SPACE.sample(random.Random(11))
 MODELS = [f'alphanet_{n}' for n in ALPHANET_ARCHS] + ['alphanet_custom']

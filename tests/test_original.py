@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from original_ckpt import (  # a helper module next to the tests (pytest puts tests/ on sys.path)
-    ALPHANET_SUPERNET_CONFIG, SMALL_SUPERNET_CONFIG, load_manifest, original_manifest, state_dict_digest,
-    write_malicious_checkpoint, write_original_checkpoint)
 
 from timm_alphanet.original import (
     UnsafeCheckpointError, check_converted_state_dict, convert_original_state_dict, layout_from_supernet_config,
     read_original_checkpoint, restricted_pickle)
+from timm_alphanet.testing.original_ckpt import (
+    ALPHANET_SUPERNET_CONFIG, SMALL_SUPERNET_CONFIG, load_manifest, original_manifest, state_dict_digest,
+    write_malicious_checkpoint, write_original_checkpoint)
 
 DATA = Path(__file__).parent / 'data'
 REFERENCE = json.loads((DATA / 'original_reference.json').read_text())

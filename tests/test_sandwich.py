@@ -13,10 +13,10 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.models import save_for_hf
 from timm.task import TrainingTask
 
-from timm_alphanet.config import SearchSpace
+from timm_alphanet.spaces import SearchSpace
 from timm_alphanet.loss import AdaptiveAlphaDivergence, KLDivergence
-from timm_alphanet.sampling import sandwich_subnets
-from timm_alphanet.sandwich import SandwichTask
+from timm_alphanet.task import sandwich_subnets
+from timm_alphanet.task import SandwichTask
 
 NUM_CLASSES = 10
 TINY_SPACE = {  # original supernet_config schema; 2 resolutions x 2 x 2 x 4 x 16 = 512 subnets

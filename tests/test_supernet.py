@@ -9,8 +9,8 @@ from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, SearchSpace
 from timm_alphanet.export import crop_like, extract_subnet, save_pretrained
 from timm_alphanet.models import AlphaNetSupernet
 
-from conftest import randomize_bn_stats
-from reference_alphanet import reference_forward
+from timm_alphanet.testing import randomize_bn_stats
+from timm_alphanet.testing.reference_alphanet import reference_forward
 
 
 @pytest.fixture(scope='module')

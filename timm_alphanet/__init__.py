@@ -3,16 +3,14 @@
 Importing this package registers the ``alphanet_*`` models in timm's registry.
 """
 from .archs import ALPHANET_ARCHS, ALPHANET_SPACE, ALPHANET_TOP1
-from .bn_calibration import calibrate_bn
-from .config import SearchSpace, StageSpace, SubnetConfig
-from .distillation import AlphaDistillationTask
+from .calibration import calibrate_bn
+from .cost import count_macs_and_params, mflops, num_params
 from .export import extract_subnet, save_pretrained
-from .flops import count_macs_and_params, mflops, num_params
 from .loss import AdaptiveAlphaDivergence, AlphaDivergenceOutput, KLDivergence, alpha_divergence
 from .models import AlphaNet, AlphaNetSupernet
 from .original import load_original_checkpoint
-from .sampling import sandwich_subnets
-from .sandwich import SandwichTask
+from .spaces import SearchSpace, StageSpace, SubnetConfig
+from .task import AlphaDistillationTask, SandwichTask, sandwich_subnets
 
 __all__ = [
     'ALPHANET_ARCHS', 'ALPHANET_SPACE', 'ALPHANET_TOP1', 'SearchSpace', 'StageSpace', 'SubnetConfig',

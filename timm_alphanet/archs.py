@@ -1,7 +1,7 @@
 """The AlphaNet search space and the eight searched architectures of the paper (arXiv:2102.07954)."""
 from typing import Dict
 
-from .config import SearchSpace, StageSpace, SubnetConfig
+from .spaces import SearchSpace, StageSpace, SubnetConfig
 
 __all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1']
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, DropPath, SEModule, get_act_layer
 
-from ..config import ACTIVATIONS, BlockSpec
+from ..spaces import ACTIVATIONS, BlockSpec
 
 __all__ = ['ShortcutPool', 'Shortcut', 'MBConv', 'ConvBnAct', 'act_layer_for']
 

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..config import BlockSpec
+from ..spaces import BlockSpec
 from .blocks import ConvBnAct, MBConv
 from .dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicSqueezeExcite
 

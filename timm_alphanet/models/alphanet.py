@@ -18,8 +18,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..archs import ALPHANET_ARCHS, ALPHANET_SPACE, ALPHANET_TOP1
-from ..config import SearchSpace, SubnetConfig
-from ..flops import count_macs_and_params
+from ..spaces import SearchSpace, SubnetConfig
+from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
 
 __all__ = ['AlphaNet', 'HF_HUB_ORG', 'WEIGHTS_HELP']

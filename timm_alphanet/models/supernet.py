@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..archs import ALPHANET_SPACE
-from ..config import SearchSpace, SubnetConfig
+from ..spaces import SearchSpace, SubnetConfig
 from ..layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicLinear
 from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv
 from .alphanet import AlphaNet, _cfg, checkpoint_filter_fn

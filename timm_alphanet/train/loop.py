@@ -27,15 +27,14 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from ..distillation import AlphaDistillationTask
+from ..task import AlphaDistillationTask, SandwichTask
 from ..export import save_pretrained
-from ..flops import mflops
-from ..sandwich import SandwichTask
+from ..cost.flops import mflops
 from .checkpoint import CheckpointManager, TrainState, find_checkpoint
 from .config import eval_arch_list, is_supernet
 from .data import create_datasets, create_loaders, create_mixup, num_classes_of
-from .evaluate import evaluate, format_table, validate_subnets
-from .sync_bn import convert_sync_dynamic_bn
+from ..evaluation import evaluate, format_table, validate_subnets
+from ..layers.sync_bn import convert_sync_dynamic_bn
 
 __all__ = ['NonFiniteLossError', 'build_accelerator', 'check_world_size', 'run']
 
@@ -141,7 +140,7 @@ def run(args, args_text: str = '') -> Dict[str, Any]:
 
     # ---- data + model
     if supernet_mode:
-        from ..config import SearchSpace
+        from ..spaces import SearchSpace
         from ..archs import ALPHANET_SPACE
         space = (ALPHANET_SPACE if args.space is None else SearchSpace.from_yaml(args.space)
                  if isinstance(args.space, str) else SearchSpace.from_dict(args.space))

@@ -27,7 +27,7 @@ __all__ = [
 
 ManifestEntry = Tuple[str, Tuple[int, ...], torch.dtype]
 
-# The AlphaNet supernet in the original YAML schema (`supernet_config`; values from DESIGN.md 1.1).
+# The AlphaNet supernet in the original YAML schema (`supernet_config`; the paper's Table of the search space).
 ALPHANET_SUPERNET_CONFIG: Dict[str, Any] = {
     'use_v3_head': True,
     'resolutions': [192, 224, 256, 288],
@@ -124,7 +124,7 @@ def original_manifest(supernet_config: Optional[Mapping[str, Any]] = None, n_cla
 
 
 def load_manifest(path: Union[str, os.PathLike]) -> List[ManifestEntry]:
-    """Reads a key manifest JSON such as shared/reference/original_supernet_keys.json."""
+    """Reads a key manifest JSON (key, shape, dtype per entry, as dumped from the original model)."""
     with open(path) as f:
         data = json.load(f)
     return [(e['key'], tuple(e['shape']), getattr(torch, e['dtype'])) for e in data['keys']]

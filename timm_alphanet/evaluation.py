@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.utils import accuracy
 from tqdm.auto import tqdm
 
-from ..bn_calibration import calibrate_bn
+from .calibration import calibrate_bn
 
 __all__ = ['evaluate', 'validate_subnets', 'format_table']
 

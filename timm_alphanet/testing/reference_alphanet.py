@@ -1,4 +1,4 @@
-"""An independent float64 functional AlphaNet, written from DESIGN 1.3 (not from our modules).
+"""An independent float64 functional AlphaNet, written from the layer description of the paper and the original code (not from our modules).
 
 It shares only the state-dict key names with the library, so a semantic error in the modules (activation,
 SE gate, shortcut, padding, head order, mid-width rounding) shows up as a mismatch.

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..layers.dynamic import DynamicBatchNormAct2d
+from .dynamic import DynamicBatchNormAct2d
 
 __all__ = ['SyncDynamicBatchNormAct2d', 'convert_sync_dynamic_bn']
 

@@ -1,0 +1,48 @@
+"""What every console script shares: user errors become one line on stderr and exit code 2.
+
+The library raises `ValueError` / `FileNotFoundError` / `TypeError` (and `pickle.UnpicklingError` for refused
+checkpoints) naming the bad value; only here do they turn into exit codes. Anything else is a bug and keeps
+its traceback.
+"""
+import argparse
+import pickle
+import sys
+from typing import Callable, NoReturn, Tuple, Type
+
+__all__ = ['USER_ERRORS', 'MAX_MESSAGE', 'int_at_least', 'fail', 'user_errors_exit']
+
+USER_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                                PermissionError, TypeError, pickle.UnpicklingError)
+MAX_MESSAGE = 2000  # a backstop: library messages are bounded already, a console line should be too
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Print ``prog: error: message`` (one line, bounded) to stderr and exit with status 2."""
+    text = ' '.join(str(message).split())
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + ' ...'
+    print(f'{prog}: error: {text}', file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def user_errors_exit(prog: str, fn: Callable[[], int]) -> int:
+    """Run `fn`; a user error (`USER_ERRORS`) ends the process with `fail`, without a traceback."""
+    try:
+        return fn()
+    except USER_ERRORS as e:
+        fail(prog, str(e) or type(e).__name__)
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an int >= `minimum`, with a message naming the bad value."""
+    what = {0: 'a non-negative integer', 1: 'a positive integer'}.get(minimum, f'an integer >= {minimum}')
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected {what}, got {text[:40]!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'expected {what}, got {value}')
+        return value
+    return parse

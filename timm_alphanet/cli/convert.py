@@ -1,0 +1,72 @@
+"""``alphanet-convert``: an original AlphaNet/AttentiveNAS checkpoint to timm model folders.
+
+    alphanet-convert alphanet.pth.tar --out converted --subnets all --calib-data /data/imagenet/train
+"""
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from ..original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
+from ._common import int_at_least, user_errors_exit
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'alphanet-convert'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description='Convert an original AlphaNet/AttentiveNAS checkpoint into timm model directories: '
+                    'OUT/supernet and OUT/alphanet_<name> per subnet (load with '
+                    "timm.create_model('local-dir:OUT/alphanet_a0', pretrained=True)).",
+        epilog='Without --calib-data the subnets keep the checkpoint\'s BatchNorm statistics, which are '
+               'meaningless (the original trains with BN momentum 0): calibrate before evaluating.')
+    parser.add_argument('checkpoint', help='original checkpoint (.pth / .pth.tar; read without running code)')
+    parser.add_argument('--config', default=None,
+                        help='original YAML with the supernet_config the checkpoint was trained with '
+                             '(default: the one stored in the checkpoint, else the AlphaNet space)')
+    parser.add_argument('--out', required=True, help='output directory')
+    parser.add_argument('--subnets', default=None,
+                        help=f"comma-separated subnets to export: {', '.join(SUBNET_NAMES)}, 'all' (a0..a6), "
+                             'or paths to JSON/YAML arch files (default: none, only the supernet)')
+    parser.add_argument('--calib-data', default=None,
+                        help='image folder (e.g. ImageNet train) for BN calibration of each subnet')
+    parser.add_argument('--calib-batches', type=int_at_least(1), default=None, help='batches per subnet (default 64)')
+    parser.add_argument('--calib-batch-size', type=int_at_least(1), default=None,
+                        help='images per batch (default 256)')
+    parser.add_argument('--workers', type=int_at_least(0), default=min(4, os.cpu_count() or 1),
+                        help='data loader processes')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the calibration data')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='device for calibration')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``alphanet-convert``; exits with status 2 and a one-line message on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.calib_data is None and (args.calib_batches is not None or args.calib_batch_size is not None):
+        parser.error('--calib-batches/--calib-batch-size need --calib-data')
+
+    def convert() -> int:
+        resolve_subnets(args.subnets)  # fail before the (slow) checkpoint read
+        result = convert_checkpoint(
+            args.checkpoint, args.out, config=args.config, subnets=args.subnets, calib_data=args.calib_data,
+            calib_batches=args.calib_batches or 64, calib_batch_size=args.calib_batch_size or 256,
+            workers=args.workers, seed=args.seed, device=args.device, progress=not args.no_progress,
+            log=lambda msg: print(msg, flush=True))
+        print(f'done: supernet in {result.supernet}' +
+              (f', subnets in {", ".join(result.subnets.values())}' if result.subnets else ''))
+        return 0
+
+    return user_errors_exit(PROG, convert)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

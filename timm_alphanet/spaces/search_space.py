@@ -1,0 +1,279 @@
+"""`SearchSpace`: the set of AlphaNet architectures a supernet can run, in the original `supernet_config` schema.
+
+It validates archs, gives the extremes, samples with an explicit RNG and resolves each block's shape
+(`BlockSpec`, shared by the models and the cost model). It round-trips through plain dicts (JSON/YAML) in the
+original schema (`c/d/k/t/s/se/act_func`). Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import yaml
+
+from ._checks import int_tuple
+from .subnet import SubnetConfig
+
+__all__ = ['StageSpace', 'SearchSpace', 'BlockSpec', 'make_divisible', 'ACTIVATIONS']
+
+# original `act_func` names -> timm activation names
+ACTIVATIONS = {'swish': 'silu', 'relu': 'relu', 'h_swish': 'hard_swish', 'relu6': 'relu6'}
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
+    """Round `v` to the nearest multiple of `divisor`, never dropping below `round_limit * v`."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+@dataclass(frozen=True)
+class StageSpace:
+    """Choices of one MBConv stage."""
+    name: str
+    widths: Tuple[int, ...]
+    depths: Tuple[int, ...]
+    kernel_sizes: Tuple[int, ...]
+    expand_ratios: Tuple[int, ...]
+    stride: int = 1
+    se: bool = False
+    act: str = 'swish'
+
+    def __post_init__(self) -> None:
+        for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
+            v = int_tuple(f'{self.name}.{f}', getattr(self, f))
+            if not v:
+                raise ValueError(f'stage {self.name}: {f} needs at least one choice')
+            if min(v) < 1:
+                raise ValueError(f'stage {self.name}: {f} must be positive, got {list(v)}')
+            object.__setattr__(self, f, tuple(sorted(set(v))))
+        bad_k = [k for k in self.kernel_sizes if k % 2 == 0]
+        if bad_k:
+            raise ValueError(f'stage {self.name}: kernel sizes must be odd, got {bad_k[0]}')
+        if self.stride not in (1, 2):
+            raise ValueError(f'stage {self.name}: stride {self.stride!r} not supported; allowed: [1, 2]')
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f'stage {self.name}: act_func {self.act!r} not supported; allowed: {list(ACTIVATIONS)}')
+        object.__setattr__(self, 'se', bool(self.se))
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Resolved shape of one MBConv block of a concrete subnet."""
+    in_chs: int
+    out_chs: int
+    mid_chs: int
+    kernel_size: int
+    stride: int
+    expand_ratio: int
+    se_chs: int  # 0 = no SE
+    act: str
+
+    @property
+    def has_shortcut_conv(self) -> bool:
+        return self.in_chs != self.out_chs
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An AlphaNet search space: stem, MBConv stages, head, and input resolutions."""
+    resolutions: Tuple[int, ...]
+    stem_widths: Tuple[int, ...]
+    stages: Tuple[StageSpace, ...]
+    head_widths: Tuple[int, ...]
+    stem_stride: int = 2
+    stem_act: str = 'swish'
+    head_act: str = 'swish'
+    head_expand_ratio: int = 6  # MobileNetV3 head: 1x1 conv to 6x the last stage width before pooling
+
+    def __post_init__(self) -> None:
+        for f in ('resolutions', 'stem_widths', 'head_widths'):
+            v = int_tuple(f, getattr(self, f))
+            if not v or min(v) < 1:
+                raise ValueError(f'{f} needs at least one positive choice, got {list(v)}')
+            object.__setattr__(self, f, tuple(sorted(set(v))))
+        stages = tuple(self.stages)
+        if not stages or not all(isinstance(s, StageSpace) for s in stages):
+            raise ValueError('stages must be a non-empty sequence of StageSpace')
+        object.__setattr__(self, 'stages', stages)
+        for a in ('stem_act', 'head_act'):
+            if getattr(self, a) not in ACTIVATIONS:
+                raise ValueError(f'{a} {getattr(self, a)!r} not supported; allowed: {list(ACTIVATIONS)}')
+
+    # ---- basic properties
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def _choices(self, field_name: str) -> List[Tuple[int, ...]]:
+        """Per-position choices for one SubnetConfig field."""
+        if field_name == 'widths':
+            return [self.stem_widths, *(s.widths for s in self.stages), self.head_widths]
+        return [getattr(s, field_name) for s in self.stages]
+
+    def _position_name(self, field_name: str, i: int) -> str:
+        if field_name == 'widths':
+            names = ['first_conv', *(s.name for s in self.stages), 'last_conv']
+            return names[i]
+        return self.stages[i].name
+
+    # ---- configs
+    def validate(self, cfg: Union[SubnetConfig, Mapping[str, Any]]) -> SubnetConfig:
+        """Return `cfg` as a SubnetConfig, raising ValueError naming every value outside this space."""
+        cfg = SubnetConfig.from_dict(cfg)
+        if cfg.num_stages != self.num_stages:
+            raise ValueError(f'arch has {cfg.num_stages} stages, this space has {self.num_stages} '
+                             f'({[s.name for s in self.stages]})')
+        errors = []
+        if cfg.resolution not in self.resolutions:
+            errors.append(f'resolution {cfg.resolution} not allowed; allowed: {list(self.resolutions)}')
+        for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
+            for i, (v, allowed) in enumerate(zip(getattr(cfg, f), self._choices(f))):
+                if v not in allowed:
+                    errors.append(f'{f}[{i}] ({self._position_name(f, i)}) = {v} not allowed; allowed: {list(allowed)}')
+        if errors:
+            raise ValueError('invalid arch for this search space: ' + '; '.join(errors))
+        return cfg
+
+    def contains(self, cfg: Union[SubnetConfig, Mapping[str, Any]]) -> bool:
+        try:
+            self.validate(cfg)
+        except ValueError:
+            return False
+        return True
+
+    def _pick(self, pick) -> SubnetConfig:
+        return SubnetConfig(
+            resolution=pick(self.resolutions),
+            **{f: tuple(pick(c) for c in self._choices(f)) for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios')},
+        )
+
+    def max_config(self) -> SubnetConfig:
+        """The largest subnet: every choice at its maximum."""
+        return self._pick(max)
+
+    def min_config(self) -> SubnetConfig:
+        """The smallest subnet: every choice at its minimum."""
+        return self._pick(min)
+
+    def sample(self, rng: random.Random) -> SubnetConfig:
+        """A uniformly random subnet (each choice independent), drawn from the explicit `rng`."""
+        if not isinstance(rng, random.Random):
+            raise TypeError(f'rng must be a random.Random, got {type(rng).__name__}')
+        return self._pick(rng.choice)
+
+    # ---- resolved block shapes (shared by the models and the FLOPs counter)
+    def block_specs(self, cfg: SubnetConfig) -> List[List[BlockSpec]]:
+        """Per stage, the BlockSpec of each active block of `cfg` (validated first)."""
+        cfg = self.validate(cfg)
+        in_chs = cfg.widths[0]
+        out: List[List[BlockSpec]] = []
+        for si, stage in enumerate(self.stages):
+            width, k, t = cfg.widths[si + 1], cfg.kernel_sizes[si], cfg.expand_ratios[si]
+            blocks = []
+            for j in range(cfg.depths[si]):
+                mid = make_divisible(round(in_chs * t), 8) if t != 1 else in_chs
+                se_chs = make_divisible(mid // 4, 8) if stage.se else 0
+                blocks.append(BlockSpec(in_chs, width, mid, k, stage.stride if j == 0 else 1, t, se_chs, stage.act))
+                in_chs = width
+            out.append(blocks)
+        return out
+
+    def first_block_needs_shortcut_conv(self) -> List[bool]:
+        """Per stage: whether some subnet's first block changes width (so a 1x1 shortcut conv is stored)."""
+        prev, out = self.stem_widths, []
+        for stage in self.stages:
+            out.append(any(a != b for a in prev for b in stage.widths))
+            prev = stage.widths
+        return out
+
+    # ---- serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able dict in the original `supernet_config` schema (readable by `from_dict`)."""
+        d: Dict[str, Any] = {
+            'use_v3_head': True,
+            'resolutions': list(self.resolutions),
+            'first_conv': {'c': list(self.stem_widths), 'act_func': self.stem_act, 's': self.stem_stride},
+        }
+        for s in self.stages:
+            d[s.name] = {'c': list(s.widths), 'd': list(s.depths), 'k': list(s.kernel_sizes),
+                         't': list(s.expand_ratios), 's': s.stride, 'act_func': s.act, 'se': s.se}
+        d['last_conv'] = {'c': list(self.head_widths), 'act_func': self.head_act}
+        if self.head_expand_ratio != 6:
+            d['head_expand_ratio'] = self.head_expand_ratio
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Union['SearchSpace', Mapping[str, Any]]) -> 'SearchSpace':
+        """Build from the original `supernet_config` schema (or a dict holding a `supernet_config` key)."""
+        if isinstance(d, SearchSpace):
+            return d
+        if not isinstance(d, Mapping):
+            raise ValueError(f'a search space must be a SearchSpace or a dict, got {type(d).__name__}')
+        if 'supernet_config' in d:
+            d = d['supernet_config']
+        d = dict(d)
+        if not d.get('use_v3_head', True):
+            raise ValueError('use_v3_head: False is not supported; only the MobileNetV3-style head (True) is')
+        missing = [k for k in ('resolutions', 'first_conv', 'last_conv') if k not in d]
+        if missing:
+            raise ValueError(f'supernet_config is missing {missing}')
+
+        def get(section: Mapping[str, Any], key: str, where: str, default: Any = None) -> Any:
+            if key not in section:
+                if default is None:
+                    raise ValueError(f'supernet_config.{where} is missing {key!r}')
+                return default
+            return section[key]
+
+        def as_list(v: Any) -> List[Any]:
+            return list(v) if isinstance(v, (list, tuple)) else [v]
+
+        stage_names = [k for k in d if k not in ('use_v3_head', 'resolutions', 'first_conv', 'last_conv',
+                                                 'head_expand_ratio')]
+        stages = []
+        for name in stage_names:
+            s = d[name]
+            if not isinstance(s, Mapping):
+                raise ValueError(f'supernet_config.{name} must be a mapping of c/d/k/t/s/se/act_func, got {s!r}')
+            unknown = set(s) - {'c', 'd', 'k', 't', 's', 'se', 'act_func'}
+            if unknown:
+                raise ValueError(f'supernet_config.{name}: unknown keys {sorted(unknown)}; '
+                                 f"allowed: ['c', 'd', 'k', 't', 's', 'se', 'act_func']")
+            stride = get(s, 's', name, 1)
+            if isinstance(stride, (list, tuple)):
+                if len(stride) != 1:
+                    raise ValueError(f'supernet_config.{name}.s must be one stride, got {stride!r}')
+                stride = stride[0]
+            stages.append(StageSpace(
+                name=name, widths=as_list(get(s, 'c', name)), depths=as_list(get(s, 'd', name)),
+                kernel_sizes=as_list(get(s, 'k', name)), expand_ratios=as_list(get(s, 't', name)),
+                stride=stride, se=bool(s.get('se', False)), act=s.get('act_func', 'swish')))
+        first, last = d['first_conv'], d['last_conv']
+        return cls(
+            resolutions=as_list(d['resolutions']),
+            stem_widths=as_list(get(first, 'c', 'first_conv')),
+            stages=tuple(stages),
+            head_widths=as_list(get(last, 'c', 'last_conv')),
+            stem_stride=first.get('s', 2),
+            stem_act=first.get('act_func', 'swish'),
+            head_act=last.get('act_func', 'swish'),
+            head_expand_ratio=d.get('head_expand_ratio', 6),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike]) -> 'SearchSpace':
+        """Read an original-style YAML file (its `supernet_config` section, or the section itself)."""
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        if not isinstance(data, Mapping):
+            raise ValueError(f'{path}: expected a YAML mapping with a supernet_config section')
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: Union[str, os.PathLike]) -> None:
+        with open(path, 'w') as f:
+            yaml.safe_dump({'supernet_config': self.to_dict()}, f, sort_keys=False)

@@ -1,0 +1,131 @@
+"""Logit distillation with the adaptive alpha-divergence (AlphaNet) as a timm training task.
+
+`AlphaDistillationTask` is timm's ``LogitDistillationTask`` with the KD term swapped: teacher creation
+(timm name, ``hf-hub:``, ``local-dir:``, weights file or an ``nn.Module``), the student/teacher normalisation
+fix-up, loss weighting, EMA, checkpoint state, compile and DDP preparation are all inherited.
+"""
+import logging
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+from timm.task.distillation import DistillationTeacher, LogitDistillationTask
+
+from ..loss import AdaptiveAlphaDivergence, KLDivergence
+
+__all__ = ['AlphaDistillationTask']
+
+_logger = logging.getLogger(__name__)
+
+_KD_LOSSES = ('alpha', 'kl')
+
+
+class AlphaDistillationTask(LogitDistillationTask):
+    """Classification + adaptive alpha-divergence distillation from a frozen teacher.
+
+    ``loss = task_loss_weight * criterion(student, target) + distill_loss_weight * kd(student, teacher)``, with the
+    weighting modes of ``LogitDistillationTask`` (both 1.0 by default). The task criterion is timm's
+    (``criterion_kwargs=dict(smoothing=0.1)`` for label smoothing). The KD term is `AdaptiveAlphaDivergence`
+    (``kd_loss='alpha'``) or `KLDivergence` (``kd_loss='kl'``), both scaled by ``temperature ** 2``.
+
+    Args:
+        student_model: timm student model (needs ``pretrained_cfg``, ``num_classes``, ``in_chans``).
+        teacher_model: timm model name (``hf-hub:``/``local-dir:`` prefixes work; weights are loaded), an
+            ``nn.Module`` (used as is, put in eval mode) or a ``DistillationTeacher``.
+        criterion: Task loss; created by timm's ``create_classification_loss(**criterion_kwargs)`` when None.
+        criterion_kwargs: Arguments for ``create_classification_loss`` when `criterion` is None.
+        teacher_pretrained_path: Weights file for a teacher given by name.
+        teacher_pretrained_cfg_overlay: Pretrained cfg overrides for a teacher given by name.
+        kd_loss: 'alpha' (adaptive alpha-divergence) or 'kl'.
+        alpha_min: Lower divergence order of the adaptive loss (paper: -1).
+        alpha_max: Upper divergence order of the adaptive loss (paper: +1).
+        clip: Importance-weight clip of the adaptive loss (paper: 5).
+        distill_loss_weight: Weight of the KD term (see ``LogitDistillationTask`` for the weighting modes).
+        task_loss_weight: Weight of the task loss.
+        temperature: Softmax temperature of the KD term (paper: 1).
+        device: Device for task tensors/buffers.
+        dtype: Dtype for task tensors/buffers.
+        verbose: Enable info logging.
+
+    The forward returns timm's dict (``loss``, ``output``, ``task_loss``, ``kd_loss``) plus, detached,
+    ``kd_divergence`` (batch mean of the per-sample divergence that was optimised) and, for 'alpha',
+    ``kd_alpha_max_frac`` (fraction of samples whose larger divergence was the ``alpha_max`` one).
+    """
+
+    def __init__(
+            self,
+            student_model: nn.Module,
+            teacher_model: Union[str, nn.Module, DistillationTeacher],
+            criterion: Optional[nn.Module] = None,
+            criterion_kwargs: Optional[Dict[str, Any]] = None,
+            teacher_pretrained_path: Optional[str] = None,
+            teacher_pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+            kd_loss: str = 'alpha',
+            alpha_min: float = -1.0,
+            alpha_max: float = 1.0,
+            clip: float = 5.0,
+            distill_loss_weight: Optional[float] = None,
+            task_loss_weight: Optional[float] = None,
+            temperature: float = 1.0,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+            verbose: bool = True,
+    ):
+        if kd_loss not in _KD_LOSSES:  # before the (possibly slow) teacher creation in super().__init__
+            raise ValueError(f'kd_loss must be one of {_KD_LOSSES}, got {kd_loss!r}')
+        if kd_loss == 'alpha':
+            kd_criterion = AdaptiveAlphaDivergence(alpha_min, alpha_max, clip=clip, temperature=temperature)
+        else:
+            kd_criterion = KLDivergence(temperature=temperature)
+        super().__init__(
+            student_model,
+            teacher_model,
+            criterion=criterion,
+            criterion_kwargs=criterion_kwargs,
+            teacher_pretrained_path=teacher_pretrained_path,
+            teacher_pretrained_cfg_overlay=teacher_pretrained_cfg_overlay,
+            loss_type='kl',  # the parent only accepts 'kl'; our own KD criterion replaces its KL
+            distill_loss_weight=distill_loss_weight,
+            task_loss_weight=task_loss_weight,
+            temperature=temperature,
+            device=device,
+            dtype=dtype,
+            verbose=verbose,
+        )
+        self.loss_type = kd_loss
+        self.kd_criterion = kd_criterion
+        if self.verbose:
+            _logger.info(f'AlphaDistillationTask: kd_loss={self.kd_criterion}')
+
+    def teacher_logits(self, input: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for a student-normalised input batch, without gradient."""
+        with torch.no_grad():
+            input_kd = self.teacher.normalize_input(input, self.student_mean, self.student_std)
+            return self.teacher(input_kd.detach(), return_features=False)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Forward pass with alpha-divergence (or KL) logit distillation.
+
+        Args:
+            input: Input tensor [B, C, H, W], normalised for the student.
+            target: Class indices [B] (or soft targets, if the criterion takes them).
+
+        Returns:
+            Dictionary with 'loss', 'output', 'task_loss', 'kd_loss', 'kd_divergence' and, for 'alpha',
+            'kd_alpha_max_frac'.
+        """
+        student_logits = self.trainable_module(input)
+        task_loss = self.criterion(student_logits, target)
+        kd_loss = self.kd_criterion(student_logits, self.teacher_logits(input))
+        total_loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
+
+        result = {
+            'loss': total_loss,
+            'output': student_logits,
+            'task_loss': task_loss,
+            'kd_loss': kd_loss,
+            'kd_divergence': self.kd_criterion.last_divergence.mean(),
+        }
+        if isinstance(self.kd_criterion, AdaptiveAlphaDivergence):
+            result['kd_alpha_max_frac'] = self.kd_criterion.last_branch.float().mean()
+        return result

@@ -1,0 +1,45 @@
+"""Rank-consistent sandwich sampling: the subnets one supernet training step trains.
+
+The sandwich rule (BigNAS/AttentiveNAS/AlphaNet) trains, each step, the largest subnet, some random ones and the
+smallest. The random ones come from a `random.Random` keyed by ``(seed, step)`` and nothing else, so every
+process of a distributed run picks the same subnets without communicating, the global RNG is never touched, and a
+run resumed at step ``n`` continues exactly the sequence it would have trained.
+"""
+import operator
+import random
+from typing import List
+
+from ..spaces import SearchSpace, SubnetConfig
+
+__all__ = ['sandwich_subnets']
+
+
+def sandwich_subnets(space: SearchSpace, num_subnets: int, seed: int, step: int) -> List[SubnetConfig]:
+    """The subnets of one sandwich step: ``[max, (num_subnets - 2) random, min]``.
+
+    Args:
+        space: The search space to sample from.
+        num_subnets: Subnets per step, at least 2 (max and min).
+        seed: Run seed; the same on every process.
+        step: Step index (any int that every process agrees on, e.g. the global batch index).
+
+    Returns:
+        `num_subnets` configs; the first is ``space.max_config()``, the last ``space.min_config()``.
+    """
+    if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 2:
+        raise ValueError(f'num_subnets must be an int >= 2 (the max and the min subnet), got {num_subnets!r}')
+    seed, step = _as_int(seed, 'seed'), _as_int(step, 'step')
+    # a str seed is hashed with SHA-512 by random.Random: stable across processes, platforms and PYTHONHASHSEED
+    rng = random.Random(f'{seed}:{step}')
+    middle = [space.sample(rng) for _ in range(num_subnets - 2)]
+    return [space.max_config(), *middle, space.min_config()]
+
+
+def _as_int(value: int, name: str) -> int:
+    # operator.index accepts numpy/torch integer scalars (their str differs: np.int64(3) vs 3); rejects floats
+    if isinstance(value, bool):
+        raise ValueError(f'{name} must be an int, got {value!r}')
+    try:
+        return int(operator.index(value))
+    except TypeError:
+        raise ValueError(f'{name} must be an int, got {value!r}') from None

@@ -1,0 +1,285 @@
+"""Sandwich-rule supernet training with in-place alpha-divergence distillation (AlphaNet) as a timm task.
+
+One `SandwichTask` forward trains one step of the paper's supernet recipe. The max subnet learns from the
+labels (label-smoothed CE, with dropout and drop path on), optionally also from an external teacher. Then
+``num_subnets - 2`` random subnets and the min subnet learn from the max subnet's detached logits with the
+adaptive alpha-divergence (or KL), with dropout and drop path off. The subnets of a step come from
+`sandwich_subnets`, keyed by ``(seed, step)``, so all processes train the same subnets without communication.
+"""
+import logging
+import math
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.task import ClassificationTask, DistillationTeacher
+from timm.utils import unwrap_model
+
+from ..spaces import SubnetConfig
+from ..loss import AdaptiveAlphaDivergence, KLDivergence
+from .sampling import sandwich_subnets
+
+__all__ = ['SandwichTask']
+
+_logger = logging.getLogger(__name__)
+
+_KD_LOSSES = ('alpha', 'kl')
+_INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'nearest-exact', 'area')
+
+
+class SandwichTask(ClassificationTask):
+    """One sandwich step per forward: max subnet on labels, the others distilled in place from it.
+
+    A `timm.task.TrainingTask` (through `ClassificationTask`, whose DDP wrapping and compile it reuses).
+    `get_trainable_module`, `get_eval_model`, EMA and checkpoint state are timm's: they see the whole supernet
+    (its state dict holds the max-size tensors), and the eval model runs whichever subnet is active. `forward`
+    makes the previously active subnet active again when it returns (or raises), so training steps never change
+    what validation, EMA evaluation or export sees.
+
+    Args:
+        model: The supernet (`alphanet_supernet`), or a DDP/compiled wrapper of it. It needs `space`,
+            `set_subnet`, `active_subnet` and the `regularized()` context (dropout at the model's ``drop_rate`` and
+            drop path, for the max subnet only).
+        num_subnets: Subnets per step, >= 2: max, ``num_subnets - 2`` random, min (paper: 4).
+        seed: Seed of the subnet sequence; the same on every process.
+        kd_loss: In-place (and teacher) KD loss: 'alpha' (`AdaptiveAlphaDivergence`) or 'kl' (`KLDivergence`).
+        alpha_min: Lower divergence order of the adaptive loss (paper: -1).
+        alpha_max: Upper divergence order of the adaptive loss (paper: +1).
+        clip: Importance-weight clip of the adaptive loss (paper: 5).
+        temperature: KD softmax temperature (paper: 1); the KD losses are scaled by its square.
+        smoothing: Label smoothing of the max subnet's CE (timm's ``LabelSmoothingCrossEntropy``; plain CE at 0;
+            paper: 0.1). Replace ``task.criterion`` for other label losses (e.g. soft targets with mixup).
+        teacher: Optional external teacher distilled into the max subnet: a timm model name (``hf-hub:`` and
+            ``local-dir:`` work; pretrained weights are loaded), an ``nn.Module`` (used as is, kept in eval
+            mode) or a `timm.task.DistillationTeacher`. It sees the batch as given (before any resize),
+            re-normalised from the supernet's ``pretrained_cfg`` mean/std to its own (timm's fix-up).
+        teacher_weight: Weight of the teacher's KD term in the max subnet's loss.
+        teacher_pretrained_path: Weights file for a teacher given by name.
+        teacher_pretrained_cfg_overlay: Pretrained cfg overrides for a teacher given by name.
+        interpolation: How the batch is resized to each subnet's resolution (``F.interpolate`` mode,
+            ``align_corners=False``, no antialias; the original uses bicubic).
+        device: Device for task tensors/buffers.
+        dtype: Dtype for task tensors/buffers.
+        verbose: Enable info logging.
+
+    Example:
+        ```python
+        task = SandwichTask(accelerator.prepare(supernet), num_subnets=4, seed=42)
+        for step, (x, y) in enumerate(loader, start=first_step):  # same step numbers on every process
+            optimizer.zero_grad()
+            result = task(x, y, step, backward=accelerator.backward)  # one backward per subnet
+            accelerator.clip_grad_value_(task.get_clip_parameters(), 1.0)
+            optimizer.step()
+        ```
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            num_subnets: int = 4,
+            seed: int = 0,
+            kd_loss: str = 'alpha',
+            alpha_min: float = -1.0,
+            alpha_max: float = 1.0,
+            clip: float = 5.0,
+            temperature: float = 1.0,
+            smoothing: float = 0.1,
+            teacher: Optional[Union[str, nn.Module, DistillationTeacher]] = None,
+            teacher_weight: float = 1.0,
+            teacher_pretrained_path: Optional[str] = None,
+            teacher_pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+            interpolation: str = 'bicubic',
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+            verbose: bool = True,
+    ):
+        supernet = unwrap_model(model)
+        missing = [a for a in ('space', 'set_subnet', 'active_subnet', 'regularized') if not hasattr(supernet, a)]
+        if missing:
+            raise TypeError(f'SandwichTask needs a supernet (alphanet_supernet); {type(supernet).__name__} lacks '
+                            f'{missing}')
+        # argument checks before the (possibly slow) teacher creation
+        sandwich_subnets(supernet.space, num_subnets, seed, 0)  # validates num_subnets and seed
+        if kd_loss not in _KD_LOSSES:
+            raise ValueError(f'kd_loss must be one of {_KD_LOSSES}, got {kd_loss!r}')
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f'interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}')
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+            raise ValueError(f'smoothing must be in [0, 1), got {smoothing!r}')
+        if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, (int, float)) \
+                or not math.isfinite(teacher_weight) or teacher_weight < 0:
+            raise ValueError(f'teacher_weight must be a finite number >= 0, got {teacher_weight!r}')
+        # built here, not via ClassificationTask(criterion_kwargs=...), which needs timm >= 1.0.31
+        criterion = LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
+        super().__init__(model, criterion, device=device, dtype=dtype, verbose=verbose)
+        self.num_subnets = num_subnets
+        self.seed = seed
+        self.interpolation = interpolation
+        self.loss_type = kd_loss
+        self.kd_criterion = _kd_criterion(kd_loss, alpha_min, alpha_max, clip, temperature)
+
+        self.teacher: Optional[DistillationTeacher] = None
+        self.teacher_weight = float(teacher_weight)
+        if teacher is not None:
+            if not isinstance(teacher, DistillationTeacher):
+                teacher = DistillationTeacher(
+                    teacher, num_classes=supernet.num_classes, in_chans=getattr(supernet, 'in_chans', 3),
+                    pretrained_path=teacher_pretrained_path, pretrained_cfg_overlay=teacher_pretrained_cfg_overlay,
+                    device=self.device, dtype=self.dtype)
+            self.teacher = teacher
+            # a separate instance: its last_divergence must not overwrite the in-place KD's
+            self.teacher_criterion = _kd_criterion(kd_loss, alpha_min, alpha_max, clip, temperature)
+            # the supernet's input normalisation, for timm's student -> teacher re-normalisation
+            cfg = getattr(supernet, 'pretrained_cfg', None) or {}
+            for name, value in (('student_mean', cfg.get('mean', IMAGENET_DEFAULT_MEAN)),
+                                ('student_std', cfg.get('std', IMAGENET_DEFAULT_STD))):
+                buffer = torch.tensor(value, device=self.device, dtype=self.dtype).view(1, -1, 1, 1)
+                self.register_buffer(name, buffer, persistent=False)
+        if self.verbose:
+            _logger.info(f'SandwichTask: num_subnets={num_subnets}, seed={seed}, kd={self.kd_criterion}, '
+                         f'teacher={None if teacher is None else type(self.teacher.model).__name__}')
+
+    @property
+    def supernet(self) -> nn.Module:
+        """The supernet itself, without DDP/compile wrappers (where `set_subnet` goes)."""
+        return unwrap_model(self.trainable_module)
+
+    def subnets_for_step(self, step: int) -> List[SubnetConfig]:
+        """The subnets `forward` trains at `step`: ``[max, random..., min]``, from ``(seed, step)`` only."""
+        return sandwich_subnets(self.supernet.space, self.num_subnets, self.seed, step)
+
+    def train(self, mode: bool = True) -> 'SandwichTask':
+        """Set training mode, keeping a teacher in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'SandwichTask':
+        """Wrap the supernet in DDP (the teacher stays unwrapped and frozen).
+
+        Subnets skip blocks and channels, so pass ``find_unused_parameters=True``.
+        """
+        if self.teacher is not None:
+            for param in self.teacher.parameters():
+                param.requires_grad = False
+        super().prepare_distributed(device_ids=device_ids, **ddp_kwargs)
+        return self
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
+        """Compile the supernet (as timm's ClassificationTask) and the teacher's logit forward."""
+        compiled = super().compile(backend=backend, mode=mode, **compile_kwargs)
+        if self.teacher is not None:
+            self.teacher.compile(backend=backend, mode=mode, compile_model=True, compile_features=False,
+                                 **compile_kwargs)
+        return compiled
+
+    def teacher_logits(self, input: torch.Tensor) -> torch.Tensor:
+        """External teacher logits for a supernet-normalised batch, without gradient."""
+        if self.teacher is None:
+            raise RuntimeError('this SandwichTask has no teacher')
+        with torch.no_grad():
+            input_kd = self.teacher.normalize_input(input, self.student_mean, self.student_std)
+            return self.teacher(input_kd.detach(), return_features=False)
+
+    def resize(self, input: torch.Tensor, resolution: int) -> torch.Tensor:
+        """`input` resized to ``resolution x resolution`` (returned as is when already that size)."""
+        if input.shape[-2:] == (resolution, resolution):
+            return input
+        align_corners = False if self.interpolation in ('bicubic', 'bilinear') else None
+        return F.interpolate(input, size=(resolution, resolution), mode=self.interpolation,
+                             align_corners=align_corners, antialias=False)
+
+    def forward(
+            self,
+            input: torch.Tensor,
+            target: torch.Tensor,
+            step: int,
+            backward: Optional[Callable[[torch.Tensor], None]] = None,
+    ) -> Dict[str, Any]:
+        """Train the sandwich of `step` on one batch.
+
+        Args:
+            input: Batch [B, C, H, W], normalised for the supernet, at any size: each subnet gets it resized to
+                its resolution.
+            target: Class indices [B] (or what the label criterion takes) for the max subnet.
+            step: Picks the subnets (with the task's seed); must be the same on every process, e.g. the global
+                batch index, and continue across a resume.
+            backward: Called once per subnet loss, right after that subnet's forward (e.g.
+                ``accelerator.backward`` or ``lambda loss: loss.backward()``), so only one subnet's activations
+                are alive at a time; gradients accumulate, the caller steps the optimizer once. Under DDP every
+                subnet but the last runs under the wrapper's ``no_sync()``, so gradients are all-reduced once.
+                When None, 'loss' is the sum of the subnet losses with its graph, for one backward by the
+                caller (all subnets' activations kept); not under DDP, which allows one forward per backward.
+
+        Returns:
+            Dictionary with 'loss' (the total; detached if `backward` was given), 'output' (max subnet logits,
+            detached), 'loss_max' (its loss: 'task_loss' plus, with a teacher, ``teacher_weight *
+            'teacher_kd_loss'``), 'task_loss', 'loss_random0'.. and 'loss_min' (KD losses), 'kd_divergence'
+            (the per-sample divergence of the KD subnets, averaged over them), 'kd_alpha_max_frac' (for 'alpha':
+            fraction of samples that used the alpha_max branch) and 'subnets' (the step's configs). With a
+            teacher also 'teacher_kd_loss' and 'teacher_kd_divergence'. All tensors but 'loss' are detached.
+        """
+        if backward is None and isinstance(self.trainable_module, DistributedDataParallel):
+            # DDP expects one forward per backward: with several subnets it marks parameters ready twice
+            raise RuntimeError('under DistributedDataParallel pass backward= (e.g. accelerator.backward): one '
+                               'backward per subnet forward, only the last one synchronised')
+        supernet = self.supernet
+        subnets = self.subnets_for_step(step)
+        teacher_logits = None if self.teacher is None else self.teacher_logits(input)
+        names = ['loss_max', *[f'loss_random{i}' for i in range(len(subnets) - 2)], 'loss_min']
+        result: Dict[str, Any] = {}
+        losses, divergences, alpha_max_fracs = [], [], []
+        previous = supernet.active_subnet
+        try:
+            for i, (name, subnet) in enumerate(zip(names, subnets)):
+                supernet.set_subnet(subnet)
+                x = self.resize(input, subnet.resolution)
+                last = i == len(subnets) - 1
+                # DDP decides at forward whether the coming backward all-reduces, so forward goes inside no_sync
+                with nullcontext() if backward is None or last else self.no_sync():
+                    if i == 0:
+                        with supernet.regularized():
+                            logits = self.trainable_module(x)
+                        max_logits = logits.detach()
+                        loss = task_loss = self.criterion(logits, target)
+                        if teacher_logits is not None:
+                            teacher_kd_loss = self.teacher_criterion(logits, teacher_logits)
+                            loss = task_loss + self.teacher_weight * teacher_kd_loss
+                    else:
+                        logits = self.trainable_module(x)
+                        loss = self.kd_criterion(logits, max_logits)
+                        divergences.append(self.kd_criterion.last_divergence.mean())
+                        if isinstance(self.kd_criterion, AdaptiveAlphaDivergence):
+                            alpha_max_fracs.append(self.kd_criterion.last_branch.float().mean())
+                    if backward is not None:
+                        backward(loss)
+                        loss = loss.detach()
+                result[name] = loss.detach()
+                losses.append(loss)
+        finally:
+            supernet.set_subnet(previous)
+
+        result['loss'] = sum(losses[1:], losses[0])
+        result['output'] = max_logits
+        result['task_loss'] = task_loss.detach()
+        if teacher_logits is not None:
+            result['teacher_kd_loss'] = teacher_kd_loss.detach()
+            result['teacher_kd_divergence'] = self.teacher_criterion.last_divergence.mean()
+        result['kd_divergence'] = torch.stack(divergences).mean()
+        if alpha_max_fracs:
+            result['kd_alpha_max_frac'] = torch.stack(alpha_max_fracs).mean()
+        result['subnets'] = subnets
+        return result
+
+
+def _kd_criterion(kd_loss: str, alpha_min: float, alpha_max: float, clip: float,
+                  temperature: float) -> nn.Module:
+    if kd_loss == 'alpha':
+        return AdaptiveAlphaDivergence(alpha_min, alpha_max, clip=clip, temperature=temperature)
+    return KLDivergence(temperature=temperature)
