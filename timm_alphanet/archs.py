@@ -1,9 +1,18 @@
-"""The AlphaNet search space and the eight searched architectures of the paper (arXiv:2102.07954)."""
-from typing import Dict
+"""The AlphaNet search space, the eight searched architectures of the paper (arXiv:2102.07954), and the one
+place that turns what users write for a space or an arch into a validated object."""
+import json
+import os
+from typing import Any, Dict, Mapping, Union
+
+import yaml
 
 from .spaces import SearchSpace, StageSpace, SubnetConfig
 
-__all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1']
+__all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1', 'ARCH_NAMES', 'resolve_arch', 'resolve_space']
+
+ArchSpec = Union[SubnetConfig, Mapping[str, Any], str, os.PathLike]
+SpaceSpec = Union[SearchSpace, Mapping[str, Any], str, os.PathLike, None]
+MAX_ARCH_FILE_BYTES = 1 << 20  # an arch is a few hundred bytes; refuse anything that is clearly not one
 
 
 def _stage(name, widths, depths, ks, ts, stride, se):
@@ -47,3 +56,90 @@ ALPHANET_ARCHS: Dict[str, SubnetConfig] = {
 ALPHANET_TOP1: Dict[str, float] = {
     'a0': 77.87, 'a1': 78.94, 'a2': 79.20, 'a3': 79.41, 'a4': 80.01, 'a5_small': 80.29, 'a5_base': 80.62, 'a6': 80.78,
 }
+
+# names `resolve_arch` accepts besides dicts, JSON text and files
+ARCH_NAMES = (*ALPHANET_ARCHS, 'max', 'min')
+_ARCH_FILE_EXTS = ('.json', '.yaml', '.yml')
+
+
+def resolve_space(space: SpaceSpec = None) -> SearchSpace:
+    """The search space for `space`: None = AlphaNet's; else a SearchSpace, a `supernet_config` dict or a YAML path."""
+    return ALPHANET_SPACE if space is None else SearchSpace.coerce(space)
+
+
+def resolve_arch(arch: ArchSpec, space: SpaceSpec = None) -> SubnetConfig:
+    """The validated arch of `space` (default AlphaNet's) that `arch` names.
+
+    Args:
+        arch: a SubnetConfig or dict (our keys or the original `width`/`depth`/...); a name: `a0` .. `a6`
+            (`alphanet_` prefix optional), `max` or `min` of the space; a JSON object as text; or the path of a
+            JSON/YAML file holding an arch (or a mapping with an `arch` entry, as config.json and pareto points do).
+        space: see `resolve_space`.
+
+    Raises:
+        ValueError: unknown name (the allowed ones are listed), unreadable file, or an arch outside the space
+            (naming the gene and its allowed values).
+        FileNotFoundError: a path that does not exist.
+    """
+    space = resolve_space(space)
+    if isinstance(arch, (SubnetConfig, Mapping)):
+        return space.validate(arch)
+    if not isinstance(arch, (str, os.PathLike)):
+        raise TypeError(f'an arch must be a SubnetConfig, a dict, a name or a file path, got {type(arch).__name__}')
+    text = os.fspath(arch).strip()
+    name = text[len('alphanet_'):] if text.startswith('alphanet_') else text
+    if name == 'max':
+        return space.max_config()
+    if name == 'min':
+        return space.min_config()
+    if name in ALPHANET_ARCHS:
+        try:
+            return space.validate(ALPHANET_ARCHS[name])
+        except ValueError as e:
+            raise ValueError(f'arch {name!r} is not in this search space: {e}') from None
+    if text.startswith('{'):
+        return space.validate(_unwrap_arch(_parse(text, 'arch JSON', json_only=True), 'arch JSON'))
+    if text.lower().endswith(_ARCH_FILE_EXTS) or os.path.isfile(text):
+        return space.validate(_unwrap_arch(_read_arch_file(text), text))
+    raise ValueError(f'unknown arch {text[:80]!r}; allowed: {", ".join(ARCH_NAMES)}, a dict, a JSON object, or a '
+                     f'path to a JSON/YAML arch file')
+
+
+def _read_arch_file(path: str) -> Any:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'arch file not found: {path}')
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: not a file')
+    size = os.path.getsize(path)
+    if size > MAX_ARCH_FILE_BYTES:
+        raise ValueError(f'{path}: {size} bytes is too large for an arch file (at most {MAX_ARCH_FILE_BYTES})')
+    with open(path, 'rb') as f:
+        raw = f.read(MAX_ARCH_FILE_BYTES + 1)
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError:
+        raise ValueError(f'{path}: not a UTF-8 text file') from None
+    return _parse(text, path, json_only=path.lower().endswith('.json'))
+
+
+def _parse(text: str, where: str, json_only: bool) -> Any:
+    try:
+        return json.loads(text) if json_only else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ValueError(f'{where}: not valid {"JSON" if json_only else "YAML"} ({first})') from None
+
+
+def _unwrap_arch(data: Any, where: str) -> Mapping[str, Any]:
+    if isinstance(data, Mapping) and isinstance(data.get('arch'), Mapping):
+        data = data['arch']
+    elif isinstance(data, Mapping) and isinstance(data.get('model_args'), Mapping) \
+            and isinstance(data['model_args'].get('arch'), Mapping):
+        data = data['model_args']['arch']  # a timm config.json of an exported model
+    if not isinstance(data, Mapping):
+        raise ValueError(f'{where}: expected a mapping with resolution, width, depth, kernel_size, expand_ratio; '
+                         f'got {type(data).__name__}')
+    try:
+        return SubnetConfig.from_dict(data).to_dict()
+    except (ValueError, TypeError) as e:
+        raise ValueError(f'{where}: not an arch: {e}') from None

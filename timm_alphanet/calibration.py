@@ -13,7 +13,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ['calibrate_bn']
+__all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS']
+
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'nearest-exact', 'area')
+
+
+def resize_to(x: torch.Tensor, resolution: int, mode: str = 'bicubic') -> torch.Tensor:
+    """`x` resized to `resolution` x `resolution` (`x` itself when it already is), as the original resizes a batch
+    for each subnet: `F.interpolate`, align_corners False, no antialiasing."""
+    if tuple(x.shape[-2:]) == (resolution, resolution):
+        return x
+    align_corners = False if mode in ('bicubic', 'bilinear') else None
+    return F.interpolate(x, size=(resolution, resolution), mode=mode, align_corners=align_corners, antialias=False)
 
 
 def _first_tensor(batch: Any) -> torch.Tensor:
@@ -68,8 +79,8 @@ def calibrate_bn(
     try:
         for batch in tqdm(loader, total=num_batches, desc='BN calibration', disable=not progress, leave=False):
             x = _first_tensor(batch).to(device, non_blocking=True)
-            if resolution is not None and tuple(x.shape[-2:]) != (resolution, resolution):
-                x = F.interpolate(x, size=(resolution, resolution), mode='bicubic', align_corners=False)
+            if resolution is not None:
+                x = resize_to(x, resolution)
             model(x)
             used += 1
             if used >= num_batches:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.utils import accuracy
 from tqdm.auto import tqdm
 
-from .calibration import calibrate_bn
+from .calibration import calibrate_bn, resize_to
 
 __all__ = ['evaluate', 'validate_subnets', 'format_table']
 
@@ -21,8 +21,8 @@ def evaluate(accelerator, model: Callable[[torch.Tensor], torch.Tensor], loader:
     correct1 = correct5 = loss_sum = 0.0
     count = 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not (progress and accelerator.is_main_process)):
-        if resolution is not None and tuple(x.shape[-2:]) != (resolution, resolution):
-            x = F.interpolate(x, size=(resolution, resolution), mode='bicubic', align_corners=False)
+        if resolution is not None:
+            x = resize_to(x, resolution)
         with accelerator.autocast():
             out = model(x)
         out, y = accelerator.gather_for_metrics((out.float(), y))

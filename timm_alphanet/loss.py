@@ -17,9 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['AlphaDivergenceOutput', 'alpha_divergence', 'AdaptiveAlphaDivergence', 'KLDivergence']
+__all__ = ['AlphaDivergenceOutput', 'alpha_divergence', 'AdaptiveAlphaDivergence', 'KLDivergence', 'KD_LOSSES',
+           'create_kd_loss']
 
 _REDUCTIONS = ('mean', 'sum', 'none')
+KD_LOSSES = ('alpha', 'kl')  # names for `create_kd_loss` (and train.py's --kd-loss)
 _BRANCH_TOL = 1e-3  # the original treats alpha within 1e-3 of 0 or 1 as that limit
 
 
@@ -149,6 +151,17 @@ class KLDivergence(nn.Module):
 
     def extra_repr(self) -> str:
         return f'temperature={self.temperature}, reduction={self.reduction!r}'
+
+
+def create_kd_loss(name: str, alpha_min: float = -1.0, alpha_max: float = 1.0, clip: float = 5.0,
+                   temperature: float = 1.0) -> nn.Module:
+    """The KD criterion `name`: 'alpha' (`AdaptiveAlphaDivergence`) or 'kl' (`KLDivergence`; the alpha arguments
+    are then unused)."""
+    if name == 'alpha':
+        return AdaptiveAlphaDivergence(alpha_min, alpha_max, clip=clip, temperature=temperature)
+    if name == 'kl':
+        return KLDivergence(temperature=temperature)
+    raise ValueError(f'unknown KD loss {name!r}; allowed: {list(KD_LOSSES)}')
 
 
 def _alpha_surrogate(

@@ -17,7 +17,7 @@ from timm.layers import BatchNormAct2d, Linear, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..archs import ALPHANET_ARCHS, ALPHANET_SPACE, ALPHANET_TOP1
+from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, resolve_space
 from ..spaces import SearchSpace, SubnetConfig
 from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
@@ -30,10 +30,6 @@ WEIGHTS_HELP = (
     'AlphaNet weights are published on the Hugging Face Hub under https://huggingface.co/' + HF_HUB_ORG +
     ' (converted from the original release with `alphanet-convert`); see the "Pretrained weights" section '
     'of the timm_alphanet README.')
-
-
-def _space_from(space: Optional[Union[SearchSpace, Mapping[str, Any]]]) -> SearchSpace:
-    return ALPHANET_SPACE if space is None else SearchSpace.from_dict(space)
 
 
 class AlphaNet(nn.Module):
@@ -72,7 +68,7 @@ class AlphaNet(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.space = _space_from(space)
+        self.space = resolve_space(space)
         self.arch = self.space.validate(arch)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -264,11 +260,8 @@ def _create_alphanet(variant: str, arch: Union[SubnetConfig, Mapping[str, Any]],
                      **kwargs) -> AlphaNet:
     if isinstance(arch, SubnetConfig):
         arch = arch.to_dict()  # plain JSON-able kwargs so timm can record them in model_args / config.json
-    space = kwargs.pop('space', None)
-    if isinstance(space, SearchSpace):
-        space = space.to_dict()
-    if space is not None:
-        kwargs['space'] = space
+    if kwargs.get('space') is not None:  # JSON-able so timm records it in model_args / config.json
+        kwargs['space'] = SearchSpace.coerce(kwargs['space']).to_dict()
     try:
         return build_model_with_cfg(
             AlphaNet, variant, pretrained,
@@ -364,7 +357,7 @@ def alphanet_custom(pretrained: bool = False, arch: Optional[Union[SubnetConfig,
                     **kwargs) -> AlphaNet:
     """Any AlphaNet subnet: `arch` (dict or SubnetConfig) of `space` (default: AlphaNet's); no arch = the space's smallest."""
     if arch is None:
-        arch = _space_from(kwargs.get('space')).min_config()
+        arch = resolve_space(kwargs.get('space')).min_config()
     res = SubnetConfig.from_dict(arch).resolution
     overlay = dict(input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2)
     kwargs['pretrained_cfg_overlay'] = {**overlay, **(kwargs.get('pretrained_cfg_overlay') or {})}

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..archs import ALPHANET_SPACE
+from ..archs import resolve_space
 from ..spaces import SearchSpace, SubnetConfig
 from ..layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicLinear
 from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv
@@ -42,9 +42,7 @@ class AlphaNetSupernet(AlphaNet):
 
     def __init__(self, space: Optional[Union[SearchSpace, Mapping[str, Any], str, os.PathLike]] = None,
                  drop_path_stages: Optional[int] = 2, **kwargs):
-        if isinstance(space, (str, os.PathLike)):
-            space = SearchSpace.from_yaml(space)
-        space = ALPHANET_SPACE if space is None else SearchSpace.from_dict(space)
+        space = resolve_space(space)
         if 'arch' in kwargs:
             raise ValueError('alphanet_supernet takes no arch: it runs any subnet of its space (see set_subnet)')
         super().__init__(arch=space.max_config(), space=space, **kwargs)
@@ -116,11 +114,8 @@ class AlphaNetSupernet(AlphaNet):
 
 
 def _create_supernet(variant: str, pretrained: bool = False, **kwargs) -> AlphaNetSupernet:
-    space = kwargs.get('space')
-    if isinstance(space, SearchSpace):
-        kwargs['space'] = space.to_dict()  # JSON-able so timm records it in model_args / config.json
-    elif isinstance(space, (str, os.PathLike)):
-        kwargs['space'] = SearchSpace.from_yaml(space).to_dict()
+    if kwargs.get('space') is not None:  # JSON-able so timm records it in model_args / config.json
+        kwargs['space'] = SearchSpace.coerce(kwargs['space']).to_dict()
     return build_model_with_cfg(
         AlphaNetSupernet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

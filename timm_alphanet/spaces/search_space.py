@@ -266,6 +266,18 @@ class SearchSpace:
         )
 
     @classmethod
+    def coerce(cls, value: Union['SearchSpace', Mapping[str, Any], str, os.PathLike]) -> 'SearchSpace':
+        """A SearchSpace from itself, a `supernet_config` dict, or the path of an original-schema YAML file."""
+        if isinstance(value, SearchSpace):
+            return value
+        if isinstance(value, (str, os.PathLike)):
+            return cls.from_yaml(value)
+        if isinstance(value, Mapping):
+            return cls.from_dict(value)
+        raise TypeError(f'a search space must be a SearchSpace, a supernet_config dict or a YAML path, '
+                        f'got {type(value).__name__}')
+
+    @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike]) -> 'SearchSpace':
         """Read an original-style YAML file (its `supernet_config` section, or the section itself)."""
         with open(path) as f:

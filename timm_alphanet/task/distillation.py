@@ -11,13 +11,11 @@ import torch
 import torch.nn as nn
 from timm.task.distillation import DistillationTeacher, LogitDistillationTask
 
-from ..loss import AdaptiveAlphaDivergence, KLDivergence
+from ..loss import KD_LOSSES, AdaptiveAlphaDivergence, create_kd_loss
 
 __all__ = ['AlphaDistillationTask']
 
 _logger = logging.getLogger(__name__)
-
-_KD_LOSSES = ('alpha', 'kl')
 
 
 class AlphaDistillationTask(LogitDistillationTask):
@@ -71,12 +69,9 @@ class AlphaDistillationTask(LogitDistillationTask):
             dtype: Optional[torch.dtype] = None,
             verbose: bool = True,
     ):
-        if kd_loss not in _KD_LOSSES:  # before the (possibly slow) teacher creation in super().__init__
-            raise ValueError(f'kd_loss must be one of {_KD_LOSSES}, got {kd_loss!r}')
-        if kd_loss == 'alpha':
-            kd_criterion = AdaptiveAlphaDivergence(alpha_min, alpha_max, clip=clip, temperature=temperature)
-        else:
-            kd_criterion = KLDivergence(temperature=temperature)
+        if kd_loss not in KD_LOSSES:  # before the (possibly slow) teacher creation in super().__init__
+            raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}')
+        kd_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
         super().__init__(
             student_model,
             teacher_model,

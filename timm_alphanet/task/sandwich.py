@@ -13,7 +13,6 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy
@@ -21,15 +20,15 @@ from timm.task import ClassificationTask, DistillationTeacher
 from timm.utils import unwrap_model
 
 from ..spaces import SubnetConfig
-from ..loss import AdaptiveAlphaDivergence, KLDivergence
+from ..calibration import INTERPOLATIONS, resize_to
+from ..models._supernet import is_supernet
+from ..loss import KD_LOSSES, AdaptiveAlphaDivergence, create_kd_loss
 from .sampling import sandwich_subnets
 
 __all__ = ['SandwichTask']
 
 _logger = logging.getLogger(__name__)
 
-_KD_LOSSES = ('alpha', 'kl')
-_INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'nearest-exact', 'area')
 
 
 class SandwichTask(ClassificationTask):
@@ -99,16 +98,17 @@ class SandwichTask(ClassificationTask):
             verbose: bool = True,
     ):
         supernet = unwrap_model(model)
-        missing = [a for a in ('space', 'set_subnet', 'active_subnet', 'regularized') if not hasattr(supernet, a)]
-        if missing:
-            raise TypeError(f'SandwichTask needs a supernet (alphanet_supernet); {type(supernet).__name__} lacks '
-                            f'{missing}')
+        if not is_supernet(supernet):
+            missing = [a for a in ('space', 'set_subnet', 'active_subnet', 'sample_subnet', 'regularized')
+                       if not hasattr(supernet, a)]
+            raise TypeError(f'SandwichTask needs a supernet, a model that follows the Supernet protocol '
+                            f'(timm_alphanet.models.Supernet); {type(supernet).__name__} lacks {missing}')
         # argument checks before the (possibly slow) teacher creation
         sandwich_subnets(supernet.space, num_subnets, seed, 0)  # validates num_subnets and seed
-        if kd_loss not in _KD_LOSSES:
-            raise ValueError(f'kd_loss must be one of {_KD_LOSSES}, got {kd_loss!r}')
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f'interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}')
+        if kd_loss not in KD_LOSSES:
+            raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}')
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f'interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}')
         if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
             raise ValueError(f'smoothing must be in [0, 1), got {smoothing!r}')
         if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, (int, float)) \
@@ -121,7 +121,7 @@ class SandwichTask(ClassificationTask):
         self.seed = seed
         self.interpolation = interpolation
         self.loss_type = kd_loss
-        self.kd_criterion = _kd_criterion(kd_loss, alpha_min, alpha_max, clip, temperature)
+        self.kd_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
 
         self.teacher: Optional[DistillationTeacher] = None
         self.teacher_weight = float(teacher_weight)
@@ -133,7 +133,7 @@ class SandwichTask(ClassificationTask):
                     device=self.device, dtype=self.dtype)
             self.teacher = teacher
             # a separate instance: its last_divergence must not overwrite the in-place KD's
-            self.teacher_criterion = _kd_criterion(kd_loss, alpha_min, alpha_max, clip, temperature)
+            self.teacher_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
             # the supernet's input normalisation, for timm's student -> teacher re-normalisation
             cfg = getattr(supernet, 'pretrained_cfg', None) or {}
             for name, value in (('student_mean', cfg.get('mean', IMAGENET_DEFAULT_MEAN)),
@@ -189,11 +189,7 @@ class SandwichTask(ClassificationTask):
 
     def resize(self, input: torch.Tensor, resolution: int) -> torch.Tensor:
         """`input` resized to ``resolution x resolution`` (returned as is when already that size)."""
-        if input.shape[-2:] == (resolution, resolution):
-            return input
-        align_corners = False if self.interpolation in ('bicubic', 'bilinear') else None
-        return F.interpolate(input, size=(resolution, resolution), mode=self.interpolation,
-                             align_corners=align_corners, antialias=False)
+        return resize_to(input, resolution, self.interpolation)
 
     def forward(
             self,
@@ -277,9 +273,3 @@ class SandwichTask(ClassificationTask):
         result['subnets'] = subnets
         return result
 
-
-def _kd_criterion(kd_loss: str, alpha_min: float, alpha_max: float, clip: float,
-                  temperature: float) -> nn.Module:
-    if kd_loss == 'alpha':
-        return AdaptiveAlphaDivergence(alpha_min, alpha_max, clip=clip, temperature=temperature)
-    return KLDivergence(temperature=temperature)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..task import AlphaDistillationTask, SandwichTask
 from ..export import save_pretrained
+from ..archs import resolve_space
 from ..cost.flops import mflops
 from .checkpoint import CheckpointManager, TrainState, find_checkpoint
 from .config import eval_arch_list, is_supernet
@@ -140,10 +141,7 @@ def run(args, args_text: str = '') -> Dict[str, Any]:
 
     # ---- data + model
     if supernet_mode:
-        from ..spaces import SearchSpace
-        from ..archs import ALPHANET_SPACE
-        space = (ALPHANET_SPACE if args.space is None else SearchSpace.from_yaml(args.space)
-                 if isinstance(args.space, str) else SearchSpace.from_dict(args.space))
+        space = resolve_space(args.space)
         args.space = space.to_dict()
         data_config = {'mean': timm.data.IMAGENET_DEFAULT_MEAN, 'std': timm.data.IMAGENET_DEFAULT_STD,
                        'interpolation': 'bicubic', 'crop_pct': 1.0}

@@ -1,0 +1,40 @@
+"""The `Supernet` protocol: what sandwich training, calibration, search and export need from a weight-sharing model.
+
+Any model with these members works with `SandwichTask`, the trainer, `calibrate_bn`, search and export: the
+AlphaNet supernet today, slimmable MobileNets next. Nothing checks model names.
+"""
+import contextlib
+import random
+from typing import Any, Optional, Protocol, runtime_checkable
+
+__all__ = ['Supernet', 'is_supernet']
+
+
+@runtime_checkable
+class Supernet(Protocol):
+    """A model that runs one subnet of its `space` at a time.
+
+    Members:
+        space: the search space (`validate`, `max_config`, `min_config`, `sample(rng)`, `to_dict`).
+        active_subnet: the subnet forward runs (a frozen arch with a `resolution`).
+        set_subnet(arch): run `arch` (validated against `space`).
+        sample_subnet(kind, rng): 'max', 'min' or 'random' arch of the space, without switching to it.
+        regularized(drop_rate=None, drop_path=True): a context inside which forward applies dropout and drop path
+            (the recipe regularizes the max subnet only).
+    """
+    space: Any
+
+    @property
+    def active_subnet(self) -> Any: ...
+
+    def set_subnet(self, arch: Any) -> None: ...
+
+    def sample_subnet(self, kind: str, rng: Optional[random.Random] = None) -> Any: ...
+
+    def regularized(self, drop_rate: Optional[float] = None,
+                    drop_path: bool = True) -> contextlib.AbstractContextManager: ...
+
+
+def is_supernet(model: Any) -> bool:
+    """Whether `model` (unwrapped: no DDP/compile wrapper) follows the `Supernet` protocol."""
+    return isinstance(model, Supernet)
