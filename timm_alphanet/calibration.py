@@ -5,7 +5,10 @@ statistics differ from the max subnet's, so each subnet is calibrated before eva
 statistics, then take the cumulative average of the batch statistics over `num_batches` training
 batches in train mode, without gradients.
 """
-from typing import Any, Iterable, Optional
+import math
+import random
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -13,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS']
+__all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS', 'CalibrationRecipe', 'disjoint_subsets', 'load_images']
 
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'nearest-exact', 'area')
 
@@ -25,6 +28,101 @@ def resize_to(x: torch.Tensor, resolution: int, mode: str = 'bicubic') -> torch.
         return x
     align_corners = False if mode in ('bicubic', 'bilinear') else None
     return F.interpolate(x, size=(resolution, resolution), mode=mode, align_corners=align_corners, antialias=False)
+
+
+@dataclass(frozen=True)
+class CalibrationRecipe:
+    """Deterministic, recorded BN calibration: which images, in which batches, transformed how.
+
+    The images are `num_images` indices of the `split`, drawn by `disjoint_subsets` with `seed` (the same on every
+    process and every run, so one arch always gets the same statistics); they are transformed with the eval
+    transform (resize shorter side to ``image_size / crop_pct``, centre crop `image_size`, `mean`/`std`) and fed in
+    order, `batch_size` at a time, each batch resized to the subnet's resolution with `resize_to`. The statistics are
+    the cumulative average of the per-batch statistics (`calibrate_bn`). Written into pareto.json and model cards.
+    """
+    split: str = 'train'
+    num_images: int = 2048
+    batch_size: int = 256
+    seed: int = 0
+    image_size: int = 224
+    interpolation: str = 'bicubic'
+    crop_pct: float = 0.875
+    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        for name in ('num_images', 'batch_size', 'image_size'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'calibration {name} must be a positive integer, got {value!r:.40}')
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f'calibration seed must be an integer, got {self.seed!r:.40}')
+        if not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1):
+            raise ValueError(f'calibration crop_pct must be in (0, 1], got {self.crop_pct!r:.40}')
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f'calibration interpolation {self.interpolation!r:.40} not allowed; allowed: '
+                             f'{list(INTERPOLATIONS)}')
+        object.__setattr__(self, 'mean', tuple(float(v) for v in self.mean))
+        object.__setattr__(self, 'std', tuple(float(v) for v in self.std))
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.num_images / self.batch_size)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> 'CalibrationRecipe':
+        """Inverse of `to_dict`; unknown keys are an error (a typo would silently change the recipe)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f'a calibration recipe must be a mapping, got {type(d).__name__}')
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(str(k)[:40] for k in d if k not in allowed)
+        if unknown:
+            raise ValueError(f'unknown calibration recipe keys {unknown[:10]}; allowed: {allowed}')
+        return cls(**d)
+
+
+def disjoint_subsets(num_items: int, counts: Sequence[int], seed: int) -> List[List[int]]:
+    """Disjoint index lists of the given sizes from ``range(num_items)``, drawn with `random.Random(seed)`.
+
+    Subset ``i`` is the next ``counts[i]`` entries of one seeded permutation, so the subsets never overlap, and a
+    subset depends only on (num_items, seed, the counts before it): never on the process or the run.
+    """
+    counts = [int(c) for c in counts]
+    if any(c < 0 for c in counts):
+        raise ValueError(f'subset sizes must be >= 0, got {counts}')
+    if sum(counts) > num_items:
+        raise ValueError(f'the split has {num_items} images, too few for {" + ".join(map(str, counts))} = '
+                         f'{sum(counts)} disjoint ones; lower the image counts or use a larger split')
+    order = list(range(num_items))
+    random.Random(seed).shuffle(order)
+    out, start = [], 0
+    for c in counts:
+        out.append(order[start:start + c])
+        start += c
+    return out
+
+
+def load_images(dataset: Any, indices: Sequence[int], batch_size: int = 256, workers: int = 0,
+                progress: bool = True, desc: str = 'loading images') -> Tuple[torch.Tensor, torch.Tensor]:
+    """Decode and transform ``dataset[i]`` for `indices` once; returns (images, targets) stacked, in index order.
+
+    `dataset` yields (image tensor, target) with its transform set; keeping the result as tensors lets every
+    candidate of a search (or every subnet of an export) reuse the same decoded images.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers)
+    xs, ys = [], []
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    if not xs:
+        raise ValueError('load_images: no indices given')
+    return torch.cat(xs), torch.cat(ys)
 
 
 def _first_tensor(batch: Any) -> torch.Tensor:
