@@ -13,7 +13,7 @@ TIERS = {
     'spaces': 0, 'archs': 0, 'cost.ops': 0, 'cost.flops': 0, 'search.evolution': 0,
     'layers': 1,
     'models': 2,
-    'loss': 3, 'task': 3, 'calibration': 3, 'evaluation': 3, 'export': 3, 'original': 3, 'cost': 3,
+    'loss': 3, 'task': 3, 'calibration': 3, 'evaluation': 3, 'export': 3, 'original': 3, 'cost': 3, 'sources': 3,
     'train': 4, 'search': 4,
     'testing': 5,
     'cli': 6,

@@ -1,0 +1,57 @@
+"""load_supernet: run folders, model folders, original checkpoints; clear errors for anything else."""
+import hashlib
+
+import pytest
+import timm
+import torch
+
+from timm_alphanet import save_pretrained
+from timm_alphanet.sources import load_supernet, sha256_file
+from timm_alphanet.testing.original_ckpt import SMALL_SUPERNET_CONFIG, original_manifest, write_original_checkpoint
+from timm_alphanet.testing import randomize_bn_stats
+
+TINY = {'resolutions': [16], 'first_conv': {'c': [8], 's': 2}, 'mb1': {'c': [8], 'd': [1, 2], 'k': [3], 't': [1]},
+        'mb2': {'c': [8, 16], 'd': [1], 'k': [3], 't': [2], 's': 2}, 'last_conv': {'c': [32]}}
+
+
+def _supernet():
+    model = timm.create_model('alphanet_supernet', space=TINY, num_classes=5)
+    randomize_bn_stats(model, torch.Generator().manual_seed(0))
+    return model.eval()
+
+
+def test_model_folder_run_folder_and_local_dir_load_the_same_weights(tmp_path):
+    model = _supernet()
+    save_pretrained(model, tmp_path / 'run' / 'final' / 'supernet')
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    expected = model(x)
+    for spec, kind in [(tmp_path / 'run', 'run'), (tmp_path / 'run' / 'final' / 'supernet', 'local-dir'),
+                       (f"local-dir:{tmp_path / 'run' / 'final' / 'supernet'}", 'local-dir')]:
+        loaded, source = load_supernet(str(spec))
+        assert source.kind == kind and not loaded.training
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+        data = (tmp_path / 'run' / 'final' / 'supernet' / 'model.safetensors').read_bytes()
+        assert source.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_original_checkpoint_loads_with_its_sha256(tmp_path):
+    path = tmp_path / 'small.pth.tar'
+    write_original_checkpoint(path, seed=3, supernet_config=SMALL_SUPERNET_CONFIG,
+                              manifest=original_manifest(SMALL_SUPERNET_CONFIG, n_classes=10))
+    model, source = load_supernet(str(path))
+    assert source.kind == 'original' and source.sha256 == sha256_file(path)
+    assert model.num_classes == 10
+
+
+def test_refusals_name_the_input_and_what_is_accepted(tmp_path):
+    with pytest.raises(FileNotFoundError, match='supernet not found: .*nothing.*training run folder'):
+        load_supernet(str(tmp_path / 'nothing'))
+    (tmp_path / 'notes.txt').write_text('x')
+    with pytest.raises(ValueError, match=r'notes.txt: not a supernet source; expected'):
+        load_supernet(str(tmp_path / 'notes.txt'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='no supernet in this folder'):
+        load_supernet(str(tmp_path / 'empty'))
+    save_pretrained(timm.create_model('alphanet_custom', num_classes=3), tmp_path / 'static')
+    with pytest.raises(ValueError, match='AlphaNet is not a supernet'):
+        load_supernet(str(tmp_path / 'static'))

@@ -1,0 +1,103 @@
+"""Where a trained supernet comes from: a training run folder, a `local-dir:` / `hf-hub:` model, or an original
+AlphaNet/AttentiveNAS checkpoint. `load_supernet` is how search, export and validation open one.
+
+The returned `SupernetSource` records the sha256 of the weights that were loaded, so outputs (pareto.json, model
+cards) say exactly which weights they came from and a resumed search can refuse a different supernet.
+"""
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch.nn as nn
+
+from .archs import SpaceSpec
+from .models._supernet import is_supernet
+
+__all__ = ['SupernetSource', 'load_supernet', 'sha256_file', 'ORIGINAL_SUFFIXES']
+
+ORIGINAL_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
+_ACCEPTED = ('a training run folder (with final/ or checkpoints/), a model folder with config.json, '
+             "'local-dir:<folder>', 'hf-hub:<org>/<name>', or an original checkpoint (" + ', '.join(ORIGINAL_SUFFIXES) + ')')
+
+
+@dataclass(frozen=True)
+class SupernetSource:
+    """What `load_supernet` opened: the user's spec, its kind, the concrete path (or hub id), the weights' sha256."""
+    spec: str
+    kind: str  # 'run' | 'local-dir' | 'hf-hub' | 'original'
+    path: str
+    sha256: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (weights files can be large)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_supernet(spec: str, space: SpaceSpec = None) -> Tuple[nn.Module, SupernetSource]:
+    """Open the supernet `spec` names, in eval mode; raises ValueError / FileNotFoundError naming what is accepted.
+
+    Args:
+        spec: a training run folder (its ``final/`` supernet model, else its latest checkpoint), a model folder or
+            ``local-dir:<folder>``, ``hf-hub:<org>/<name>``, or an original ``.pth.tar`` checkpoint.
+        space: only for original checkpoints: the original YAML / SearchSpace they were trained with (default: the
+            one stored in the checkpoint, else AlphaNet's).
+    """
+    import timm
+
+    from . import models  # noqa: F401  (registers the models timm must build)
+
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f'a supernet must be named by a string or path, got {type(spec).__name__}')
+    text = os.fspath(spec)
+    if text.startswith('hf-hub:'):
+        model = timm.create_model(text, pretrained=True)
+        return _checked(model, text), SupernetSource(text, 'hf-hub', text[len('hf-hub:'):], _hub_sha256(text))
+    path = Path(text[len('local-dir:'):] if text.startswith('local-dir:') else text)
+    if not path.exists():
+        raise FileNotFoundError(f'supernet not found: {text[:300]}; expected {_ACCEPTED}')
+    if path.is_file():
+        if not path.name.lower().endswith(ORIGINAL_SUFFIXES):
+            raise ValueError(f'{text[:300]}: not a supernet source; expected {_ACCEPTED}')
+        from .original import load_original_checkpoint
+        model = load_original_checkpoint(path, space)
+        return _checked(model, text), SupernetSource(text, 'original', str(path), sha256_file(path))
+    folder = _model_folder(path)
+    if folder is not None:
+        kind = 'run' if folder != path else 'local-dir'
+        model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+        return _checked(model, text), SupernetSource(text, kind, str(folder),
+                                                     sha256_file(folder / 'model.safetensors'))
+    raise ValueError(f'{text[:300]}: no supernet in this folder; expected {_ACCEPTED}')
+
+
+def _model_folder(path: Path) -> Optional[Path]:
+    """The timm model folder of a supernet under `path` (itself, a run's final/supernet/ or final/), or None."""
+    for candidate in (path, path / 'final' / 'supernet', path / 'final'):
+        if (candidate / 'config.json').is_file() and (candidate / 'model.safetensors').is_file():
+            return candidate
+    return None
+
+
+def _checked(model: nn.Module, spec: str) -> nn.Module:
+    if not is_supernet(model):
+        raise ValueError(f'{spec[:300]}: {type(model).__name__} is not a supernet (it has no search space); '
+                         'search and export need the weight-sharing supernet, e.g. a run\'s final/supernet')
+    return model.eval()
+
+
+def _hub_sha256(spec: str) -> str:
+    from huggingface_hub import hf_hub_download
+    from timm.models._hub import hf_split
+
+    repo, revision = hf_split(spec[len('hf-hub:'):])
+    return sha256_file(hf_hub_download(repo, 'model.safetensors', revision=revision))
