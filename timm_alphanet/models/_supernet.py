@@ -7,7 +7,9 @@ import contextlib
 import random
 from typing import Any, Optional, Protocol, runtime_checkable
 
-__all__ = ['Supernet', 'is_supernet']
+__all__ = ['SUBNET_KINDS', 'Supernet', 'is_supernet', 'sample_from_space']
+
+SUBNET_KINDS = ('max', 'min', 'random')
 
 
 @runtime_checkable
@@ -38,3 +40,17 @@ class Supernet(Protocol):
 def is_supernet(model: Any) -> bool:
     """Whether `model` (unwrapped: no DDP/compile wrapper) follows the `Supernet` protocol."""
     return isinstance(model, Supernet)
+
+
+def sample_from_space(space: Any, kind: str, rng: Optional[random.Random] = None) -> Any:
+    """`sample_subnet` for any space with `max_config`, `min_config` and `sample(rng)`: 'max', 'min' or 'random'
+    (which needs an explicit `rng`)."""
+    if kind == 'max':
+        return space.max_config()
+    if kind == 'min':
+        return space.min_config()
+    if kind == 'random':
+        if rng is None:
+            raise ValueError("sample_subnet('random') needs an explicit rng (random.Random)")
+        return space.sample(rng)
+    raise ValueError(f'unknown subnet kind {kind!r:.40}; allowed: {list(SUBNET_KINDS)}')

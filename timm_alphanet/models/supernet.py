@@ -18,11 +18,10 @@ from ..archs import resolve_space
 from ..spaces import SearchSpace, SubnetConfig
 from ..layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicLinear
 from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv
+from ._supernet import SUBNET_KINDS, sample_from_space
 from .alphanet import AlphaNet, _cfg, checkpoint_filter_fn
 
 __all__ = ['AlphaNetSupernet', 'SUBNET_KINDS']
-
-SUBNET_KINDS = ('max', 'min', 'random')
 
 
 class AlphaNetSupernet(AlphaNet):
@@ -83,15 +82,7 @@ class AlphaNetSupernet(AlphaNet):
     @torch.jit.ignore
     def sample_subnet(self, kind: str, rng: Optional[random.Random] = None) -> SubnetConfig:
         """'max', 'min' or 'random' (needs an explicit `rng`) subnet of the space; the active one is unchanged."""
-        if kind == 'max':
-            return self.space.max_config()
-        if kind == 'min':
-            return self.space.min_config()
-        if kind == 'random':
-            if rng is None:
-                raise ValueError("sample_subnet('random') needs an explicit rng (random.Random)")
-            return self.space.sample(rng)
-        raise ValueError(f'unknown subnet kind {kind!r}; allowed: {list(SUBNET_KINDS)}')
+        return sample_from_space(self.space, kind, rng)
 
     @torch.jit.ignore
     @contextlib.contextmanager
