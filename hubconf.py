@@ -1,6 +1,6 @@
 """torch.hub entry points: `torch.hub.load('<this repo>', 'alphanet_a3', pretrained=True)`.
 
-Only the AlphaNet models are exposed, not timm's whole registry.
+Only the AlphaNet and slimmable MobileNet models are exposed, not timm's whole registry.
 """
 dependencies = ['torch', 'timm']
 
@@ -16,3 +16,7 @@ from timm_alphanet.models.alphanet import (  # noqa: E402  (torch.hub reads `dep
     alphanet_custom,
 )
 from timm_alphanet.models.supernet import alphanet_supernet  # noqa: E402
+from timm_alphanet.models.slimmable_mobilenet import (  # noqa: E402
+    slimmable_mobilenetv1_100,
+    slimmable_mobilenetv2_100,
+)

@@ -18,6 +18,9 @@ CUSTOM_ARCH = ALPHANET_SPACE.sample(random.Random(11))
 MODELS = [f'alphanet_{n}' for n in ALPHANET_ARCHS] + ['alphanet_custom']
 # the supernet (at its max subnet) must pass the same contract, except where noted in test_supernet.py
 CONTRACT = MODELS + ['alphanet_supernet']
+# timm's generic contract (not AlphaNet's own semantics) also covers the slimmable MobileNets (at their max width)
+SLIMMABLE = ['slimmable_mobilenetv1_100', 'slimmable_mobilenetv2_100']
+TIMM_CONTRACT = CONTRACT + SLIMMABLE
 
 
 def _create(name, **kwargs):
@@ -27,6 +30,8 @@ def _create(name, **kwargs):
 
 
 def _arch(name):
+    if name in SLIMMABLE:
+        return timm_alphanet.spaces.WidthConfig(width=1.0, resolution=224)
     if name == 'alphanet_supernet':
         return ALPHANET_SPACE.max_config()
     return CUSTOM_ARCH if name == 'alphanet_custom' else ALPHANET_ARCHS[name[len('alphanet_'):]]
@@ -53,7 +58,7 @@ def test_pretrained_cfg(name):
         assert f'{model.mflops:.2f} MFLOPs' in cfg['description']
 
 
-@pytest.mark.parametrize('name', CONTRACT)
+@pytest.mark.parametrize('name', TIMM_CONTRACT)
 def test_forward_features_head_and_classifier_reset(name):
     model = _create(name).eval()
     res = _arch(name).resolution
@@ -79,7 +84,7 @@ def test_forward_features_head_and_classifier_reset(name):
     assert unpooled(x).shape == (1, unpooled.head_hidden_size, *model.pretrained_cfg['pool_size'])
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', MODELS + SLIMMABLE)
 def test_backward_every_parameter_gets_a_gradient(name):
     model = _create(name, num_classes=42).train()
     out = model(torch.randn(2, 3, 96, 96))
@@ -102,7 +107,7 @@ def test_matches_float64_reference_of_the_design(name):
                                        rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize('name', CONTRACT)
+@pytest.mark.parametrize('name', TIMM_CONTRACT)
 def test_forward_intermediates_and_feature_info(name):
     model = _create(name).eval()
     info = model.feature_info
@@ -133,7 +138,7 @@ def test_forward_intermediates_and_feature_info(name):
     assert model(x).shape == (1, info[2]['num_chs'], 13, 13)  # pooling and classifier removed
 
 
-@pytest.mark.parametrize('name', CONTRACT)
+@pytest.mark.parametrize('name', TIMM_CONTRACT)
 def test_features_only(name):
     x = torch.randn(1, 3, 96, 96)
     for feature_cls in (None, 'getter'):
@@ -146,7 +151,7 @@ def test_features_only(name):
     assert [o.shape[1] for o in model(x)] == model.feature_info.channels()
 
 
-@pytest.mark.parametrize('name', CONTRACT)
+@pytest.mark.parametrize('name', TIMM_CONTRACT)
 def test_grad_checkpointing_same_outputs_and_grads(name):
     model = _create(name, num_classes=10).train()
     x = torch.randn(2, 3, 64, 64)
@@ -168,7 +173,7 @@ def test_grad_checkpointing_same_outputs_and_grads(name):
             torch.testing.assert_close(g_ckpt[n], g, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', CONTRACT)
+@pytest.mark.parametrize('name', TIMM_CONTRACT)
 def test_group_matcher_covers_every_parameter(name):
     model = _create(name)
     groups = group_parameters(model, model.group_matcher())
@@ -204,7 +209,7 @@ def test_in_chans_and_drop_rates(name):
     assert rates == sorted(rates) and max(rates) < 0.3
 
 
-@pytest.mark.parametrize('name', CONTRACT)
+@pytest.mark.parametrize('name', TIMM_CONTRACT)
 def test_torchscript_matches_eager(name):
     with timm.set_scriptable(True):
         model = _create(name).eval()
@@ -221,7 +226,7 @@ def _fx_model(model, train=False):
                                     tracer_kwargs=tracer_kwargs)
 
 
-@pytest.mark.parametrize('name', CONTRACT)
+@pytest.mark.parametrize('name', TIMM_CONTRACT)
 def test_fx_trace_forward_and_backward(name):
     model = _create(name, num_classes=42).eval()
     x = torch.randn(1, 3, 67, 67)
@@ -238,7 +243,7 @@ def test_fx_trace_forward_and_backward(name):
     assert [o.shape[1] for o in feats(x)] == feats.feature_info.channels()
 
 
-@pytest.mark.parametrize('name', ['alphanet_a0', 'alphanet_custom', 'alphanet_supernet'])
+@pytest.mark.parametrize('name', ['alphanet_a0', 'alphanet_custom', 'alphanet_supernet', 'slimmable_mobilenetv2_100'])
 def test_torch_compile_matches_eager(name):
     model = _create(name).eval()
     x = torch.randn(2, 3, 64, 64)

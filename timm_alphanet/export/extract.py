@@ -33,16 +33,21 @@ def crop_like(src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 @torch.no_grad()
 def extract_subnet(supernet: AlphaNetSupernet, arch: Optional[Union[SubnetConfig, Mapping[str, Any]]] = None,
                    **kwargs) -> AlphaNet:
-    """The static timm model (`alphanet_custom`) for `arch` (default: the active subnet) with cropped weights.
+    """The static timm model for `arch` (default: the active subnet) with cropped weights: `alphanet_custom`, or what
+    the supernet's `static_model_for(arch)` names (a slimmable MobileNet: timm's model of that width).
 
     Running statistics are cropped too, so calibrate the supernet's subnet first (see `calibrate_bn`) or
     the extracted model afterwards. `kwargs` go to `timm.create_model` (e.g. drop_rate).
     """
     arch = supernet.active_subnet if arch is None else supernet.space.validate(arch)
-    space = None if supernet.space == ALPHANET_SPACE else supernet.space.to_dict()
-    ref = supernet.conv_stem.weight
-    model = timm.create_model('alphanet_custom', arch=arch.to_dict(), space=space, num_classes=supernet.num_classes,
-                              in_chans=supernet.in_chans, device=ref.device, dtype=ref.dtype, **kwargs)
+    if hasattr(supernet, 'static_model_for'):  # a supernet that names its static timm model (slimmable MobileNets)
+        model = supernet.static_model_for(arch, **kwargs)
+    else:
+        space = None if supernet.space == ALPHANET_SPACE else supernet.space.to_dict()
+        ref = supernet.conv_stem.weight
+        model = timm.create_model('alphanet_custom', arch=arch.to_dict(), space=space,
+                                  num_classes=supernet.num_classes, in_chans=supernet.in_chans, device=ref.device,
+                                  dtype=ref.dtype, **kwargs)
     shared = supernet.state_dict()
     target = model.state_dict()
     missing = [k for k in target if k not in shared]

@@ -1,5 +1,7 @@
-from ._supernet import Supernet, is_supernet
+from ._supernet import SUBNET_KINDS, Supernet, is_supernet
 from .alphanet import AlphaNet, HF_HUB_ORG, WEIGHTS_HELP
-from .supernet import AlphaNetSupernet, SUBNET_KINDS
+from .slimmable_mobilenet import SLIMMABLE_FAMILIES, SlimmableMobileNet
+from .supernet import AlphaNetSupernet
 
-__all__ = ['AlphaNet', 'AlphaNetSupernet', 'HF_HUB_ORG', 'SUBNET_KINDS', 'Supernet', 'WEIGHTS_HELP', 'is_supernet']
+__all__ = ['AlphaNet', 'AlphaNetSupernet', 'HF_HUB_ORG', 'SLIMMABLE_FAMILIES', 'SUBNET_KINDS', 'SlimmableMobileNet',
+           'Supernet', 'WEIGHTS_HELP', 'is_supernet']
