@@ -47,6 +47,8 @@ class SandwichTask(ClassificationTask):
         num_subnets: Subnets per step, >= 2: max, ``num_subnets - 2`` random, min (paper: 4).
         seed: Seed of the subnet sequence; the same on every process.
         kd_loss: In-place (and teacher) KD loss: 'alpha' (`AdaptiveAlphaDivergence`) or 'kl' (`KLDivergence`).
+        inplace_kd: When False, the random and min subnets learn from the labels (the max subnet's label loss)
+            instead of the max subnet's logits: the slimmable paper's "w/o KD" baseline.
         alpha_min: Lower divergence order of the adaptive loss (paper: -1).
         alpha_max: Upper divergence order of the adaptive loss (paper: +1).
         clip: Importance-weight clip of the adaptive loss (paper: 5).
@@ -83,6 +85,7 @@ class SandwichTask(ClassificationTask):
             num_subnets: int = 4,
             seed: int = 0,
             kd_loss: str = 'alpha',
+            inplace_kd: bool = True,
             alpha_min: float = -1.0,
             alpha_max: float = 1.0,
             clip: float = 5.0,
@@ -105,6 +108,8 @@ class SandwichTask(ClassificationTask):
                             f'(timm_alphanet.models.Supernet); {type(supernet).__name__} lacks {missing}')
         # argument checks before the (possibly slow) teacher creation
         sandwich_subnets(supernet.space, num_subnets, seed, 0)  # validates num_subnets and seed
+        if not isinstance(inplace_kd, bool):
+            raise ValueError(f'inplace_kd must be True or False, got {inplace_kd!r:.40}')
         if kd_loss not in KD_LOSSES:
             raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}')
         if interpolation not in INTERPOLATIONS:
@@ -121,6 +126,7 @@ class SandwichTask(ClassificationTask):
         self.seed = seed
         self.interpolation = interpolation
         self.loss_type = kd_loss
+        self.inplace_kd = inplace_kd
         self.kd_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
 
         self.teacher: Optional[DistillationTeacher] = None
@@ -216,8 +222,9 @@ class SandwichTask(ClassificationTask):
         Returns:
             Dictionary with 'loss' (the total; detached if `backward` was given), 'output' (max subnet logits,
             detached), 'loss_max' (its loss: 'task_loss' plus, with a teacher, ``teacher_weight *
-            'teacher_kd_loss'``), 'task_loss', 'loss_random0'.. and 'loss_min' (KD losses), 'kd_divergence'
-            (the per-sample divergence of the KD subnets, averaged over them), 'kd_alpha_max_frac' (for 'alpha':
+            'teacher_kd_loss'``), 'task_loss', 'loss_random0'.. and 'loss_min' (KD losses; label losses without
+            in-place KD), 'kd_divergence' (the per-sample divergence of the KD subnets, averaged over them; only with
+            in-place KD), 'kd_alpha_max_frac' (for 'alpha':
             fraction of samples that used the alpha_max branch) and 'subnets' (the step's configs). With a
             teacher also 'teacher_kd_loss' and 'teacher_kd_divergence'. All tensors but 'loss' are detached.
         """
@@ -247,6 +254,8 @@ class SandwichTask(ClassificationTask):
                         if teacher_logits is not None:
                             teacher_kd_loss = self.teacher_criterion(logits, teacher_logits)
                             loss = task_loss + self.teacher_weight * teacher_kd_loss
+                    elif not self.inplace_kd:
+                        loss = self.criterion(self.trainable_module(x), target)
                     else:
                         logits = self.trainable_module(x)
                         loss = self.kd_criterion(logits, max_logits)
@@ -267,7 +276,8 @@ class SandwichTask(ClassificationTask):
         if teacher_logits is not None:
             result['teacher_kd_loss'] = teacher_kd_loss.detach()
             result['teacher_kd_divergence'] = self.teacher_criterion.last_divergence.mean()
-        result['kd_divergence'] = torch.stack(divergences).mean()
+        if divergences:
+            result['kd_divergence'] = torch.stack(divergences).mean()
         if alpha_max_fracs:
             result['kd_alpha_max_frac'] = torch.stack(alpha_max_fracs).mean()
         result['subnets'] = subnets
