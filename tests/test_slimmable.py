@@ -23,6 +23,7 @@ from timm_alphanet.layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, D
 from timm_alphanet.layers.elastic import make_elastic
 from timm_alphanet.models import SlimmableMobileNet, is_supernet
 from timm_alphanet.models.slimmable_mobilenet import timm_model_name
+from timm_alphanet.sources import load_supernet
 from timm_alphanet.spaces import WidthConfig
 from timm_alphanet.testing import randomize_bn_stats
 from test_hub import _hf_cache_snapshot, _random_state
@@ -263,6 +264,19 @@ def test_other_widths_and_resolutions_rebuild_from_model_args(tmp_path):
     with torch.no_grad():
         supernet.set_subnet({'width': 0.3, 'resolution': 160})
         torch.testing.assert_close(again(x), supernet(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_saved_supernet_reopens_with_its_space(tmp_path):
+    space = {'widths': [0.5, 0.75, 1.0], 'resolutions': [192, 224]}
+    supernet = _supernet('mobilenetv1', num_classes=10, space=space)
+    supernet.load_state_dict(_random_state(supernet, seed=5))
+    save_for_hf(supernet, tmp_path, safe_serialization=True)
+    again, source = load_supernet(str(tmp_path))
+    assert isinstance(again, SlimmableMobileNet) and again.space == supernet.space and source.kind == 'local-dir'
+    x = torch.randn(1, 3, 64, 64)
+    for net in (supernet, again):
+        net.eval().set_subnet({'width': 0.5, 'resolution': 192})
+    torch.testing.assert_close(again(x), supernet(x))
 
 
 def test_custom_width_must_be_a_positive_number():
