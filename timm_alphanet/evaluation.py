@@ -1,5 +1,10 @@
-"""Validation on Accelerate: top-1/top-5/loss over the whole (sharded) validation set via `gather_for_metrics`."""
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+"""Validation on Accelerate: top-1/top-5/loss over the whole (sharded) validation set via `gather_for_metrics`.
+
+Two eval pipelines: timm's (the model's `pretrained_cfg`: resize to ``input_size / crop_pct``, centre crop
+``input_size``) and the paper's (resize 256 bicubic, centre crop 224, then the 224 crop resized bicubically to the
+model's resolution, as the published AlphaNet numbers were measured).
+"""
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -9,7 +14,10 @@ from tqdm.auto import tqdm
 
 from .calibration import calibrate_bn, resize_to
 
-__all__ = ['evaluate', 'validate_subnets', 'format_table']
+__all__ = ['evaluate', 'validate_subnets', 'format_table', 'PIPELINES', 'paper_transform', 'eval_pipeline',
+           'validate_model']
+
+PIPELINES = ('timm', 'paper')
 
 
 @torch.no_grad()
@@ -65,3 +73,53 @@ def format_table(results: Dict[str, Dict[str, float]], extra: Optional[Dict[str,
         lines.append(f"| {name} | " + ''.join(f'{c} | ' for c in cols)
                      + f"{r['top1']:.2f} | {r['top5']:.2f} | {r['loss']:.4f} |")
     return '\n'.join(lines)
+
+
+def paper_transform(mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                    resize: int = 256, crop: int = 224) -> Callable[[Any], torch.Tensor]:
+    """The paper's eval preprocessing of a PIL image: shorter side to `resize` (bicubic), centre crop `crop`, tensor,
+    normalise. The resize to the model's resolution happens on the batch (`evaluate(..., resolution=)`)."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(crop),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+def eval_pipeline(model: nn.Module, pipeline: str = 'timm') -> Tuple[Callable[[Any], torch.Tensor], Optional[int]]:
+    """(image transform, resolution batches are resized to or None) of `pipeline` for `model`.
+
+    ``timm``: timm's eval transform from the model's `pretrained_cfg` (what ``train.py`` validates with);
+    ``paper``: `paper_transform` with the model's mean/std, then batches resized to its input size.
+    """
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    if pipeline == 'timm':
+        return create_transform(**cfg), None
+    if pipeline == 'paper':
+        return paper_transform(cfg['mean'], cfg['std']), int(cfg['input_size'][-1])
+    raise ValueError(f'unknown eval pipeline {str(pipeline)[:40]!r}; allowed: {list(PIPELINES)}')
+
+
+def validate_model(accelerator, model: nn.Module, dataset: Any, pipeline: str = 'timm', batch_size: int = 64,
+                   workers: int = 0, progress: bool = False) -> Dict[str, Any]:
+    """Top-1/top-5 (%), mean loss and image count of `model` on `dataset` (its transform is set by `pipeline`).
+
+    The data is sharded over the Accelerator's processes; every process gets the same totals.
+    """
+    from torch.utils.data import DataLoader
+
+    transform, resolution = eval_pipeline(model, pipeline)
+    dataset.transform = transform
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=accelerator.device.type == 'cuda')
+    model, loader = accelerator.prepare(model, loader)
+    result: Dict[str, Any] = evaluate(accelerator, model, loader, resolution=resolution, desc='validate',
+                                      progress=progress)
+    result['num_images'] = len(dataset)
+    result['pipeline'] = pipeline
+    return result

@@ -1,62 +1,140 @@
-"""Model folders for `local-dir:` / `hf-hub:`: safetensors weights, timm's config.json and a model card."""
+"""Publishing model folders on the Hugging Face Hub with `huggingface_hub.HfApi`.
+
+Unlike timm's `push_to_hf_hub` (which writes a card only when the repository has none, with an apache-2.0 default),
+every push regenerates the card from the folder's config.json, with the model's own license and ``hf-hub:`` usage
+lines, and all points of one Pareto front are grouped in a Hub collection.
+
+The token comes from the standard Hugging Face login (``hf auth login``) or ``HF_TOKEN`` through
+`huggingface_hub.get_token`; it is handed to `HfApi` and never printed, logged or written.
+"""
 import os
-from typing import Any, Dict, Optional, Union
+import re
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from timm.models import save_for_hf
+import huggingface_hub.constants as hf_constants
+from huggingface_hub import HfApi, get_token
 
-from ..archs import ALPHANET_SPACE
-from ..cost.flops import count_macs_and_params
-from ..models.alphanet import AlphaNet
-from ..models.supernet import AlphaNetSupernet
+from .folder import package_version, read_config, save_pretrained, update_metadata
 
-__all__ = ['save_pretrained']
+__all__ = ['HubPublisher', 'parse_hub_target', 'repo_name', 'hub_token', 'push_to_hub', 'push_folders',
+           'save_pretrained']
 
-
-def _model_card(model: AlphaNet, name: str, extra: Optional[str] = None) -> str:
-    macs, params = count_macs_and_params(model.arch, model.space, num_classes=model.num_classes,
-                                         in_chans=model.in_chans)
-    arch = model.arch.to_dict()
-    lines = [
-        '---', 'tags: [image-classification, timm, alphanet]', 'library_name: timm', 'license: cc-by-nc-4.0', '---',
-        f'# {name}', '',
-        'An AlphaNet subnet ([AlphaNet: Improved Training of Supernets with Alpha-Divergence]'
-        '(https://arxiv.org/abs/2102.07954)) as a timm model, exported by timm_alphanet.', '',
-        '| | |', '|---|---|',
-        f'| resolution | {arch["resolution"]} |', f'| MFLOPs (MACs) | {macs / 1e6:.2f} |',
-        f'| params (M) | {params / 1e6:.2f} |', f'| classes | {model.num_classes} |',
-        *(f'| {k} | {v} |' for k, v in arch.items() if k != 'resolution'), '',
-        '```python', 'import timm, timm_alphanet  # the import registers the AlphaNet models',
-        f"model = timm.create_model('hf-hub:<org>/{name}', pretrained=True)", '```', '',
-        'The architecture and weights derive from work released under CC-BY-NC-4.0 (non-commercial).',
-    ]
-    if extra:
-        lines += ['', extra]
-    return '\n'.join(lines) + '\n'
+_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
+MAX_REPO_NAME = 96  # the Hub's limit on a repository name
 
 
-def save_pretrained(model: AlphaNet, directory: Union[str, os.PathLike], name: Optional[str] = None,
-                    notes: Optional[str] = None) -> str:
-    """Write `model.safetensors`, `config.json` (with the arch in `model_args`) and a model card README.md.
+def parse_hub_target(target: str) -> Tuple[str, str]:
+    """``ORG`` or ``ORG/PREFIX`` -> (org, prefix); ValueError naming the allowed characters."""
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError('a Hub target must be ORG or ORG/PREFIX, e.g. timm-alphanet or me/digits')
+    parts = target.strip().split('/')
+    if len(parts) > 2 or not all(_NAME.match(p) for p in parts):
+        raise ValueError(f'bad Hub target {target[:100]!r}: expected ORG or ORG/PREFIX made of letters, digits, '
+                         "'-', '_' and '.'")
+    return parts[0], parts[1] if len(parts) == 2 else ''
 
-    The directory loads with `timm.create_model('local-dir:<directory>', pretrained=True)`, and once
-    uploaded, with `hf-hub:<org>/<name>`.
+
+def repo_name(prefix: str, name: str) -> str:
+    """The repository name of model `name` under `prefix` (``<prefix>-<name>``, or `name` without a prefix)."""
+    full = f'{prefix}-{name}' if prefix else name
+    if not _NAME.match(full) or len(full) > MAX_REPO_NAME or '--' in full or '..' in full:
+        raise ValueError(f'{full[:120]!r} is not a valid Hub repository name (letters, digits, "-", "_", "."; at most '
+                         f'{MAX_REPO_NAME} characters; no "--" or "..")')
+    return full
+
+
+def hub_token() -> str:
+    """The Hugging Face token of the standard login; ValueError (without any secret) when offline or logged out."""
+    if hf_constants.HF_HUB_OFFLINE:
+        raise ValueError('cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1)')
+    token = get_token()
+    if not token:
+        raise ValueError('cannot push to the Hugging Face Hub: not logged in; run `hf auth login` or set HF_TOKEN')
+    return token
+
+
+def _short_error(e: BaseException) -> str:
+    text = ' '.join(str(e).split())[:300]
+    return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+class HubPublisher:
+    """Pushes model folders to ``<org>/<prefix>-<name>`` repositories and groups them in collections.
+
+    Construction checks everything that can fail before any work: the target's syntax, offline mode, the token,
+    and that the Hub answers for that token (`HfApi.whoami`). Raises ValueError otherwise.
+
+    Args:
+        target: ``ORG`` or ``ORG/PREFIX``.
+        private: create new repositories (and collections) private.
+        revision: push to this branch (created when missing) instead of main.
+        api: an `HfApi`-like object (default: ``HfApi(token=<login token>)``).
     """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    model_args: Dict[str, Any] = {}
-    if isinstance(model, AlphaNetSupernet):
-        model_args['space'] = model.space.to_dict()
-    elif isinstance(model, AlphaNet):
-        model_args['arch'] = model.arch.to_dict()
-        if model.space != ALPHANET_SPACE:
-            model_args['space'] = model.space.to_dict()
-    save_for_hf(model, directory, model_args=model_args, safe_serialization=True)
-    name = name or os.path.basename(os.path.normpath(directory))
-    if isinstance(model, AlphaNet) and not isinstance(model, AlphaNetSupernet):
-        card = _model_card(model, name, notes)
-    else:
-        card = f'# {name}\n\nAn AlphaNet weight-sharing supernet for timm_alphanet (CC-BY-NC-4.0).\n' + \
-            (f'\n{notes}\n' if notes else '')
-    with open(os.path.join(directory, 'README.md'), 'w') as f:
-        f.write(card)
-    return directory
+
+    def __init__(self, target: str, private: bool = False, revision: Optional[str] = None, api: Any = None):
+        self.org, self.prefix = parse_hub_target(target)
+        if revision is not None and not re.match(r'^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$', revision):
+            raise ValueError(f'bad revision {revision[:100]!r}: a branch name of letters, digits, ".", "_", "-", "/"')
+        self.private = private
+        self.revision = revision
+        token = hub_token()
+        self.api = api if api is not None else HfApi(token=token, library_name='timm_alphanet',
+                                                     library_version=package_version())
+        try:
+            self.api.whoami()
+        except Exception as e:  # any failure here (network, HTTP 401) means no push can work
+            raise ValueError(f'cannot push to the Hugging Face Hub: {_short_error(e)}') from None
+
+    def repo_id(self, name: str) -> str:
+        """The repository id model `name` is pushed to."""
+        return f'{self.org}/{repo_name(self.prefix, name)}'
+
+    def push(self, folder: Union[str, os.PathLike], repo_id: Optional[str] = None,
+             base_model: Optional[str] = None) -> str:
+        """Upload `folder` (its card regenerated for `repo_id`) and return the repository id.
+
+        Args:
+            folder: a model folder (config.json with our metadata, weights, card).
+            repo_id: default: `repo_id` of the folder's recorded name.
+            base_model: the repository the model derives from (e.g. its published supernet), for the card.
+        """
+        folder = Path(folder)
+        config = read_config(folder)
+        repo_id = repo_id or self.repo_id(config.get('timm_alphanet', {}).get('name') or folder.name)
+        repo_id = self.api.create_repo(repo_id, private=self.private, exist_ok=True).repo_id
+        if self.revision:
+            self.api.create_branch(repo_id, branch=self.revision, exist_ok=True)
+        changes = {'hub_repo': repo_id, **({'base_model': base_model} if base_model else {})}
+        update_metadata(folder, changes, repo_id=repo_id)  # the card is regenerated on every push
+        self.api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=self.revision,
+                               commit_message=f'Upload {folder.name} with timm_alphanet {package_version()}',
+                               ignore_patterns=['.*'])
+        return repo_id
+
+    def collect(self, title: str, repo_ids: Sequence[str], description: Optional[str] = None) -> str:
+        """Put `repo_ids` (in order) into the collection `title` of the org (created when missing); returns its slug."""
+        collection = self.api.create_collection(title[:59], namespace=self.org, description=description,
+                                                private=self.private, exists_ok=True)
+        for repo_id in repo_ids:
+            self.api.add_collection_item(collection.slug, repo_id, 'model', exists_ok=True)
+        return collection.slug
+
+
+def push_to_hub(folder: Union[str, os.PathLike], repo_id: str, private: bool = False, revision: Optional[str] = None,
+                base_model: Optional[str] = None, api: Any = None) -> str:
+    """Push one model folder to `repo_id` (created when missing; the card is regenerated); returns the repo id."""
+    if not isinstance(repo_id, str) or repo_id.count('/') != 1:
+        raise ValueError(f'repo_id must be ORG/NAME, got {str(repo_id)[:100]!r}')
+    org, name = repo_id.split('/')
+    publisher = HubPublisher(org, private=private, revision=revision, api=api)
+    return publisher.push(folder, f'{org}/{repo_name("", name)}', base_model=base_model)
+
+
+def push_folders(publisher: HubPublisher, folders: List[Path], collection: Optional[str] = None,
+                 description: Optional[str] = None, base_model: Optional[str] = None) -> List[str]:
+    """Push every folder with `publisher`; with `collection`, group them in that collection. Returns the repo ids."""
+    repo_ids = [publisher.push(f, base_model=base_model) for f in folders]
+    if collection:
+        publisher.collect(collection, repo_ids, description)
+    return repo_ids

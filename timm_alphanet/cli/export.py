@@ -1,0 +1,142 @@
+"""``alphanet-export``: subnets of a trained supernet as calibrated timm model folders, optionally on the Hub.
+
+    alphanet-export runs/supernet --pareto runs/search/pareto.json --output exported --calib-data /data/imagenet
+    alphanet-export hf-hub:me/supernet --arch a3 '{"resolution": 224, ...}' my_arch.yaml --output exported \\
+        --calib-data /data/imagenet --onnx --push-to-hub me/alphanet
+"""
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import torch
+
+from ..calibration import CalibrationRecipe
+from ..export.hub import HubPublisher, push_folders
+from ..export.pareto import read_pareto
+from ..export.subnets import calibration_images, export_subnets, resolve_requests
+from ..export.folder import check_output_folder
+from ._common import fail, int_at_least, user_errors_exit
+from ._datasets import open_image_dataset
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'alphanet-export'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description='Export subnets of a supernet: per arch, BN calibration with the deterministic recipe, the static '
+                    'timm model, metrics and a model card, in OUTPUT/<name>/ (load with '
+                    "timm.create_model('local-dir:OUTPUT/<name>', pretrained=True)).",
+        epilog='Without --pareto the calibration recipe comes from the --calib-* options; with it, from pareto.json '
+               '(the recipe the search used). The Hub token comes from `hf auth login` or HF_TOKEN.')
+    parser.add_argument('supernet', help="a training run folder, a supernet model folder, local-dir:FOLDER, "
+                                         "hf-hub:ORG/NAME, or an original AlphaNet .pth.tar checkpoint")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument('--arch', nargs='+', default=None, metavar='ARCH',
+                      help='archs to export: a0 .. a6, max, min, a JSON object, or a JSON/YAML file')
+    what.add_argument('--pareto', default=None, metavar='FILE', help="alphanet-search's pareto.json")
+    parser.add_argument('--points', default='all', help='with --pareto: all, or comma-separated indices (0,3,5)')
+    parser.add_argument('--output', required=True, metavar='DIR', help='output folder (one sub-folder per model)')
+    parser.add_argument('--overwrite', action='store_true', help='replace the models\' folders in a non-empty OUTPUT')
+    parser.add_argument('--config', default=None,
+                        help='original checkpoints only: the original YAML with the supernet_config it was trained '
+                             'with (default: the one stored in the checkpoint, else the AlphaNet space)')
+    calib = parser.add_argument_group('BN calibration')
+    calib.add_argument('--calib-data', default=None,
+                       help='image folder (with the recipe\'s split as a sub-folder, e.g. train/) or sklearn/digits')
+    calib.add_argument('--no-calib', action='store_true',
+                       help='export with the supernet\'s BN statistics (the cards say UNCALIBRATED)')
+    calib.add_argument('--calib-split', default=None, help='recipe split (default train); not with --pareto')
+    calib.add_argument('--calib-images', type=int_at_least(1), default=None, help='recipe images (default 2048)')
+    calib.add_argument('--calib-batch-size', type=int_at_least(1), default=None, help='recipe batch (default 256)')
+    calib.add_argument('--calib-seed', type=int, default=None, help='recipe seed (default 0)')
+    calib.add_argument('--calib-image-size', type=int_at_least(1), default=None,
+                       help="recipe image size (default: the space's largest resolution)")
+    hub = parser.add_argument_group('Publishing')
+    hub.add_argument('--push-to-hub', default=None, metavar='ORG[/PREFIX]',
+                     help='push each folder to ORG/[PREFIX-]<name>; a Pareto front becomes a collection')
+    hub.add_argument('--private', action='store_true', help='create private repositories')
+    hub.add_argument('--revision', default=None, help='push to this branch (created when missing)')
+    parser.add_argument('--onnx', action='store_true', help='also write model.onnx, checked with onnxruntime')
+    parser.add_argument('--no-latency', action='store_true', help='do not measure batch-1 latency on --device')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='device for calibration and latency')
+    parser.add_argument('-j', '--workers', type=int_at_least(0), default=min(4, os.cpu_count() or 1),
+                        help='data loader processes')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    return parser
+
+
+def _recipe(args, space, front) -> CalibrationRecipe:
+    overrides = {'split': args.calib_split, 'num_images': args.calib_images, 'batch_size': args.calib_batch_size,
+                 'seed': args.calib_seed, 'image_size': args.calib_image_size}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if front is not None:
+        if given:
+            raise ValueError(f'--calib-{"/".join(given)} cannot be combined with --pareto: the recipe is the one '
+                             'the search recorded in pareto.json')
+        return front.recipe
+    given.setdefault('image_size', max(space.resolutions))
+    return CalibrationRecipe(**given)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``alphanet-export``; exits with status 2 and a one-line message on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.calib_data is None and not args.no_calib:
+        parser.error('give --calib-data (BN calibration images) or --no-calib (export uncalibrated)')
+    if args.calib_data is not None and args.no_calib:
+        parser.error('--calib-data and --no-calib exclude each other')
+    if args.pareto is None and args.points != 'all':
+        parser.error('--points needs --pareto')
+    push_problem: List[str] = []
+
+    def run() -> int:
+        from ..sources import load_supernet
+
+        check_output_folder(args.output, args.overwrite)
+        publisher = None
+        if args.push_to_hub:
+            try:  # checked before any work; the folders are written anyway
+                publisher = HubPublisher(args.push_to_hub, private=args.private, revision=args.revision)
+            except ValueError as e:
+                push_problem.append(str(e))
+                print(f'{PROG}: error: {e}; the model folders will still be written to {args.output}',
+                      file=sys.stderr, flush=True)
+        supernet, source = load_supernet(args.supernet, args.config)
+        front = read_pareto(args.pareto, supernet.space, source.sha256) if args.pareto else None
+        requests = resolve_requests(supernet.space, args.arch or (), front, args.points)
+        recipe = _recipe(args, supernet.space, front)
+        images = None
+        if not args.no_calib:
+            dataset = open_image_dataset(args.calib_data, recipe.split)
+            images = calibration_images(dataset, recipe, workers=args.workers, progress=not args.no_progress)
+        calib_name = None if args.calib_data is None else os.path.basename(os.path.normpath(args.calib_data))
+        folders = export_subnets(
+            supernet, requests, args.output, source=source.to_dict(), calib_images=images, recipe=recipe,
+            calib_data=calib_name, front=front, onnx=args.onnx, overwrite=args.overwrite,
+            measure_latency=not args.no_latency, device=args.device, progress=not args.no_progress,
+            log=lambda msg: print(msg, flush=True))
+        if publisher is not None:
+            title = collection_description = None
+            if front is not None:
+                title = f'{publisher.prefix or "AlphaNet"} Pareto front {front.supernet_sha256[:8]}'
+                collection_description = (f'{len(folders)} models of the Pareto front found by alphanet-search on '
+                                          f'the supernet with weights sha256 {front.supernet_sha256[:16]}')
+            repos = push_folders(publisher, folders, collection=title, description=collection_description)
+            print('pushed: ' + ', '.join(repos), flush=True)
+        return 0
+
+    status = user_errors_exit(PROG, run)
+    if push_problem:
+        fail(PROG, f'nothing was pushed ({push_problem[0]}); the model folders are in {args.output}: push them '
+                   'with timm_alphanet.export.push_to_hub(folder, "ORG/NAME") once logged in')
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

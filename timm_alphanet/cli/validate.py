@@ -1,0 +1,88 @@
+"""``alphanet-validate``: top-1/top-5/loss of a model on an image folder, with timm's or the paper's pipeline.
+
+    alphanet-validate --model alphanet_a3 --data-dir /data/imagenet --split val --pipeline paper
+    accelerate launch -m timm_alphanet.cli.validate --model hf-hub:me/alphanet_p03 --data-dir /data/imagenet
+    alphanet-validate --model local-dir:out/alphanet_a0 --data-dir sklearn/digits --write-to out/alphanet_a0
+"""
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from ..evaluation import PIPELINES, validate_model
+from ..export.folder import record_evaluation
+from ._common import int_at_least, user_errors_exit
+from ._datasets import open_image_dataset
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'alphanet-validate'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description='Validate a model (top-1, top-5, loss) on an image folder, on any number of Accelerate '
+                    'processes; with --write-to, record the result in that model folder\'s config.json and card.')
+    parser.add_argument('--model', required=True,
+                        help='a registered name (its published weights), hf-hub:ORG/NAME, local-dir:FOLDER or FOLDER')
+    parser.add_argument('--data-dir', required=True, help='image folder (DIR/<split>/<class>/...) or sklearn/digits')
+    parser.add_argument('--split', default='validation', help='sub-folder of --data-dir to validate on')
+    parser.add_argument('--pipeline', default='timm', choices=PIPELINES,
+                        help="timm: the model's pretrained_cfg (resize, centre crop at its input size); paper: "
+                             "resize 256 bicubic, centre crop 224, resize to the model's resolution")
+    parser.add_argument('--dataset-name', default=None, help='name of the data in the record (default: the folder)')
+    parser.add_argument('-b', '--batch-size', type=int_at_least(1), default=64, help='images per batch per process')
+    parser.add_argument('-j', '--workers', type=int_at_least(0), default=min(4, os.cpu_count() or 1),
+                        help='data loader processes')
+    parser.add_argument('--write-to', default=None, metavar='FOLDER',
+                        help="record the result in this model folder (it must hold the validated model's weights)")
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def _model_spec(spec: str) -> str:
+    if not spec.startswith(('hf-hub:', 'local-dir:')) and os.path.isdir(spec):
+        return f'local-dir:{spec}'
+    return spec
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``alphanet-validate``; exits with status 2 and a one-line message on bad input."""
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        import timm
+        from accelerate import Accelerator
+
+        from .. import models  # noqa: F401  (registers the alphanet_* models)
+
+        if args.write_to is not None and not os.path.isfile(os.path.join(args.write_to, 'config.json')):
+            raise FileNotFoundError(f'--write-to {args.write_to[:300]}: not a model folder (no config.json)')
+        dataset = open_image_dataset(args.data_dir, args.split)
+        spec = _model_spec(args.model)
+        if not timm.is_model(spec) and not spec.startswith(('hf-hub:', 'local-dir:')):
+            raise ValueError(f'unknown model {spec[:100]!r}; give a registered name (e.g. alphanet_a0), '
+                             'hf-hub:ORG/NAME, local-dir:FOLDER or a model folder')
+        model = timm.create_model(spec, pretrained=True).eval()
+        cpu = not torch.cuda.is_available()
+        accelerator = Accelerator(cpu=cpu)
+        result = validate_model(accelerator, model, dataset, args.pipeline, args.batch_size, args.workers,
+                                progress=not args.no_progress)
+        result.update(dataset=args.dataset_name or os.path.basename(os.path.normpath(args.data_dir)),
+                      split=args.split)
+        accelerator.print(f'{args.model}: top1 {result["top1"]:.3f} top5 {result["top5"]:.3f} loss '
+                          f'{result["loss"]:.4f} ({result["num_images"]} images, {args.pipeline} pipeline, '
+                          f'{accelerator.num_processes} process(es))')
+        if args.write_to is not None and accelerator.is_main_process:
+            record_evaluation(args.write_to, result, model=accelerator.unwrap_model(model))
+            print(f'recorded in {args.write_to}/config.json and README.md')
+        return 0
+
+    return user_errors_exit(PROG, run)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Exporting subnets of a trained supernet as model folders (behind ``alphanet-export``).
+
+Per arch: the static model (`extract_subnet`; folders of the paper's searched archs rebuild as the named
+``alphanet_aX``), BatchNorm calibration with the deterministic recipe (the one the search recorded in pareto.json),
+metrics (MFLOPs, params, latency, top-1 with its split), optionally ONNX, written whole into ``<output>/<name>/``.
+"""
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ..archs import ALPHANET_ARCHS, resolve_arch
+from ..calibration import CalibrationRecipe, calibrate_bn, disjoint_subsets, load_images
+from ..spaces import SearchSpace, SubnetConfig
+from .extract import extract_subnet
+from .folder import check_output_folder, model_metadata, staged_folder, write_model_folder
+from .pareto import ParetoFront, ParetoPoint, pareto_svg, select_points
+from .timing import latency
+
+__all__ = ['ExportRequest', 'resolve_requests', 'recipe_transform', 'calibration_images', 'calibrate_with_recipe',
+           'export_subnets', 'UNCALIBRATED_EXPORT_NOTE']
+
+UNCALIBRATED_EXPORT_NOTE = (
+    'BatchNorm statistics: UNCALIBRATED (exported with --no-calib). The running statistics are the supernet\'s, '
+    'cropped to this subnet; a supernet trained with BN momentum 0 (as AlphaNet is) has meaningless ones, so '
+    'calibrate before evaluating: `timm_alphanet.calibrate_bn(model, train_loader, num_batches=...)`.')
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One model to export: its folder / repository name, its arch, and its Pareto point (if from pareto.json)."""
+    name: str
+    arch: SubnetConfig
+    point: Optional[ParetoPoint] = None
+
+
+def _arch_name(text: str, arch: SubnetConfig, space: SearchSpace) -> str:
+    stripped = text.strip()
+    short = stripped[len('alphanet_'):] if stripped.startswith('alphanet_') else stripped
+    if short in ALPHANET_ARCHS or short in ('max', 'min'):
+        return f'alphanet_{short}'
+    if not stripped.startswith('{') and os.path.isfile(stripped):
+        stem = re.sub(r'[^A-Za-z0-9._-]+', '_', Path(stripped).stem).strip('._-') or 'arch'
+        return f'alphanet_{stem}'[:80]
+    from ..cost.flops import mflops
+    return f'alphanet_custom_{round(mflops(arch, space))}mf'
+
+
+def resolve_requests(space: SearchSpace, archs: Sequence[Union[str, SubnetConfig, Dict[str, Any]]] = (),
+                     front: Optional[ParetoFront] = None, points: Union[str, Sequence[int], None] = 'all'
+                     ) -> List[ExportRequest]:
+    """What to export: `archs` (names, JSON text, files, dicts; see `resolve_arch`) or the `points` of `front`.
+
+    Raises ValueError for an arch outside `space` (naming the gene and its allowed values), an index out of range,
+    or two models that would get the same name.
+    """
+    out: List[ExportRequest] = []
+    for a in archs:
+        arch = resolve_arch(a, space)
+        name = _arch_name(a, arch, space) if isinstance(a, str) else f'alphanet_custom_{len(out)}'
+        out.append(ExportRequest(name, arch))
+    if front is not None:
+        width = len(str(len(front.points) - 1))
+        for p in select_points(front, points):
+            out.append(ExportRequest(f'alphanet_pareto{p.index:0{width}d}_{round(p.mflops)}mf', p.arch, p))
+    if not out:
+        raise ValueError('nothing to export: give --arch NAME|JSON|FILE or --pareto pareto.json')
+    names = [r.name for r in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f'two exported models would share the name(s) {dup[:5]}; give each arch once')
+    return out
+
+
+def recipe_transform(recipe: CalibrationRecipe):
+    """The recipe's eval transform: resize to ``image_size / crop_pct``, centre crop `image_size`, normalise."""
+    from timm.data import create_transform
+
+    return create_transform((3, recipe.image_size, recipe.image_size), is_training=False,
+                            interpolation=recipe.interpolation, crop_pct=recipe.crop_pct, mean=recipe.mean,
+                            std=recipe.std)
+
+
+def calibration_images(dataset: Any, recipe: CalibrationRecipe, workers: int = 0, progress: bool = True
+                       ) -> torch.Tensor:
+    """The recipe's calibration images of `dataset` (the recipe's split), decoded once, in the recipe's order.
+
+    The indices are the first of `disjoint_subsets(len(dataset), [num_images, ...], seed)`, so they are the images
+    the search calibrated with; the dataset's transform is set to `recipe_transform(recipe)`.
+    """
+    dataset.transform = recipe_transform(recipe)
+    indices = disjoint_subsets(len(dataset), [recipe.num_images], recipe.seed)[0]
+    images, _ = load_images(dataset, indices, batch_size=recipe.batch_size, workers=workers, progress=progress,
+                            desc='calibration images')
+    return images
+
+
+def calibrate_with_recipe(model: torch.nn.Module, images: torch.Tensor, recipe: CalibrationRecipe,
+                          resolution: int) -> int:
+    """Calibrate `model`'s BN on `images` in the recipe's batches, each resized to `resolution`; returns batches."""
+    device = next(model.parameters()).device
+    batches = [b.to(device) for b in images.split(recipe.batch_size)]
+    return calibrate_bn(model, batches, num_batches=len(batches), resolution=resolution, distributed=False,
+                        progress=False)
+
+
+def _results(point: ParetoPoint, front: ParetoFront) -> List[Dict[str, Any]]:
+    dataset = front.dataset or 'search data'
+    out = []
+    if point.top1 is not None:
+        out.append({'top1': point.top1, 'dataset': dataset, 'split': front.selection_split,
+                    'pipeline': 'search (calibrated with the recipe)', 'source': 'pareto.json'})
+    if point.top1_val is not None:
+        out.append({'top1': point.top1_val, 'dataset': dataset, 'split': front.report_split or 'held-out report',
+                    'pipeline': 'search (calibrated with the recipe)', 'source': 'pareto.json'})
+    return out
+
+
+def export_subnets(
+        supernet: torch.nn.Module,
+        requests: Sequence[ExportRequest],
+        output: Union[str, os.PathLike],
+        source: Optional[Dict[str, Any]] = None,
+        calib_images: Optional[torch.Tensor] = None,
+        recipe: Optional[CalibrationRecipe] = None,
+        calib_data: Optional[str] = None,
+        front: Optional[ParetoFront] = None,
+        onnx: bool = False,
+        overwrite: bool = False,
+        measure_latency: bool = True,
+        device: Union[str, torch.device] = 'cpu',
+        progress: bool = True,
+        log: Optional[Callable[[str], None]] = None,
+) -> List[Path]:
+    """Write one model folder per request into `output`; returns the folders.
+
+    Args:
+        supernet: the supernet (an `AlphaNetSupernet`), in eval mode.
+        requests: from `resolve_requests`.
+        output: the output folder; refused when it exists non-empty unless `overwrite` (then the models' folders
+            are replaced, each one whole).
+        source: `SupernetSource.to_dict()` of the supernet (its sha256 goes into every folder).
+        calib_images: the recipe's calibration images (`calibration_images`); None exports uncalibrated models
+            whose cards say so.
+        recipe: the calibration recipe (required with `calib_images`).
+        calib_data: a short name of the calibration data for the cards (e.g. the folder's name).
+        front: the pareto.json the requests' points come from (metrics and the plot go into the cards).
+        onnx: also write ``model.onnx`` (checked against torch with onnxruntime).
+        overwrite: see `output`.
+        measure_latency: measure batch-1 latency on `device` for archs without a latency from pareto.json.
+        device: where calibration (and latency measurement) runs.
+        progress: progress bars.
+        log: called with one line per written folder.
+    """
+    if calib_images is not None and recipe is None:
+        raise ValueError('calib_images need the recipe they were drawn with')
+    output = check_output_folder(output, overwrite)
+    say = log or (lambda msg: None)
+    device = torch.device(device)
+    written = []
+    for req in tqdm(requests, desc='export', disable=not progress):
+        model = extract_subnet(supernet, req.arch).eval().to(device)
+        meta = model_metadata(model)
+        meta['name'] = req.name
+        if source:
+            meta['supernet'] = {k: source[k] for k in ('spec', 'kind', 'sha256') if k in source}
+            if source.get('kind') == 'hf-hub':
+                meta['base_model'] = str(source.get('path', '')).split('@')[0] or None
+        if calib_images is not None:
+            used = calibrate_with_recipe(model, calib_images, recipe, req.arch.resolution)
+            meta['calibration'] = {'recipe': recipe.to_dict(), 'data': calib_data, 'batches': used}
+        else:
+            meta['calibration'] = None
+            meta['notes'] = UNCALIBRATED_EXPORT_NOTE
+        model.eval()
+        point = req.point
+        if point is not None and point.latency_ms is not None:
+            meta['latency'] = {'ms': point.latency_ms, 'batch_size': 1, 'device': point.latency_device or 'unknown',
+                               'source': 'pareto.json'}
+        elif measure_latency:
+            meta['latency'] = latency(model, req.arch.resolution, model.in_chans, device)
+        if point is not None and front is not None:
+            meta['results'] = _results(point, front)
+            meta['pareto'] = {'index': point.index, 'num_points': len(front.points), 'file_sha256': front.file_sha256,
+                              'objectives': list(front.objectives), 'plot': 'pareto.svg'}
+        model.cpu()
+        folder = output / req.name
+        with staged_folder(folder, overwrite) as tmp:
+            if meta.get('pareto'):
+                (tmp / 'pareto.svg').write_text(pareto_svg(front, highlight=point.index))
+            if onnx:
+                from .onnx import export_onnx
+                meta['onnx'] = export_onnx(model, tmp / 'model.onnx', req.arch.resolution, model.in_chans)
+            write_model_folder(model, tmp, meta, folder)
+        say(f'wrote {folder} ({req.arch.resolution} px, {meta["mflops"]:.1f} MFLOPs, '
+            f'{"calibrated" if calib_images is not None else "UNCALIBRATED"})')
+        written.append(folder)
+    return written
+
