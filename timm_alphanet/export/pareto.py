@@ -103,7 +103,7 @@ def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
         raise ValueError(f'{where}: expected a JSON object, got {type(data).__name__}')
     fmt = data.get('format')
     if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt not in PARETO_FORMATS:
-        raise ValueError(f'{where}: unknown pareto.json format {str(fmt)[:40]!r}; this version reads format '
+        raise ValueError(f'{where}: unknown pareto.json format {repr(fmt)[:40]}; this version reads format '
                          f'{", ".join(map(str, PARETO_FORMATS))} (upgrade timm_alphanet for newer files)')
 
     supernet = data.get('supernet')

@@ -47,7 +47,11 @@ def _arch_name(text: str, arch: SubnetConfig, space: SearchSpace) -> str:
         stem = re.sub(r'[^A-Za-z0-9._-]+', '_', Path(stripped).stem).strip('._-') or 'arch'
         return f'alphanet_{stem}'[:80]
     from ..cost.flops import mflops
-    return f'alphanet_custom_{round(mflops(arch, space))}mf'
+    return f'alphanet_custom_{_mflops_label(mflops(arch, space))}mf'
+
+
+def _mflops_label(value: float) -> str:
+    return str(round(value)) if value >= 10 else f'{value:.2g}'
 
 
 def resolve_requests(space: SearchSpace, archs: Sequence[Union[str, SubnetConfig, Dict[str, Any]]] = (),
@@ -66,7 +70,7 @@ def resolve_requests(space: SearchSpace, archs: Sequence[Union[str, SubnetConfig
     if front is not None:
         width = len(str(len(front.points) - 1))
         for p in select_points(front, points):
-            out.append(ExportRequest(f'alphanet_pareto{p.index:0{width}d}_{round(p.mflops)}mf', p.arch, p))
+            out.append(ExportRequest(f'alphanet_pareto{p.index:0{width}d}_{_mflops_label(p.mflops)}mf', p.arch, p))
     if not out:
         raise ValueError('nothing to export: give --arch NAME|JSON|FILE or --pareto pareto.json')
     names = [r.name for r in out]

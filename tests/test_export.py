@@ -1,0 +1,201 @@
+"""alphanet-export: exported folders give the calibrated supernet subnet's logits through local-dir:, pareto.json
+exports carry its metrics, recipe and plot, bad input fails early with one line, and ONNX round-trips."""
+import json
+import os
+import random
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from torchvision import transforms
+
+from timm_alphanet import calibrate_bn, save_pretrained
+from timm_alphanet.calibration import CalibrationRecipe
+from timm_alphanet.cli.export import main as export_main
+from timm_alphanet.export.subnets import calibration_images, export_subnets, resolve_requests
+from timm_alphanet.sources import load_supernet
+from timm_alphanet.testing.pareto import pareto_dict
+from timm_alphanet.testing.tiny import tiny_supernet
+from timm_alphanet.train.data import build_digits_folder
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    """The built-in digits, cached in a temporary folder for the console scripts too."""
+    cache = tmp_path_factory.mktemp('cache')
+    old = os.environ.get('TIMM_ALPHANET_CACHE')
+    os.environ['TIMM_ALPHANET_CACHE'] = str(cache)
+    yield build_digits_folder()
+    if old is None:
+        del os.environ['TIMM_ALPHANET_CACHE']
+    else:
+        os.environ['TIMM_ALPHANET_CACHE'] = old
+
+
+@pytest.fixture(scope='module')
+def supernet_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp('sn') / 'supernet'
+    save_pretrained(tiny_supernet(seed=1), path)
+    return path
+
+
+def _reference_images(root, recipe):
+    """The recipe's images computed by hand: seeded shuffle of the split, resize + centre crop + normalise."""
+    from timm.data import create_dataset
+    ds = create_dataset('', root=str(root), split=recipe.split)
+    order = list(range(len(ds)))
+    random.Random(recipe.seed).shuffle(order)
+    size = int(recipe.image_size / recipe.crop_pct)
+    tf = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                             transforms.CenterCrop(recipe.image_size), transforms.ToTensor(),
+                             transforms.Normalize(recipe.mean, recipe.std)])
+    files = [ds.reader.samples[i][0] for i in order[:recipe.num_images]]
+    return torch.stack([tf(Image.open(f).convert('RGB')) for f in files])
+
+
+def test_export_then_local_dir_equals_the_calibrated_supernet_subnet(tmp_path, digits, supernet_dir):
+    supernet, source = load_supernet(str(supernet_dir))
+    recipe = CalibrationRecipe(num_images=40, batch_size=16, seed=3, image_size=24)
+    from timm.data import create_dataset
+    images = calibration_images(create_dataset('', root=str(digits), split='train'), recipe, progress=False)
+    expected = _reference_images(digits, recipe)
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
+
+    arch = supernet.space.sample(random.Random(7))
+    requests = resolve_requests(supernet.space, ['max', json.dumps(arch.to_dict())])
+    folders = export_subnets(supernet, requests, tmp_path / 'out', source=source.to_dict(), calib_images=images,
+                             recipe=recipe, calib_data='digits', measure_latency=False, progress=False)
+    assert [f.name for f in folders] == [r.name for r in requests] and requests[0].name == 'alphanet_max'
+
+    reference, _ = load_supernet(str(supernet_dir))  # a fresh copy, calibrated the plain way
+    for req, folder in zip(requests, folders):
+        reference.set_subnet(req.arch)
+        calibrate_bn(reference, list(expected.split(16)), num_batches=3, resolution=req.arch.resolution,
+                     progress=False)
+        reference.eval()
+        loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+        x = torch.randn(3, 3, req.arch.resolution, req.arch.resolution, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), reference(x), rtol=1e-5, atol=1e-5)
+            uncalibrated = timm.create_model(f'local-dir:{supernet_dir}', pretrained=True).eval()
+            uncalibrated.set_subnet(req.arch)
+            assert (uncalibrated(x) - loaded(x)).abs().max() > 1e-3  # calibration changed the statistics
+        meta = json.loads((folder / 'config.json').read_text())['timm_alphanet']
+        assert meta['supernet']['sha256'] == source.sha256 and meta['calibration']['recipe'] == recipe.to_dict()
+        assert meta['version'] and meta['arch'] == req.arch.to_dict()
+
+
+def test_pareto_export_carries_metrics_recipe_and_plot(tmp_path, digits, supernet_dir):
+    supernet, source = load_supernet(str(supernet_dir))
+    archs = [supernet.space.min_config(), supernet.space.sample(random.Random(1)), supernet.space.max_config()]
+    recipe = CalibrationRecipe(num_images=16, batch_size=8, seed=0, image_size=24)
+    pareto = tmp_path / 'pareto.json'
+    pareto.write_text(json.dumps(pareto_dict(supernet.space, source.sha256, archs, recipe.to_dict(),
+                                             top1=[61.5, 70.25, 80.0])))
+    code = export_main([str(supernet_dir), '--pareto', str(pareto), '--points', '2,0', '--output',
+                        str(tmp_path / 'out'), '--calib-data', 'sklearn/digits', '--workers', '0', '--no-progress',
+                        '--no-latency'])
+    assert code == 0
+    names = sorted(os.listdir(tmp_path / 'out'))
+    mflops = json.loads(pareto.read_text())['points'][2]['mflops']
+    assert names[0].startswith('alphanet_pareto0_') and names[1] == f'alphanet_pareto2_{mflops:.2g}mf'
+    folder = tmp_path / 'out' / names[1]
+    meta = json.loads((folder / 'config.json').read_text())['timm_alphanet']
+    assert meta['calibration']['recipe'] == recipe.to_dict()  # the search's recipe, not the CLI defaults
+    assert meta['latency'] == {'ms': 3.5, 'batch_size': 1, 'device': 'test CPU', 'source': 'pareto.json'}
+    assert meta['pareto']['index'] == 2 and meta['pareto']['num_points'] == 3
+    card = ModelCard.load(folder / 'README.md')
+    assert card.data.license == 'cc-by-nc-4.0' and card.data.library_name == 'timm'
+    results = {(r.dataset_split, r.metric_value) for r in card.data.eval_results}
+    assert results == {('train', 80.0), ('validation', 60.0)}
+    assert '![The Pareto front; this model is the marked point](pareto.svg)' in card.text
+    assert '<title>point 2:' in (folder / 'pareto.svg').read_text()
+    assert '3.50 ms, batch 1, on test CPU (pareto.json)' in card.text
+
+
+def _fail(capsys, argv, usage=False):
+    with pytest.raises(SystemExit) as e:
+        export_main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    if usage:  # argparse's own errors come after the usage text
+        assert err.startswith('usage:')
+        return err.splitlines()[-1]
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_input_fails_with_one_line(tmp_path, capsys, digits, supernet_dir):
+    out = str(tmp_path / 'out')
+    common = ['--output', out, '--calib-data', 'sklearn/digits', '--workers', '0', '--no-progress']
+    assert 'kernel_sizes[1] (mb2) = 7 not allowed; allowed: [3, 5]' in _fail(capsys, [
+        str(supernet_dir), '--arch', json.dumps({'resolution': 16, 'width': [8, 8, 8, 24], 'depth': [1, 1],
+                                                 'kernel_size': [3, 7], 'expand_ratio': [1, 2]}), *common])
+    assert "arch 'a3' is not in this search space" in _fail(capsys, [str(supernet_dir), '--arch', 'a3', *common])
+    assert 'give --calib-data' in _fail(capsys, [str(supernet_dir), '--arch', 'max', '--output', out], usage=True)
+    os.makedirs(out)
+    (tmp_path / 'out' / 'something').write_text('x')
+    assert 'not empty' in _fail(capsys, [str(supernet_dir), '--arch', 'max', *common])
+    assert not os.path.exists(os.path.join(out, 'alphanet_max'))
+
+    supernet, source = load_supernet(str(supernet_dir))
+    recipe = CalibrationRecipe(num_images=8, batch_size=8, image_size=24).to_dict()
+    pareto = tmp_path / 'p.json'
+    pareto.write_text(json.dumps(pareto_dict(supernet.space, 'cd' * 32, [supernet.space.max_config()], recipe)))
+    new_out = ['--output', str(tmp_path / 'new')] + common[2:]
+    assert 'made from another supernet' in _fail(capsys, [str(supernet_dir), '--pareto', str(pareto), *new_out])
+    pareto.write_text(json.dumps(pareto_dict(supernet.space, source.sha256, [supernet.space.max_config()], recipe)))
+    assert 'index 3 out of range' in _fail(capsys, [str(supernet_dir), '--pareto', str(pareto), '--points', '3',
+                                                    *new_out])
+    assert 'cannot be combined with --pareto' in _fail(capsys, [str(supernet_dir), '--pareto', str(pareto),
+                                                                 '--calib-images', '4', *new_out])
+    assert not (tmp_path / 'new').exists()
+
+
+def test_no_calib_exports_uncalibrated_and_the_card_says_so(tmp_path, supernet_dir):
+    assert export_main([str(supernet_dir), '--arch', 'min', '--output', str(tmp_path / 'out'), '--no-calib',
+                        '--no-progress', '--no-latency']) == 0
+    folder = tmp_path / 'out' / 'alphanet_min'
+    card = (folder / 'README.md').read_text()
+    assert 'UNCALIBRATED' in card and '**not calibrated**' in card
+    supernet, _ = load_supernet(str(supernet_dir))
+    supernet.set_subnet(supernet.space.min_config())
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), supernet(x), rtol=1e-5, atol=1e-5)  # the supernet's own statistics
+
+
+def test_onnx_round_trip_and_a_disagreeing_runtime_fails(tmp_path, supernet_dir, monkeypatch):
+    ort = pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnxscript')
+    assert export_main([str(supernet_dir), '--arch', 'max', '--output', str(tmp_path / 'out'), '--no-calib',
+                        '--onnx', '--no-progress', '--no-latency']) == 0
+    folder = tmp_path / 'out' / 'alphanet_max'
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    session = ort.InferenceSession(str(folder / 'model.onnx'), providers=['CPUExecutionProvider'])
+    x = torch.randn(7, 3, 24, 24, generator=torch.Generator().manual_seed(1))  # a batch size never exported
+    with torch.no_grad():
+        ref = model(x)
+    got = torch.from_numpy(session.run(None, {'input': x.numpy()})[0])
+    assert (got - ref).abs().max() <= 1e-4 and ref.abs().max() > 1e-3
+    meta = json.loads((folder / 'config.json').read_text())['timm_alphanet']['onnx']
+    assert 0 <= meta['max_abs_diff'] <= 1e-4 and meta['ort_images_per_s'] > 0 and meta['torch_images_per_s'] > 0
+    assert 'ONNX: max abs logit difference onnxruntime vs torch' in (folder / 'README.md').read_text()
+
+    real_session = ort.InferenceSession
+
+    class Off:  # onnxruntime returning logits off by 1e-3: the export must fail and write nothing
+        def __init__(self, *args, **kwargs):
+            self.session = real_session(*args, **kwargs)
+
+        def run(self, *args, **kwargs):
+            return [o + 1e-3 for o in self.session.run(*args, **kwargs)]
+
+    monkeypatch.setattr(ort, 'InferenceSession', Off)
+    with pytest.raises(SystemExit):
+        export_main([str(supernet_dir), '--arch', 'min', '--output', str(tmp_path / 'out2'), '--no-calib', '--onnx',
+                     '--no-progress', '--no-latency'])
+    assert os.listdir(tmp_path / 'out2') == []

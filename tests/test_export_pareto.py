@@ -1,0 +1,101 @@
+"""pareto.json for export: the reader accepts format 1 and refuses what would export the wrong models (another
+supernet, an unknown version, archs outside the space, bad numbers, out-of-range --points); the plot marks the point."""
+import json
+import math
+
+import pytest
+
+from timm_alphanet.calibration import CalibrationRecipe
+from timm_alphanet.export.pareto import pareto_svg, read_pareto, select_points
+from timm_alphanet.spaces import SearchSpace
+from timm_alphanet.testing.pareto import pareto_dict
+from timm_alphanet.testing.tiny import TINY_SPACE
+
+SPACE = SearchSpace.from_dict(TINY_SPACE)
+SHA = 'ab' * 32
+RECIPE = CalibrationRecipe(num_images=32, batch_size=16, seed=5, image_size=24)
+ARCHS = [SPACE.min_config(), SPACE.max_config()]
+
+
+def _write(tmp_path, data, name='pareto.json'):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_reads_a_format_1_file(tmp_path):
+    data = pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict(), a_later_key={'ignored': True})
+    front = read_pareto(_write(tmp_path, data), SPACE, SHA)
+    assert front.format == 1 and front.recipe == RECIPE and front.supernet_sha256 == SHA
+    assert [p.arch for p in front.points] == ARCHS
+    assert front.points[0].latency_ms == 1.5 and front.points[0].latency_device == 'test CPU'
+    assert front.points[1].latency_ms is None and front.points[1].top1_val == 50.0
+    assert front.selection_split == 'train' and front.report_split == 'validation'
+    assert math.isclose(front.points[1].mflops, data['points'][1]['mflops'])
+
+
+@pytest.mark.parametrize('change, match', [
+    ({'format': 2}, 'unknown pareto.json format 2'),
+    ({'format': '1'}, 'unknown pareto.json format'),
+    ({'format': True}, 'unknown pareto.json format'),
+    ({'supernet': {'sha256': 'cd' * 32}}, 'made from another supernet'),
+    ({'supernet': {'sha256': 'not a hash'}}, 'no valid supernet sha256'),
+    ({'calibration': {'num_image': 3}}, 'bad calibration recipe.*num_image'),
+    ({'calibration': None}, 'no calibration recipe'),
+    ({'points': []}, 'non-empty list'),
+])
+def test_refuses_bad_files(tmp_path, change, match):
+    data = pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict(), **change)
+    with pytest.raises(ValueError, match=match):
+        read_pareto(_write(tmp_path, data), SPACE, SHA)
+
+
+def test_refuses_points_outside_the_space_naming_point_gene_and_allowed_values(tmp_path):
+    data = pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict())
+    data['points'][1]['arch']['kernel_size'] = [3, 7]
+    with pytest.raises(ValueError, match=r'point 1: .*kernel_sizes\[1\] \(mb2\) = 7 not allowed; allowed: \[3, 5\]'):
+        read_pareto(_write(tmp_path, data), SPACE, SHA)
+    for bad in (101.0, float('nan'), '75'):
+        data = pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict())
+        data['points'][0]['top1'] = bad
+        with pytest.raises(ValueError, match='point 0: top1 must be a finite number'):
+            read_pareto(_write(tmp_path, data), SPACE, SHA)
+    other = SearchSpace.from_dict({**TINY_SPACE, 'resolutions': [16, 24, 32]})
+    with pytest.raises(ValueError, match='search space differs'):
+        read_pareto(_write(tmp_path, pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict())), other, SHA)
+
+
+def test_refuses_missing_huge_and_non_json_files(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError):
+        read_pareto(tmp_path / 'nope.json', SPACE, SHA)
+    (tmp_path / 'bad.json').write_text('{"format": 1,')
+    with pytest.raises(ValueError, match='not valid JSON'):
+        read_pareto(tmp_path / 'bad.json', SPACE, SHA)
+    import timm_alphanet.export.pareto as pareto
+    monkeypatch.setattr(pareto, 'MAX_PARETO_BYTES', 10)
+    with pytest.raises(ValueError, match='too large'):
+        read_pareto(_write(tmp_path, pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict())), SPACE, SHA)
+
+
+def test_select_points(tmp_path):
+    front = read_pareto(_write(tmp_path, pareto_dict(SPACE, SHA, ARCHS * 3, RECIPE.to_dict())), SPACE, SHA)
+    assert [p.index for p in select_points(front, 'all')] == [0, 1, 2, 3, 4, 5]
+    assert [p.index for p in select_points(front, '5, 0,3,0')] == [5, 0, 3]
+    with pytest.raises(ValueError, match='index 6 out of range.*6 points \\(0..5\\)'):
+        select_points(front, '0,6')
+    with pytest.raises(ValueError, match="'x' is not an index"):
+        select_points(front, 'x')
+
+
+def test_svg_marks_the_exported_point(tmp_path):
+    front = read_pareto(_write(tmp_path, pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict(), selection='<x>')),
+                        SPACE, SHA)
+    svg = pareto_svg(front, highlight=1)
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring(svg)  # well-formed, the split name escaped
+    circles = [c for c in root.iter('{http://www.w3.org/2000/svg}circle')]
+    marked = [c for c in circles if c.get('r') == '6']
+    assert len(circles) == 2 and len(marked) == 1
+    assert marked[0].find('{http://www.w3.org/2000/svg}title').text.startswith('point 1:')
+    # the higher top-1 point is drawn higher (smaller y)
+    assert float(marked[0].get('cy')) < float([c for c in circles if c.get('r') == '3'][0].get('cy'))
