@@ -1,5 +1,6 @@
 """Loading paths: torch.hub, timm's pretrained=True through an offline Hugging Face cache, hf-hub:, local-dir:."""
 import importlib.util
+import json
 import os
 import random
 import shutil
@@ -104,3 +105,164 @@ def test_hf_hub_and_local_dir_rebuild_a_searched_subnet(tmp_path):
     _assert_state_equal(hub, state)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(hub.eval()(x), src.eval()(x))
+
+
+# ---- publishing: a boundary fake of HfApi records the calls and writes into a folder used as an offline HF cache
+
+SECRET = 'hf_NeverPrintThisToken0123456789'
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    """A FakeHfApi behind timm_alphanet.export.hub.HfApi, a token in HF_TOKEN, and the Hub online for pushing."""
+    import huggingface_hub.constants as hf_constants
+
+    import timm_alphanet.export.hub as hub_module
+    from timm_alphanet.testing.fake_hub import FakeHfApi
+
+    fake = FakeHfApi(tmp_path / 'hf-cache')
+    made = []
+
+    def make_api(**kwargs):
+        made.append(sorted(kwargs))
+        assert kwargs.get('token') == SECRET  # the standard login's token is what HfApi gets
+        return fake
+
+    monkeypatch.setattr(hub_module, 'HfApi', make_api)
+    monkeypatch.setenv('HF_TOKEN', SECRET)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', False)
+    fake.made = made
+    return fake
+
+
+@pytest.fixture()
+def digits_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('TIMM_ALPHANET_CACHE', str(tmp_path / 'data-cache'))
+
+
+def _export_pareto(tmp_path, extra):
+    from timm_alphanet.calibration import CalibrationRecipe
+    from timm_alphanet.cli.export import main as export_main
+    from timm_alphanet.sources import load_supernet
+    from timm_alphanet.testing.pareto import pareto_dict
+    from timm_alphanet.testing.tiny import tiny_supernet
+
+    timm_alphanet.save_pretrained(tiny_supernet(seed=2), tmp_path / 'supernet')
+    supernet, source = load_supernet(str(tmp_path / 'supernet'))
+    archs = [supernet.space.min_config(), supernet.space.max_config()]
+    recipe = CalibrationRecipe(num_images=16, batch_size=8, image_size=24).to_dict()
+    (tmp_path / 'pareto.json').write_text(json.dumps(pareto_dict(supernet.space, source.sha256, archs, recipe)))
+    return export_main([str(tmp_path / 'supernet'), '--pareto', str(tmp_path / 'pareto.json'), '--output',
+                        str(tmp_path / 'out'), '--calib-data', 'sklearn/digits', '--workers', '0', '--no-progress',
+                        '--no-latency', *extra])
+
+
+def _all_written_bytes(root):
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(dirpath, f), 'rb') as fh:
+                yield os.path.join(dirpath, f), fh.read()
+
+
+def test_push_reloads_with_hf_hub_groups_the_front_and_updates_the_card(tmp_path, hub, digits_cache, capsys,
+                                                                       caplog, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub import ModelCard
+
+    from timm_alphanet.export import push_to_hub
+    from timm_alphanet.export.folder import record_evaluation
+
+    caplog.set_level('DEBUG')
+    assert _export_pareto(tmp_path, ['--push-to-hub', 'me/tiny', '--private']) == 0
+    folders = sorted((tmp_path / 'out').iterdir())
+    repos = [f'me/tiny-{f.name}' for f in folders]
+    assert hub.calls[0][0] == 'whoami'  # access checked before any work
+    assert {c[1]['repo_id'] for c in hub.calls if c[0] == 'create_repo'} == set(repos)
+    assert all(c[1]['private'] and c[1]['exist_ok'] for c in hub.calls if c[0] == 'create_repo')
+    (slug, items), = hub.collections.items()
+    assert slug.startswith('me/') and sorted(items) == repos
+
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)  # reloads come from the cache the fake wrote
+    for folder, repo in zip(folders, repos):
+        local = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+        remote = timm.create_model(f'hf-hub:{repo}', pretrained=True, cache_dir=tmp_path / 'hf-cache').eval()
+        res = local.arch.resolution
+        x = torch.randn(2, 3, res, res, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(remote(x), local(x), rtol=0, atol=0)
+        card = ModelCard.load(hf_hub_snapshot(tmp_path / 'hf-cache', repo) / 'README.md')
+        assert card.data.license == 'cc-by-nc-4.0' and card.data.library_name == 'timm'
+        assert card.data.eval_results and card.data.eval_results[0].dataset_split == 'train'
+        assert f"timm.create_model('hf-hub:{repo}', pretrained=True)" in card.text and 'local-dir:' not in card.text
+
+    # a second push regenerates the card (timm's push_to_hf_hub would keep the old one)
+    model = timm.create_model(f'local-dir:{folders[0]}', pretrained=True)
+    record_evaluation(folders[0], {'top1': 12.5, 'top5': 50.0, 'loss': 2.0, 'dataset': 'digits',
+                                   'split': 'validation', 'pipeline': 'paper', 'num_images': 360}, model=model)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', False)
+    assert push_to_hub(folders[0], repos[0]) == repos[0]
+    card = ModelCard.load(hf_hub_snapshot(tmp_path / 'hf-cache', repos[0]) / 'README.md')
+    assert ('validation', 12.5) in {(r.dataset_split, r.metric_value) for r in card.data.eval_results}
+    assert f"hf-hub:{repos[0]}" in card.text
+
+    out = capsys.readouterr()
+    texts = [out.out, out.err, caplog.text, repr(hub.calls)]
+    assert all(SECRET not in t for t in texts)
+    leaked = [p for p, data in _all_written_bytes(tmp_path) if SECRET.encode() in data]
+    assert not leaked
+
+
+def hf_hub_snapshot(cache, repo_id):
+    repo = cache / ('models--' + repo_id.replace('/', '--'))
+    return repo / 'snapshots' / (repo / 'refs' / 'main').read_text()
+
+
+@pytest.mark.parametrize('problem', ['offline', 'no-token', 'hub-refuses'])
+def test_push_problems_fail_before_any_work_and_the_folders_are_still_written(tmp_path, hub, digits_cache, capsys,
+                                                                             monkeypatch, problem):
+    import huggingface_hub.constants as hf_constants
+
+    import timm_alphanet.export.hub as hub_module
+    import timm_alphanet.sources as sources
+
+    if problem == 'offline':
+        monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    elif problem == 'no-token':
+        monkeypatch.setattr(hub_module, 'get_token', lambda: None)
+    else:
+        def refuse():
+            raise ConnectionError('the Hub cannot be reached')
+        monkeypatch.setattr(hub, 'whoami', refuse)
+    real_load = sources.load_supernet
+    seen_before_work = []
+
+    def load_supernet(*args, **kwargs):
+        seen_before_work.append(capsys.readouterr().err)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(sources, 'load_supernet', load_supernet)
+    with pytest.raises(SystemExit) as e:
+        _export_pareto(tmp_path, ['--push-to-hub', 'me/tiny'])
+    assert e.value.code == 2
+    expected = {'offline': 'offline mode', 'no-token': 'not logged in', 'hub-refuses': 'cannot be reached'}[problem]
+    assert len(seen_before_work) == 2  # the helper's own load, then the CLI's
+    assert expected in seen_before_work[-1] and 'will still be written' in seen_before_work[-1]
+    assert 'nothing was pushed' in capsys.readouterr().err
+    assert len(list((tmp_path / 'out').iterdir())) == 2
+    assert not [c for c in hub.calls if c[0] in ('create_repo', 'upload_folder')]
+
+
+def test_revision_branch_and_bad_targets(tmp_path, hub):
+    from timm_alphanet.export import HubPublisher
+    from timm_alphanet.export.hub import parse_hub_target
+
+    timm_alphanet.save_pretrained(timm.create_model('alphanet_a0', num_classes=3), tmp_path / 'a0')
+    publisher = HubPublisher('me', revision='v2')
+    assert publisher.push(tmp_path / 'a0') == 'me/a0'
+    assert ('create_branch', {'repo_id': 'me/a0', 'branch': 'v2'}) in hub.calls
+    assert [c[1]['revision'] for c in hub.calls if c[0] == 'upload_folder'] == ['v2']
+    for bad in ('', 'a/b/c', 'me/-x', 'm e'):
+        with pytest.raises(ValueError, match='Hub target'):
+            parse_hub_target(bad)
+    with pytest.raises(ValueError, match='bad revision'):
+        HubPublisher('me', revision='../x')
