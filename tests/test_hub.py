@@ -4,6 +4,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -266,3 +268,56 @@ def test_revision_branch_and_bad_targets(tmp_path, hub):
             parse_hub_target(bad)
     with pytest.raises(ValueError, match='bad revision'):
         HubPublisher('me', revision='../x')
+
+
+def test_convert_push_creates_the_repositories_pretrained_true_loads(tmp_path, hub, monkeypatch, capsys):
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub import ModelCard
+    from PIL import Image
+
+    from timm_alphanet.cli.convert import main as convert_main
+    from timm_alphanet.models import HF_HUB_ORG
+    from timm_alphanet.testing.original_ckpt import write_original_checkpoint
+
+    ckpt = tmp_path / 'alphanet.pth.tar'
+    write_original_checkpoint(ckpt, seed=3, legacy=False)
+    images = tmp_path / 'images' / 'cls'
+    images.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        Image.fromarray(torch.randint(0, 256, (40, 48, 3), generator=g, dtype=torch.uint8).numpy()).save(
+            images / f'{i}.png')
+    common = [str(ckpt), '--out', str(tmp_path / 'out'), '--subnets', 'a0', '--workers', '0', '--no-progress',
+              '--push-to-hub', HF_HUB_ORG]
+    with pytest.raises(SystemExit):  # publishing uncalibrated subnets under the registry's names is refused
+        convert_main(common)
+    assert 'calibrate them' in capsys.readouterr().err and not hub.calls
+    assert convert_main([*common, '--calib-data', str(images.parent), '--calib-batches', '1',
+                         '--calib-batch-size', '2']) == 0
+    assert [c[1]['repo_id'] for c in hub.calls if c[0] == 'upload_folder'] == [
+        f'{HF_HUB_ORG}/alphanet_supernet', f'{HF_HUB_ORG}/alphanet_a0.in1k']
+
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    published = timm.create_model('alphanet_a0', pretrained=True, cache_dir=tmp_path / 'hf-cache').eval()
+    local = timm.create_model(f'local-dir:{tmp_path / "out" / "alphanet_a0"}', pretrained=True).eval()
+    x = torch.randn(1, 3, 192, 192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(published(x), local(x), rtol=0, atol=0)
+    card = ModelCard.load(hf_hub_snapshot(tmp_path / 'hf-cache', f'{HF_HUB_ORG}/alphanet_a0.in1k') / 'README.md')
+    assert card.data.base_model == f'{HF_HUB_ORG}/alphanet_supernet' and card.data.license == 'cc-by-nc-4.0'
+    assert "timm.create_model('alphanet_a0', pretrained=True)" in card.text
+
+
+def test_hf_hub_org_can_be_overridden_for_mirrors():
+    code = ('import timm, timm_alphanet; from timm_alphanet.models import WEIGHTS_HELP; '
+            "print(timm.models.get_pretrained_cfg('alphanet_a3').hf_hub_id); print(WEIGHTS_HELP)")
+    env = dict(os.environ, TIMM_ALPHANET_HF_ORG='my-mirror')
+    p = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    hub_id, help_text = p.stdout.splitlines()[:2]
+    assert hub_id == 'my-mirror/alphanet_a3.in1k' and 'huggingface.co/my-mirror' in help_text
+    env['TIMM_ALPHANET_HF_ORG'] = 'not/an org'
+    p = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and "TIMM_ALPHANET_HF_ORG='not/an org' is not a Hugging Face organisation" in p.stderr

@@ -5,12 +5,14 @@
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
 from ..original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
+from ..export.hub import push_converted
 from ._common import int_at_least, user_errors_exit
+from ._publish import Publishing
 
 __all__ = ['build_parser', 'main']
 
@@ -44,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='device for calibration')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    parser.add_argument('--push-to-hub', default=None, metavar='ORG',
+                        help='push the supernet and the (calibrated) subnets; a0..a6 go to ORG/alphanet_<name>.in1k, '
+                             'the repositories pretrained=True loads when ORG is timm_alphanet.models.HF_HUB_ORG')
+    parser.add_argument('--private', action='store_true', help='with --push-to-hub: create private repositories')
+    parser.add_argument('--revision', default=None, help='with --push-to-hub: push to this branch')
     return parser
 
 
@@ -54,8 +61,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.calib_data is None and (args.calib_batches is not None or args.calib_batch_size is not None):
         parser.error('--calib-batches/--calib-batch-size need --calib-data')
 
+    publishing: List[Publishing] = []
+
     def convert() -> int:
         resolve_subnets(args.subnets)  # fail before the (slow) checkpoint read
+        if args.push_to_hub and args.subnets and args.calib_data is None:
+            raise ValueError('--push-to-hub publishes the subnets where pretrained=True finds them: calibrate them '
+                             '(--calib-data), or push only the supernet (no --subnets)')
+        publishing.append(Publishing(PROG, args.push_to_hub, args.private, args.revision, args.out))
+        publisher = publishing[0].publisher
         result = convert_checkpoint(
             args.checkpoint, args.out, config=args.config, subnets=args.subnets, calib_data=args.calib_data,
             calib_batches=args.calib_batches or 64, calib_batch_size=args.calib_batch_size or 256,
@@ -63,9 +77,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log=lambda msg: print(msg, flush=True))
         print(f'done: supernet in {result.supernet}' +
               (f', subnets in {", ".join(result.subnets.values())}' if result.subnets else ''))
+        if publisher is not None:
+            print('pushed: ' + ', '.join(push_converted(publisher, result.supernet, list(result.subnets.values()))))
         return 0
 
-    return user_errors_exit(PROG, convert)
+    status = user_errors_exit(PROG, convert)
+    return publishing[0].finish(status) if publishing else status
 
 
 if __name__ == '__main__':

@@ -12,12 +12,13 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..calibration import CalibrationRecipe
-from ..export.hub import HubPublisher, push_folders
+from ..export.hub import push_folders
 from ..export.pareto import read_pareto
 from ..export.subnets import calibration_images, export_subnets, resolve_requests
 from ..export.folder import check_output_folder
-from ._common import fail, int_at_least, user_errors_exit
+from ._common import int_at_least, user_errors_exit
 from ._datasets import open_image_dataset
+from ._publish import Publishing
 
 __all__ = ['build_parser', 'main']
 
@@ -93,20 +94,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error('--calib-data and --no-calib exclude each other')
     if args.pareto is None and args.points != 'all':
         parser.error('--points needs --pareto')
-    push_problem: List[str] = []
+    publishing: List[Publishing] = []
 
     def run() -> int:
         from ..sources import load_supernet
 
         check_output_folder(args.output, args.overwrite)
-        publisher = None
-        if args.push_to_hub:
-            try:  # checked before any work; the folders are written anyway
-                publisher = HubPublisher(args.push_to_hub, private=args.private, revision=args.revision)
-            except ValueError as e:
-                push_problem.append(str(e))
-                print(f'{PROG}: error: {e}; the model folders will still be written to {args.output}',
-                      file=sys.stderr, flush=True)
+        publishing.append(Publishing(PROG, args.push_to_hub, args.private, args.revision, args.output))
+        publisher = publishing[0].publisher
         supernet, source = load_supernet(args.supernet, args.config)
         front = read_pareto(args.pareto, supernet.space, source.sha256) if args.pareto else None
         requests = resolve_requests(supernet.space, args.arch or (), front, args.points)
@@ -132,10 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     status = user_errors_exit(PROG, run)
-    if push_problem:
-        fail(PROG, f'nothing was pushed ({push_problem[0]}); the model folders are in {args.output}: push them '
-                   'with timm_alphanet.export.push_to_hub(folder, "ORG/NAME") once logged in')
-    return status
+    return publishing[0].finish(status) if publishing else status
 
 
 if __name__ == '__main__':

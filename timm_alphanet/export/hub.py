@@ -10,7 +10,7 @@ The token comes from the standard Hugging Face login (``hf auth login``) or ``HF
 import os
 import re
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import huggingface_hub.constants as hf_constants
 from huggingface_hub import HfApi, get_token
@@ -18,7 +18,7 @@ from huggingface_hub import HfApi, get_token
 from .folder import package_version, read_config, save_pretrained, update_metadata
 
 __all__ = ['HubPublisher', 'parse_hub_target', 'repo_name', 'hub_token', 'push_to_hub', 'push_folders',
-           'save_pretrained']
+           'push_converted', 'registered_repo_name', 'save_pretrained']
 
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
 MAX_REPO_NAME = 96  # the Hub's limit on a repository name
@@ -129,6 +129,31 @@ def push_to_hub(folder: Union[str, os.PathLike], repo_id: str, private: bool = F
     org, name = repo_id.split('/')
     publisher = HubPublisher(org, private=private, revision=revision, api=api)
     return publisher.push(folder, f'{org}/{repo_name("", name)}', base_model=base_model)
+
+
+def registered_repo_name(config: Mapping[str, Any]) -> Optional[str]:
+    """The repository name `pretrained=True` of the config's architecture downloads from (``alphanet_a3.in1k``)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(config['architecture'], allow_unregistered=True)
+    hub_id = getattr(cfg, 'hf_hub_id', None) if cfg is not None else None
+    return hub_id.split('/', 1)[1] if isinstance(hub_id, str) and '/' in hub_id else None
+
+
+def push_converted(publisher: HubPublisher, supernet: Union[str, os.PathLike],
+                   subnets: Sequence[Union[str, os.PathLike]]) -> List[str]:
+    """Push a converted supernet, then its subnets with the supernet as their `base_model`; returns the repo ids.
+
+    Without a prefix, a subnet whose architecture the registry publishes (``alphanet_a0`` ... ``alphanet_a6``) goes to
+    the repository its `pretrained=True` downloads from, in the publisher's org: pushing to the org of
+    `timm_alphanet.models.HF_HUB_ORG` makes `pretrained=True` work for everyone.
+    """
+    base = publisher.push(supernet)
+    repos = [base]
+    for folder in subnets:
+        name = None if publisher.prefix else registered_repo_name(read_config(folder))
+        repos.append(publisher.push(folder, f'{publisher.org}/{name}' if name else None, base_model=base))
+    return repos
 
 
 def push_folders(publisher: HubPublisher, folders: List[Path], collection: Optional[str] = None,

@@ -6,6 +6,8 @@ Search space and blocks from `AttentiveNAS` - https://arxiv.org/abs/2011.09011
 The architecture (and the published weights) derive from work released under CC-BY-NC-4.0.
 """
 import math
+import os
+import re
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
@@ -24,8 +26,12 @@ from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
 
 __all__ = ['AlphaNet', 'HF_HUB_ORG', 'WEIGHTS_HELP']
 
-# every published weight lives under this Hugging Face organisation
-HF_HUB_ORG = 'timm-alphanet'
+# every published weight lives under this Hugging Face organisation; mirrors and forks set TIMM_ALPHANET_HF_ORG
+# before the import (read once: the registry's hf_hub_ids are fixed when the models register)
+HF_HUB_ORG = os.environ.get('TIMM_ALPHANET_HF_ORG') or 'timm-alphanet'
+if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]{0,95}', HF_HUB_ORG):
+    raise ValueError(f'TIMM_ALPHANET_HF_ORG={HF_HUB_ORG[:100]!r} is not a Hugging Face organisation name '
+                     '(letters, digits, ".", "_", "-")')
 WEIGHTS_HELP = (
     'AlphaNet weights are published on the Hugging Face Hub under https://huggingface.co/' + HF_HUB_ORG +
     ' (converted from the original release with `alphanet-convert`); see the "Pretrained weights" section '

@@ -241,7 +241,7 @@ def convert_checkpoint(
     os.makedirs(out_dir, exist_ok=True)
     source = os.path.basename(checkpoint)
     supernet_dir = save_pretrained(
-        supernet, os.path.join(out_dir, 'supernet'), name='alphanet_supernet',
+        supernet, os.path.join(out_dir, 'supernet'), name='alphanet_supernet', overwrite=True,
         notes=f'Converted from the original checkpoint `{source}` by `alphanet-convert`. BatchNorm statistics '
               'are the checkpoint\'s (the original trains with BN momentum 0, so they are meaningless): '
               'after `set_subnet(arch)`, calibrate with `timm_alphanet.calibrate_bn` before evaluating.')
@@ -272,7 +272,8 @@ def convert_checkpoint(
                      f'{arch.resolution} px, bicubic, + horizontal flip, ImageNet mean/std; seed {seed}), '
                      'as a cumulative average in train mode like the original\'s post-training calibration.')
         notes += f'\n\nConverted from the original checkpoint `{source}` by `alphanet-convert`.'
-        path = save_pretrained(model, os.path.join(out_dir, f'alphanet_{name}'), name=f'alphanet_{name}', notes=notes)
+        path = save_pretrained(model, os.path.join(out_dir, f'alphanet_{name}'), name=f'alphanet_{name}', notes=notes,
+                               overwrite=True)
         say(f'wrote {path} ({"calibrated" if calibration else "UNCALIBRATED"} BN statistics)')
         result.subnets[name] = path
         records.append({'name': name, 'dir': os.path.basename(path), 'arch': arch.to_dict(),
