@@ -26,7 +26,8 @@ def _write(tmp_path, data, name='pareto.json'):
 def test_reads_a_format_1_file(tmp_path):
     data = pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict(), a_later_key={'ignored': True})
     front = read_pareto(_write(tmp_path, data), SPACE, SHA)
-    assert front.format == 1 and front.recipe == RECIPE and front.supernet_sha256 == SHA
+    assert front.format == 1 and front.recipe == RECIPE and front.supernet_sha256 == SHA and front.complete
+    assert read_pareto(_write(tmp_path, {**data, 'format': 1}, 'int.json'), SPACE, SHA).format == 1
     assert [p.arch for p in front.points] == ARCHS
     assert front.points[0].latency_ms == 1.5 and front.points[0].latency_device == 'test CPU'
     assert front.points[1].latency_ms is None and front.points[1].top1_val == 50.0
@@ -35,8 +36,10 @@ def test_reads_a_format_1_file(tmp_path):
 
 
 @pytest.mark.parametrize('change, match', [
+    ({'format': 'timm_alphanet.pareto/2'}, "unknown pareto.json format 'timm_alphanet.pareto/2'"),
     ({'format': 2}, 'unknown pareto.json format 2'),
     ({'format': '1'}, 'unknown pareto.json format'),
+    ({'format': 'other.pareto/1'}, 'unknown pareto.json format'),
     ({'format': True}, 'unknown pareto.json format'),
     ({'supernet': {'sha256': 'cd' * 32}}, 'made from another supernet'),
     ({'supernet': {'sha256': 'not a hash'}}, 'no valid supernet sha256'),

@@ -84,7 +84,7 @@ def _description(config: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     if isinstance(pareto, Mapping) and 'index' in pareto:
         text += (f" Point {pareto['index']} of the {pareto.get('num_points', '?')}-point Pareto front "
                  f"(objectives: {', '.join(map(str, pareto.get('objectives') or ['top-1', 'MFLOPs']))}) found by "
-                 '`alphanet-search`.')
+                 f"{'an unfinished run of ' if pareto.get('complete') is False else ''}`alphanet-search`.")
     return text
 
 

@@ -20,6 +20,7 @@ from ..spaces import SearchSpace, SubnetConfig
 __all__ = ['PARETO_FORMATS', 'ParetoPoint', 'ParetoFront', 'read_pareto', 'select_points', 'pareto_svg']
 
 PARETO_FORMATS = (1,)  # format versions this reader understands
+FORMAT_PREFIX = 'timm_alphanet.pareto/'  # alphanet-search writes 'timm_alphanet.pareto/<version>'
 MAX_PARETO_BYTES = 64 << 20
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 
@@ -51,6 +52,7 @@ class ParetoFront:
     dataset: Optional[str]
     objectives: Tuple[str, ...]
     points: Tuple[ParetoPoint, ...]
+    complete: bool = True  # False: written by a search that had not finished
 
 
 def _where(path: str) -> str:
@@ -87,6 +89,15 @@ def _split_name(value: Any) -> Optional[str]:
     return str(value)[:100] if isinstance(value, (str, int)) else None
 
 
+def _format_version(value: Any) -> Optional[int]:
+    """The version of a ``format`` field: ``'timm_alphanet.pareto/1'`` or the bare integer 1 -> 1; else None."""
+    if isinstance(value, str) and value.startswith(FORMAT_PREFIX) and value[len(FORMAT_PREFIX):].isdigit():
+        return int(value[len(FORMAT_PREFIX):])
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
 def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
                 supernet_sha256: Optional[str] = None) -> ParetoFront:
     """Read and validate a pareto.json for the supernet whose space is `space` and weights hash `supernet_sha256`.
@@ -101,10 +112,11 @@ def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
     data, file_sha = _read_json(path)
     if not isinstance(data, Mapping):
         raise ValueError(f'{where}: expected a JSON object, got {type(data).__name__}')
-    fmt = data.get('format')
-    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt not in PARETO_FORMATS:
-        raise ValueError(f'{where}: unknown pareto.json format {repr(fmt)[:40]}; this version reads format '
-                         f'{", ".join(map(str, PARETO_FORMATS))} (upgrade timm_alphanet for newer files)')
+    fmt = _format_version(data.get('format'))
+    if fmt not in PARETO_FORMATS:
+        raise ValueError(f'{where}: unknown pareto.json format {repr(data.get("format"))[:40]}; this version reads '
+                         f'format {", ".join(f"{FORMAT_PREFIX}{v}" for v in PARETO_FORMATS)} (upgrade timm_alphanet '
+                         'for newer files)')
 
     supernet = data.get('supernet')
     supernet = dict(supernet) if isinstance(supernet, Mapping) else {}
@@ -133,6 +145,8 @@ def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
     except (ValueError, TypeError) as e:
         raise ValueError(f'{where}: bad calibration recipe: {str(e)[:300]}') from None
 
+    latency = data.get('latency')
+    default_device = latency.get('device') if isinstance(latency, Mapping) else None
     raw_points = data.get('points')
     if not isinstance(raw_points, list) or not raw_points:
         raise ValueError(f'{where}: "points" must be a non-empty list')
@@ -145,7 +159,7 @@ def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
             arch = space.validate(p['arch'])
         except (ValueError, TypeError) as e:
             raise ValueError(f'{what}: {str(e)[:500]}') from None
-        device = p.get('latency_device', p.get('device'))
+        device = p.get('latency_device', p.get('device', default_device))
         points.append(ParetoPoint(
             index=i, arch=arch,
             mflops=_number(p.get('mflops'), f'{what}: mflops'),
@@ -161,10 +175,14 @@ def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
     objectives = tuple(str(o)[:40] for o in objectives) if isinstance(objectives, list) else ('top1', 'mflops')
     selection = data.get('selection', data.get('selection_split'))
     dataset = data.get('dataset')
+    progress = data.get('progress')
+    complete = not isinstance(progress, Mapping) or progress.get('complete') is not False
     return ParetoFront(
         path=path, format=fmt, file_sha256=file_sha, supernet=supernet, supernet_sha256=sha, recipe=recipe,
-        selection_split=_split_name(selection) or 'unknown', report_split=_split_name(data.get('report_split')),
-        dataset=str(dataset)[:100] if isinstance(dataset, str) else None, objectives=objectives, points=tuple(points))
+        selection_split=_split_name(selection) or 'unknown',
+        report_split=_split_name(data.get('validation', data.get('report_split'))),
+        dataset=str(dataset)[:100] if isinstance(dataset, str) else None, objectives=objectives, points=tuple(points),
+        complete=complete)
 
 
 def select_points(front: ParetoFront, spec: Union[str, Sequence[int], None] = 'all') -> List[ParetoPoint]:

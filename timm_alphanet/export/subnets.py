@@ -190,7 +190,7 @@ def export_subnets(
         if point is not None and front is not None:
             meta['results'] = _results(point, front)
             meta['pareto'] = {'index': point.index, 'num_points': len(front.points), 'file_sha256': front.file_sha256,
-                              'objectives': list(front.objectives), 'plot': 'pareto.svg'}
+                              'objectives': list(front.objectives), 'plot': 'pareto.svg', 'complete': front.complete}
         model.cpu()
         folder = output / req.name
         with staged_folder(folder, overwrite) as tmp:
