@@ -48,7 +48,9 @@ def export_onnx(model: torch.nn.Module, path: Union[str, os.PathLike], resolutio
     torch.onnx.export(model, (x,), os.fspath(path), input_names=['input'], output_names=['logits'],
                       dynamic_shapes=({0: torch.export.Dim('batch')},), dynamo=True, external_data=False,
                       opset_version=opset, verbose=False)
-    session = ort.InferenceSession(os.fspath(path), providers=['CPUExecutionProvider'])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as torch, so images/s compare
+    session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=['CPUExecutionProvider'])
     diff = 0.0
     for n in (batch_size, batch_size + 1):
         xb = torch.randn(n, in_chans, resolution, resolution, generator=g)
