@@ -200,7 +200,7 @@ def export_subnets(
                 from .onnx import export_onnx
                 meta['onnx'] = export_onnx(model, tmp / 'model.onnx', req.arch.resolution, model.in_chans)
             write_model_folder(model, tmp, meta, folder)
-        say(f'wrote {folder} ({req.arch.resolution} px, {meta["mflops"]:.1f} MFLOPs, '
+        say(f'wrote {folder} ({req.arch.resolution} px, {meta.get("mflops", float("nan")):.1f} MFLOPs, '
             f'{"calibrated" if calib_images is not None else "UNCALIBRATED"})')
         written.append(folder)
     return written
