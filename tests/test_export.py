@@ -199,3 +199,22 @@ def test_onnx_round_trip_and_a_disagreeing_runtime_fails(tmp_path, supernet_dir,
         export_main([str(supernet_dir), '--arch', 'min', '--output', str(tmp_path / 'out2'), '--no-calib', '--onnx',
                      '--no-progress', '--no-latency'])
     assert os.listdir(tmp_path / 'out2') == []
+
+
+def test_slimmable_supernet_exports_plain_timm_models(tmp_path):
+    from timm_alphanet.testing import randomize_bn_stats
+    supernet = timm.create_model('slimmable_mobilenetv2_100', num_classes=5)
+    randomize_bn_stats(supernet, torch.Generator().manual_seed(0))
+    save_pretrained(supernet.eval(), tmp_path / 'slim')
+    assert export_main([str(tmp_path / 'slim'), '--arch', 'min', '--output', str(tmp_path / 'out'), '--no-calib',
+                        '--no-progress', '--no-latency']) == 0
+    folder = tmp_path / 'out' / 'slimmable_mobilenetv2_min'
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'mobilenetv2_035'  # timm's own model of the smallest width
+    card = ModelCard.load(folder / 'README.md')
+    assert card.data.license == supernet.pretrained_cfg['license'] and 'import timm_alphanet' not in card.text
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    supernet.set_subnet(supernet.space.min_config())
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), supernet.eval()(x), rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@
 """
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional, Sequence
 
@@ -84,6 +85,12 @@ def _recipe(args, space, front) -> CalibrationRecipe:
     return CalibrationRecipe(**given)
 
 
+def _prefix(supernet) -> str:
+    """Exported models are named after their family: alphanet_..., or e.g. slimmable_mobilenetv2_... ."""
+    arch = str((getattr(supernet, 'pretrained_cfg', None) or {}).get('architecture', 'alphanet_supernet'))
+    return 'alphanet' if arch.startswith('alphanet_') else re.sub(r'_(100|supernet)$', '', arch)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``alphanet-export``; exits with status 2 and a one-line message on bad input."""
     parser = build_parser()
@@ -104,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         publisher = publishing[0].publisher
         supernet, source = load_supernet(args.supernet, args.config)
         front = read_pareto(args.pareto, supernet.space, source.sha256) if args.pareto else None
-        requests = resolve_requests(supernet.space, args.arch or (), front, args.points)
+        requests = resolve_requests(supernet.space, args.arch or (), front, args.points, prefix=_prefix(supernet))
         recipe = _recipe(args, supernet.space, front)
         images = None
         if not args.no_calib:

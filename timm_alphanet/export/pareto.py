@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..calibration import CalibrationRecipe
-from ..spaces import SearchSpace, SubnetConfig
 
 __all__ = ['PARETO_FORMATS', 'ParetoPoint', 'ParetoFront', 'read_pareto', 'select_points', 'pareto_svg']
 
@@ -29,7 +28,7 @@ _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 class ParetoPoint:
     """One point of the front: the arch and what the search measured for it."""
     index: int
-    arch: SubnetConfig
+    arch: Any  # a SubnetConfig, or the arch type of the supernet's space
     mflops: float
     params_m: Optional[float]
     latency_ms: Optional[float]
@@ -98,7 +97,7 @@ def _format_version(value: Any) -> Optional[int]:
     return None
 
 
-def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
+def read_pareto(path: Union[str, os.PathLike], space: Any,
                 supernet_sha256: Optional[str] = None) -> ParetoFront:
     """Read and validate a pareto.json for the supernet whose space is `space` and weights hash `supernet_sha256`.
 
@@ -127,9 +126,9 @@ def read_pareto(path: Union[str, os.PathLike], space: SearchSpace,
         raise ValueError(f'{where} was made from another supernet: its weights have sha256 {sha[:16]}…, the '
                          f'supernet given has {supernet_sha256[:16]}…; export from the supernet the search used')
     if isinstance(data.get('space'), Mapping):
-        try:
-            theirs = SearchSpace.coerce(data['space'])
-        except (ValueError, TypeError) as e:
+        try:  # the supernet's own space type reads it (an AlphaNet SearchSpace, a slimmable WidthSpace, ...)
+            theirs = type(space).from_dict(data['space'])
+        except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f'{where}: bad "space": {str(e)[:300]}') from None
         if theirs != space:
             raise ValueError(f'{where}: its search space differs from the supernet\'s; export from the supernet the '

@@ -4,6 +4,7 @@ Per arch: the static model (`extract_subnet`; folders of the paper's searched ar
 ``alphanet_aX``), BatchNorm calibration with the deterministic recipe (the one the search recorded in pareto.json),
 metrics (MFLOPs, params, latency, top-1 with its split), optionally ONNX, written whole into ``<output>/<name>/``.
 """
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -38,39 +39,59 @@ class ExportRequest:
     point: Optional[ParetoPoint] = None
 
 
-def _arch_name(text: str, arch: SubnetConfig, space: SearchSpace) -> str:
+def _arch_name(text: str, arch: Any, space: Any, prefix: str, index: int) -> str:
     stripped = text.strip()
     short = stripped[len('alphanet_'):] if stripped.startswith('alphanet_') else stripped
-    if short in ALPHANET_ARCHS or short in ('max', 'min'):
-        return f'alphanet_{short}'
+    if short in ('max', 'min') or (isinstance(space, SearchSpace) and short in ALPHANET_ARCHS):
+        return f'{prefix}_{short}'
     if not stripped.startswith('{') and os.path.isfile(stripped):
         stem = re.sub(r'[^A-Za-z0-9._-]+', '_', Path(stripped).stem).strip('._-') or 'arch'
-        return f'alphanet_{stem}'[:80]
-    from ..cost.flops import mflops
-    return f'alphanet_custom_{_mflops_label(mflops(arch, space))}mf'
+        return f'{prefix}_{stem}'[:80]
+    if isinstance(space, SearchSpace):
+        from ..cost.flops import mflops
+        return f'{prefix}_custom_{_mflops_label(mflops(arch, space))}mf'
+    return f'{prefix}_custom{index}'
 
 
 def _mflops_label(value: float) -> str:
     return str(round(value)) if value >= 10 else f'{value:.2g}'
 
 
-def resolve_requests(space: SearchSpace, archs: Sequence[Union[str, SubnetConfig, Dict[str, Any]]] = (),
-                     front: Optional[ParetoFront] = None, points: Union[str, Sequence[int], None] = 'all'
-                     ) -> List[ExportRequest]:
+def _resolve(arch: Any, space: Any) -> Any:
+    """`resolve_arch` for AlphaNet spaces; other spaces (slimmable widths) take 'max', 'min', dicts and JSON text."""
+    if isinstance(space, SearchSpace):
+        return resolve_arch(arch, space)
+    text = arch.strip() if isinstance(arch, str) else None
+    if text in ('max', 'min'):
+        return space.max_config() if text == 'max' else space.min_config()
+    if text is not None and text.startswith('{'):
+        try:
+            arch = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'arch JSON: not valid JSON ({str(e)[:200]})') from None
+    elif text is not None:
+        raise ValueError(f'unknown arch {text[:80]!r} for this supernet; allowed: max, min, or a JSON object')
+    return space.validate(arch)
+
+
+def resolve_requests(space: Any, archs: Sequence[Union[str, SubnetConfig, Dict[str, Any]]] = (),
+                     front: Optional[ParetoFront] = None, points: Union[str, Sequence[int], None] = 'all',
+                     prefix: str = 'alphanet') -> List[ExportRequest]:
     """What to export: `archs` (names, JSON text, files, dicts; see `resolve_arch`) or the `points` of `front`.
 
+    Models are named ``<prefix>_<arch name>`` (``alphanet_a3``, ``alphanet_max``, ``alphanet_pareto03_357mf``).
     Raises ValueError for an arch outside `space` (naming the gene and its allowed values), an index out of range,
     or two models that would get the same name.
     """
     out: List[ExportRequest] = []
     for a in archs:
-        arch = resolve_arch(a, space)
-        name = _arch_name(a, arch, space) if isinstance(a, str) else f'alphanet_custom_{len(out)}'
+        arch = _resolve(a, space)
+        name = _arch_name(a, arch, space, prefix, len(out)) if isinstance(a, str) else f'{prefix}_custom{len(out)}'
         out.append(ExportRequest(name, arch))
     if front is not None:
         width = len(str(len(front.points) - 1))
         for p in select_points(front, points):
-            out.append(ExportRequest(f'alphanet_pareto{p.index:0{width}d}_{_mflops_label(p.mflops)}mf', p.arch, p))
+            out.append(ExportRequest(f'{prefix}_pareto{p.index:0{width}d}_{_mflops_label(p.mflops)}mf', p.arch, p))
     if not out:
         raise ValueError('nothing to export: give --arch NAME|JSON|FILE or --pareto pareto.json')
     names = [r.name for r in out]
@@ -186,7 +207,7 @@ def export_subnets(
             meta['latency'] = {'ms': point.latency_ms, 'batch_size': 1, 'device': point.latency_device or 'unknown',
                                'source': 'pareto.json'}
         elif measure_latency:
-            meta['latency'] = latency(model, req.arch.resolution, model.in_chans, device)
+            meta['latency'] = latency(model, req.arch.resolution, getattr(supernet, 'in_chans', 3), device)
         if point is not None and front is not None:
             meta['results'] = _results(point, front)
             meta['pareto'] = {'index': point.index, 'num_points': len(front.points), 'file_sha256': front.file_sha256,
@@ -198,7 +219,8 @@ def export_subnets(
                 (tmp / 'pareto.svg').write_text(pareto_svg(front, highlight=point.index))
             if onnx:
                 from .onnx import export_onnx
-                meta['onnx'] = export_onnx(model, tmp / 'model.onnx', req.arch.resolution, model.in_chans)
+                meta['onnx'] = export_onnx(model, tmp / 'model.onnx', req.arch.resolution,
+                                           getattr(supernet, 'in_chans', 3))
             write_model_folder(model, tmp, meta, folder)
         say(f'wrote {folder} ({req.arch.resolution} px, {meta.get("mflops", float("nan")):.1f} MFLOPs, '
             f'{"calibrated" if calib_images is not None else "UNCALIBRATED"})')
