@@ -157,3 +157,96 @@ def test_block_specs_follow_the_design_rules():
     assert specs[2][1].in_chs == 32 and specs[2][1].stride == 1 and not specs[2][1].has_shortcut_conv
     b = specs[5][0]  # mb6: 112 * 6 = 672, SE 168
     assert (b.mid_chs, b.se_chs) == (672, 168)
+
+
+# ---- booleans, strides and ratios are what they say; numpy numbers are numbers
+
+def _space_dict():
+    return yaml.safe_load(ORIGINAL_YAML)['supernet_config']
+
+
+@pytest.mark.parametrize('value', ['false', 'False', 'true', 0, 1, None, [True]])
+def test_se_accepts_only_real_booleans(value):
+    d = _space_dict()
+    d['mb3']['se'] = value
+    with pytest.raises(ValueError, match=r'stage mb3: se must be true or false, got'):
+        SearchSpace.from_dict(d)
+    with pytest.raises(ValueError, match='se must be true or false'):
+        StageSpace('mbx', (16,), (1,), (3,), (1,), se=value)
+
+
+def test_se_false_in_yaml_text_is_off_and_quoted_false_is_refused(tmp_path):
+    off = ORIGINAL_YAML.replace("mb3: {c: [32, 40], d: [3, 4, 5, 6], k: [3, 5], t: [4, 5, 6], s: 2, act_func: 'swish', "
+                                "se: True}", "mb3: {c: [32, 40], d: [3, 4, 5, 6], k: [3, 5], t: [4, 5, 6], s: 2, "
+                                "act_func: 'swish', se: false}")
+    assert off != ORIGINAL_YAML
+    path = tmp_path / 'space.yml'
+    path.write_text(off)
+    assert SearchSpace.from_yaml(path).stages[2].se is False
+    path.write_text(off.replace('se: false}', 'se: "false"}'))
+    with pytest.raises(ValueError, match="se must be true or false, got 'false'"):
+        SearchSpace.from_yaml(path)
+
+
+@pytest.mark.parametrize('stride', [3, 0, '2', 2.5, True, [2, 2]])
+def test_stem_stride_is_validated(stride):
+    d = _space_dict()
+    d['first_conv']['s'] = stride
+    with pytest.raises(ValueError, match=r'first_conv\.s|stem stride'):
+        SearchSpace.from_dict(d)
+
+
+@pytest.mark.parametrize('ratio', [0, -6, 2.5, '6', True, None])
+def test_head_expand_ratio_is_validated(ratio):
+    d = {**_space_dict(), 'head_expand_ratio': ratio}
+    with pytest.raises(ValueError, match='head_expand_ratio must be an int >= 1'):
+        SearchSpace.from_dict(d)
+
+
+def test_use_v3_head_must_be_a_boolean_and_sections_mappings():
+    with pytest.raises(ValueError, match='use_v3_head must be true or false'):
+        SearchSpace.from_dict({**_space_dict(), 'use_v3_head': 'false'})
+    with pytest.raises(ValueError, match='first_conv must be a mapping'):
+        SearchSpace.from_dict({**_space_dict(), 'first_conv': [16, 24]})
+    with pytest.raises(ValueError, match=r"act_func 'x' not supported"):
+        StageSpace('mbx', (16,), (1,), (3,), (1,), act='x')
+    with pytest.raises(ValueError, match=r'act_func \[.swish.\] not supported'):  # unhashable: still a ValueError
+        StageSpace('mbx', (16,), (1,), (3,), (1,), act=['swish'])
+
+
+def test_integral_floats_and_numpy_numbers_are_accepted():
+    np = pytest.importorskip('numpy')
+    d = _space_dict()
+    d['first_conv']['s'] = 2.0
+    d['mb2']['s'] = np.int64(2)
+    d['mb3']['c'] = [np.int64(32), np.int32(40)]
+    d['resolutions'] = [np.int16(192), 224.0, np.float32(256), 288]
+    d['head_expand_ratio'] = np.int64(6)
+    space = SearchSpace.from_dict(d)
+    assert space == ALPHANET_SPACE and hash(space) == hash(ALPHANET_SPACE)
+    assert type(space.stem_stride) is int and type(space.stages[1].stride) is int
+    arch = {k: [np.int64(v) for v in vs] if isinstance(vs, list) else np.int64(vs)
+            for k, vs in ORIGINAL_A0.items() if k != 'net_id'}
+    cfg = SubnetConfig.from_dict(arch)
+    assert cfg == ALPHANET_ARCHS['a0'] and all(type(v) is int for v in cfg.widths) and type(cfg.resolution) is int
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+    for bad in (np.float64(192.5), np.bool_(True), True):
+        with pytest.raises(ValueError, match='resolution must be an int'):
+            SubnetConfig.from_dict({**arch, 'resolution': bad})
+
+
+def test_error_messages_quote_bounded_values():
+    huge = 'x' * 100_000
+    attempts = [
+        lambda: SubnetConfig.from_dict({**ALPHANET_ARCHS['a0'].to_dict(), huge: 1}),
+        lambda: SubnetConfig.from_dict({**ALPHANET_ARCHS['a0'].to_dict(), 'widths': list(range(-5000, 0))}),
+        lambda: SearchSpace.from_dict({**_space_dict(), 'mb2': huge}),
+        lambda: SearchSpace.from_dict({**_space_dict(), 'mb2': {**_space_dict()['mb2'], 'se': huge}}),
+        lambda: SearchSpace.from_dict({**_space_dict(), 'mb2': {**_space_dict()['mb2'], huge: 1}}),
+        lambda: SearchSpace.from_dict({**_space_dict(), huge: {'c': [1]}}),
+        lambda: SearchSpace.from_dict({**_space_dict(), 'head_expand_ratio': -10 ** 5000}),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ValueError) as e:
+            attempt()
+        assert len(str(e.value)) < 600, str(e.value)[:300]

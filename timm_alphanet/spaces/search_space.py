@@ -14,12 +14,31 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import yaml
 
 from ._checks import int_tuple
+from ._values import instance_or_mapping, plain_items, plain_number, short_repr
 from .subnet import SubnetConfig
 
 __all__ = ['StageSpace', 'SearchSpace', 'BlockSpec', 'make_divisible', 'ACTIVATIONS']
 
 # original `act_func` names -> timm activation names
 ACTIVATIONS = {'swish': 'silu', 'relu': 'relu', 'h_swish': 'hard_swish', 'relu6': 'relu6'}
+STRIDES = (1, 2)  # a stage's 2x2 shortcut pooling (and the stem, for symmetry) supports these
+
+
+def _check_choice(where: str, value: Any, allowed: Tuple[Any, ...]) -> Any:
+    """`value` (numpy/torch scalars as Python numbers) if it is one of `allowed` and of the same type."""
+    value = plain_number(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not any(type(value) is type(a) and value == a for a in allowed):
+        raise ValueError(f'{where} {short_repr(value)} not supported; allowed: {list(allowed)}')
+    return value
+
+
+def _check_bool(where: str, value: Any) -> bool:
+    # bool('false') is True: a string (or 0/1) where YAML should have given true/false is an error, not a guess
+    if not isinstance(value, bool):
+        raise ValueError(f'{where} must be true or false, got {short_repr(value)}')
+    return value
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
@@ -44,21 +63,22 @@ class StageSpace:
     act: str = 'swish'
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f'a stage name must be a non-empty string, got {short_repr(self.name)}')
+        where = f'stage {self.name[:40]}:'
         for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
-            v = int_tuple(f'{self.name}.{f}', getattr(self, f))
+            v = int_tuple(f'{self.name[:40]}.{f}', plain_items(getattr(self, f)))
             if not v:
-                raise ValueError(f'stage {self.name}: {f} needs at least one choice')
+                raise ValueError(f'{where} {f} needs at least one choice')
             if min(v) < 1:
-                raise ValueError(f'stage {self.name}: {f} must be positive, got {list(v)}')
+                raise ValueError(f'{where} {f} must be positive, got {short_repr(list(v))}')
             object.__setattr__(self, f, tuple(sorted(set(v))))
         bad_k = [k for k in self.kernel_sizes if k % 2 == 0]
         if bad_k:
-            raise ValueError(f'stage {self.name}: kernel sizes must be odd, got {bad_k[0]}')
-        if self.stride not in (1, 2):
-            raise ValueError(f'stage {self.name}: stride {self.stride!r} not supported; allowed: [1, 2]')
-        if self.act not in ACTIVATIONS:
-            raise ValueError(f'stage {self.name}: act_func {self.act!r} not supported; allowed: {list(ACTIVATIONS)}')
-        object.__setattr__(self, 'se', bool(self.se))
+            raise ValueError(f'{where} kernel sizes must be odd, got {short_repr(bad_k[0])}')
+        object.__setattr__(self, 'stride', _check_choice(f'{where} stride', self.stride, STRIDES))
+        object.__setattr__(self, 'act', _check_choice(f'{where} act_func', self.act, tuple(ACTIVATIONS)))
+        object.__setattr__(self, 'se', _check_bool(f'{where} se', self.se))
 
 
 @dataclass(frozen=True)
@@ -92,17 +112,21 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         for f in ('resolutions', 'stem_widths', 'head_widths'):
-            v = int_tuple(f, getattr(self, f))
+            v = int_tuple(f, plain_items(getattr(self, f)))
             if not v or min(v) < 1:
-                raise ValueError(f'{f} needs at least one positive choice, got {list(v)}')
+                raise ValueError(f'{f} needs at least one positive choice, got {short_repr(list(v))}')
             object.__setattr__(self, f, tuple(sorted(set(v))))
         stages = tuple(self.stages)
         if not stages or not all(isinstance(s, StageSpace) for s in stages):
             raise ValueError('stages must be a non-empty sequence of StageSpace')
         object.__setattr__(self, 'stages', stages)
         for a in ('stem_act', 'head_act'):
-            if getattr(self, a) not in ACTIVATIONS:
-                raise ValueError(f'{a} {getattr(self, a)!r} not supported; allowed: {list(ACTIVATIONS)}')
+            object.__setattr__(self, a, _check_choice(a, getattr(self, a), tuple(ACTIVATIONS)))
+        object.__setattr__(self, 'stem_stride', _check_choice('stem stride (first_conv.s)', self.stem_stride, STRIDES))
+        ratio = plain_number(self.head_expand_ratio)
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
+            raise ValueError(f'head_expand_ratio must be an int >= 1, got {short_repr(ratio)}')
+        object.__setattr__(self, 'head_expand_ratio', ratio)
 
     # ---- basic properties
     @property
@@ -210,56 +234,66 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, d: Union['SearchSpace', Mapping[str, Any]]) -> 'SearchSpace':
         """Build from the original `supernet_config` schema (or a dict holding a `supernet_config` key)."""
+        d = instance_or_mapping(d, cls, 'a search space')
         if isinstance(d, SearchSpace):
             return d
-        if not isinstance(d, Mapping):
-            raise ValueError(f'a search space must be a SearchSpace or a dict, got {type(d).__name__}')
         if 'supernet_config' in d:
-            d = d['supernet_config']
+            d = instance_or_mapping(d['supernet_config'], cls, 'supernet_config')
+            if isinstance(d, SearchSpace):
+                return d
         d = dict(d)
-        if not d.get('use_v3_head', True):
+        if not _check_bool('use_v3_head', d.get('use_v3_head', True)):
             raise ValueError('use_v3_head: False is not supported; only the MobileNetV3-style head (True) is')
         missing = [k for k in ('resolutions', 'first_conv', 'last_conv') if k not in d]
         if missing:
             raise ValueError(f'supernet_config is missing {missing}')
+        for section in ('first_conv', 'last_conv'):
+            if not isinstance(d[section], Mapping):
+                raise ValueError(f'supernet_config.{section} must be a mapping, got {short_repr(d[section])}')
 
         def get(section: Mapping[str, Any], key: str, where: str, default: Any = None) -> Any:
             if key not in section:
                 if default is None:
-                    raise ValueError(f'supernet_config.{where} is missing {key!r}')
+                    raise ValueError(f'supernet_config.{where[:40]} is missing {key!r}')
                 return default
             return section[key]
 
         def as_list(v: Any) -> List[Any]:
             return list(v) if isinstance(v, (list, tuple)) else [v]
 
+        def one_stride(section: Mapping[str, Any], where: str, default: int) -> Any:
+            stride = get(section, 's', where, default)
+            if isinstance(stride, (list, tuple)):
+                if len(stride) != 1:
+                    raise ValueError(f'supernet_config.{where}.s must be one stride, got {short_repr(stride)}')
+                stride = stride[0]
+            return stride
+
         stage_names = [k for k in d if k not in ('use_v3_head', 'resolutions', 'first_conv', 'last_conv',
                                                  'head_expand_ratio')]
         stages = []
         for name in stage_names:
             s = d[name]
+            if not isinstance(name, str):
+                raise ValueError(f'supernet_config: stage names must be strings, got {short_repr(name)}')
             if not isinstance(s, Mapping):
-                raise ValueError(f'supernet_config.{name} must be a mapping of c/d/k/t/s/se/act_func, got {s!r}')
+                raise ValueError(f'supernet_config.{name[:40]} must be a mapping of c/d/k/t/s/se/act_func, got '
+                                 f'{short_repr(s)}')
             unknown = set(s) - {'c', 'd', 'k', 't', 's', 'se', 'act_func'}
             if unknown:
-                raise ValueError(f'supernet_config.{name}: unknown keys {sorted(unknown)}; '
+                raise ValueError(f'supernet_config.{name[:40]}: unknown keys {short_repr(sorted(map(str, unknown)))}; '
                                  f"allowed: ['c', 'd', 'k', 't', 's', 'se', 'act_func']")
-            stride = get(s, 's', name, 1)
-            if isinstance(stride, (list, tuple)):
-                if len(stride) != 1:
-                    raise ValueError(f'supernet_config.{name}.s must be one stride, got {stride!r}')
-                stride = stride[0]
             stages.append(StageSpace(
                 name=name, widths=as_list(get(s, 'c', name)), depths=as_list(get(s, 'd', name)),
                 kernel_sizes=as_list(get(s, 'k', name)), expand_ratios=as_list(get(s, 't', name)),
-                stride=stride, se=bool(s.get('se', False)), act=s.get('act_func', 'swish')))
+                stride=one_stride(s, name, 1), se=s.get('se', False), act=s.get('act_func', 'swish')))
         first, last = d['first_conv'], d['last_conv']
         return cls(
             resolutions=as_list(d['resolutions']),
             stem_widths=as_list(get(first, 'c', 'first_conv')),
             stages=tuple(stages),
             head_widths=as_list(get(last, 'c', 'last_conv')),
-            stem_stride=first.get('s', 2),
+            stem_stride=one_stride(first, 'first_conv', 2),
             stem_act=first.get('act_func', 'swish'),
             head_act=last.get('act_func', 'swish'),
             head_expand_ratio=d.get('head_expand_ratio', 6),

@@ -5,6 +5,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple, Union
 
 from ._checks import check_int, int_tuple
+from ._values import instance_or_mapping, plain_items, plain_number, short_repr
 
 __all__ = ['SubnetConfig']
 
@@ -27,23 +28,24 @@ class SubnetConfig:
     expand_ratios: Tuple[int, ...]
 
     def __post_init__(self) -> None:
-        # normalise lists to tuples so configs built from JSON hash and compare equal
-        object.__setattr__(self, 'resolution', check_int('resolution', self.resolution))
+        # normalise lists to tuples of Python ints (numpy/torch integers too) so configs hash and compare equal
+        object.__setattr__(self, 'resolution', check_int('resolution', plain_number(self.resolution)))
         for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
-            object.__setattr__(self, f, int_tuple(f, getattr(self, f)))
+            object.__setattr__(self, f, int_tuple(f, plain_items(getattr(self, f))))
         counts = {'widths': len(self.widths) - 2, 'depths': len(self.depths),
                   'kernel_sizes': len(self.kernel_sizes), 'expand_ratios': len(self.expand_ratios)}
         if len(set(counts.values())) != 1 or counts['depths'] == 0:
             raise ValueError(
                 'arch fields disagree on the number of stages: widths needs stem + one per stage + head, the others '
-                f'one per stage; got widths {list(self.widths)} ({len(self.widths)} entries), depths {list(self.depths)}, '
-                f'kernel_sizes {list(self.kernel_sizes)}, expand_ratios {list(self.expand_ratios)}')
+                f'one per stage; got widths {short_repr(list(self.widths))} ({len(self.widths)} entries), depths '
+                f'{short_repr(list(self.depths))}, kernel_sizes {short_repr(list(self.kernel_sizes))}, expand_ratios '
+                f'{short_repr(list(self.expand_ratios))}')
         for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
             bad = [v for v in getattr(self, f) if v < 1]
             if bad:
-                raise ValueError(f'{f} must be positive, got {bad[0]} in {list(getattr(self, f))}')
+                raise ValueError(f'{f} must be positive, got {short_repr(bad[0])} in {short_repr(list(getattr(self, f)))}')
         if self.resolution < 1:
-            raise ValueError(f'resolution must be positive, got {self.resolution}')
+            raise ValueError(f'resolution must be positive, got {short_repr(self.resolution)}')
 
     @property
     def num_stages(self) -> int:
@@ -61,10 +63,9 @@ class SubnetConfig:
     @classmethod
     def from_dict(cls, d: Union['SubnetConfig', Mapping[str, Any]]) -> 'SubnetConfig':
         """Build from our keys or the original ones (`width`, `depth`, `kernel_size`, `expand_ratio`)."""
+        d = instance_or_mapping(d, cls, 'an arch')
         if isinstance(d, SubnetConfig):
             return d
-        if not isinstance(d, Mapping):
-            raise ValueError(f'an arch must be a SubnetConfig or a dict, got {type(d).__name__}')
         out: Dict[str, Any] = {}
         allowed = [f.name for f in fields(cls)]
         for k, v in d.items():
@@ -72,12 +73,13 @@ class SubnetConfig:
                 continue
             name = _ARCH_ALIASES.get(k, k)
             if name not in allowed:
-                raise ValueError(f'unknown arch key {k!r}; allowed: {allowed} (or the original '
+                raise ValueError(f'unknown arch key {short_repr(k)}; allowed: {allowed} (or the original '
                                  f'{list(_ARCH_ALIASES)})')
             if name in out:
                 raise ValueError(f'arch key {name!r} given twice (as {name!r} and its alias)')
             out[name] = v
         missing = [k for k in allowed if k not in out]
         if missing:
-            raise ValueError(f'arch is missing {missing}; got keys {list(d)}')
+            raise ValueError(f'arch is missing {missing}; got keys {short_repr(list(d))}')
         return cls(**out)
+
