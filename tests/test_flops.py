@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -53,3 +54,21 @@ def test_analytic_count_on_random_subnets_and_other_heads():
         model = timm.create_model('alphanet_custom', arch=arch.to_dict(), num_classes=10)
         macs, params = _counted(model, arch.resolution)
         assert (macs, params) == count_macs_and_params(arch, num_classes=10)
+
+
+def test_space_and_arch_given_like_everywhere_else(tmp_path):
+    """`space=` takes a SearchSpace, its dict or a YAML path; `arch` a name, a dict or a file, as resolve_arch does."""
+    expected = mflops(ALPHANET_ARCHS['a3'])
+    path = tmp_path / 'space.yml'
+    ALPHANET_SPACE.to_yaml(path)
+    arch_file = tmp_path / 'a3.json'
+    arch_file.write_text(json.dumps(ALPHANET_ARCHS['a3'].to_original_dict()))
+    for space in (ALPHANET_SPACE, ALPHANET_SPACE.to_dict(), str(path), path):
+        assert mflops(ALPHANET_ARCHS['a3'], space=space) == expected
+    for arch in ('a3', 'alphanet_a3', str(arch_file), ALPHANET_ARCHS['a3'].to_original_dict()):
+        assert mflops(arch) == expected
+    assert count_macs_and_params('min', space=str(path)) == count_macs_and_params(ALPHANET_ARCHS['a0'])
+    with pytest.raises(ValueError, match="unknown arch 'a9'"):
+        mflops('a9')
+    with pytest.raises(FileNotFoundError):
+        mflops(ALPHANET_ARCHS['a3'], space=str(tmp_path / 'missing.yml'))

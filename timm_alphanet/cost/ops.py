@@ -5,9 +5,10 @@ frozen, hashable record of everything that determines its cost: the same op in t
 Each op lists its convs and linear layers (`Conv`) in the original counter's terms. No torch here.
 """
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import List, Tuple, Union
 
-from ..spaces import BlockSpec, SearchSpace, SubnetConfig
+from ..archs import ArchSpec, SpaceSpec, resolve_arch, resolve_space
+from ..spaces import BlockSpec
 
 __all__ = ['Conv', 'StemOp', 'BlockOp', 'HeadOp', 'Op', 'subnet_ops', 'conv_out_size']
 
@@ -107,13 +108,15 @@ class HeadOp:
 Op = Union[StemOp, BlockOp, HeadOp]
 
 
-def subnet_ops(arch: Union[SubnetConfig, Mapping[str, Any]], space: Optional[SearchSpace] = None,
-               num_classes: int = 1000, in_chans: int = 3) -> Tuple[Op, ...]:
-    """The ops `arch` runs, in order (validated against `space`, default the AlphaNet space)."""
-    if space is None:
-        from ..archs import ALPHANET_SPACE
-        space = ALPHANET_SPACE
-    arch = space.validate(arch)
+def subnet_ops(arch: ArchSpec, space: SpaceSpec = None, num_classes: int = 1000, in_chans: int = 3) -> Tuple[Op, ...]:
+    """The ops `arch` runs, in order.
+
+    Args:
+        arch: anything `resolve_arch` takes (a SubnetConfig, a dict, a name such as 'a3', a JSON/YAML file).
+        space: anything `resolve_space` takes (None = the AlphaNet space, a SearchSpace, its dict, a YAML path).
+    """
+    space = resolve_space(space)
+    arch = resolve_arch(arch, space)
     stem = StemOp(in_chans, arch.widths[0], arch.resolution, space.stem_stride, space.stem_act)
     ops: List[Op] = [stem]
     hw = stem.out_hw
