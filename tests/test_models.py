@@ -274,3 +274,63 @@ def test_custom_space_model():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
     with pytest.raises(ValueError, match=r'widths\[2\] \(mb2\) = 48 not allowed'):
         timm.create_model('alphanet_custom', arch=arch)
+
+
+# ---- careless arguments and checkpoints
+
+def test_named_archs_refuse_an_arch_argument():
+    with pytest.raises(ValueError, match=r"alphanet_a0 has a fixed arch.*alphanet_custom', arch="):
+        timm.create_model('alphanet_a0', arch=ALPHANET_ARCHS['a1'].to_dict())
+    # alphanet_custom takes what resolve_arch takes, names included
+    assert timm.create_model('alphanet_custom', arch='a1').arch == ALPHANET_ARCHS['a1']
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(in_chans=0), 'in_chans must be an int >= 1'),
+    (dict(in_chans=-3), 'in_chans must be an int >= 1'),
+    (dict(in_chans=3.0), 'in_chans must be an int >= 1'),
+    (dict(num_classes=-1), 'num_classes must be an int >= 0'),
+    (dict(drop_rate=1.0), r'drop_rate must be a number in \[0, 1\)'),
+    (dict(drop_rate=-0.1), 'drop_rate'),
+    (dict(drop_rate=float('nan')), 'drop_rate'),
+    (dict(drop_path_rate=1.5), r'drop_path_rate must be a number in \[0, 1\)'),
+])
+@pytest.mark.parametrize('name', ['alphanet_a0', 'alphanet_supernet'])
+def test_out_of_range_arguments_are_refused(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model(name, **kwargs)
+
+
+def test_numpy_numbers_are_accepted_as_arguments():
+    np = pytest.importorskip('numpy')
+    model = timm.create_model('alphanet_a0', num_classes=np.int64(7), in_chans=np.int32(1), drop_rate=np.float32(0.25))
+    assert model.num_classes == 7 and type(model.in_chans) is int and model.drop_rate == 0.25
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 7)
+
+
+def test_checkpoint_with_non_finite_weights_warns(tmp_path):
+    source = timm.create_model('alphanet_a0', num_classes=10)
+    sd = source.state_dict()
+    sd['blocks.2.0.conv_dw.weight'][0, 0, 0, 0] = float('nan')
+    sd['blocks.3.1.bn2.running_var'][3] = float('inf')
+    path = tmp_path / 'a0.pth'
+    torch.save(sd, path)
+    with pytest.warns(RuntimeWarning, match=r'2 checkpoint tensors hold NaN or inf.*blocks\.2\.0\.conv_dw\.weight'):
+        loaded = timm.create_model('alphanet_a0', num_classes=10, pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.isnan(loaded.blocks[2][0].conv_dw.weight).any()  # loaded as asked, but not silently
+
+
+def test_checkpoint_of_another_model_names_the_first_keys_and_the_likely_cause(tmp_path):
+    path = tmp_path / 'a6.pth'
+    torch.save(timm.create_model('alphanet_a6', num_classes=10).state_dict(), path)
+    with pytest.raises(ValueError) as e:
+        timm.create_model('alphanet_a0', num_classes=10, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    msg = str(e.value)
+    assert 'does not fit this AlphaNet' in msg and 'different model or search space' in msg
+    assert 'unexpected keys (blocks.3.3.' in msg and 'shape mismatches' in msg and 'more)' in msg
+    assert len(msg) < 1500
+    # the classifier (other num_classes) and the stem (other in_chans) are timm's to adapt: no error for those
+    loaded = timm.create_model('alphanet_a6', num_classes=5, in_chans=1, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(path)))
+    assert loaded.classifier.out_features == 5 and loaded.conv_stem.in_channels == 1

@@ -186,3 +186,102 @@ def test_crop_like():
 def test_supernet_rejects_arch_kwarg():
     with pytest.raises(ValueError, match='takes no arch'):
         timm.create_model('alphanet_supernet', arch=ALPHANET_ARCHS['a0'].to_dict())
+
+
+# ---- one block forward; the input's channels are checked
+
+# expand ratio 1 or 4 in mb2: a subnet at t=1 skips the stored expansion conv
+ELASTIC_SPACE = {
+    'resolutions': [32, 48],
+    'first_conv': {'c': [8, 16], 's': 2},
+    'mb1': {'c': [8, 16], 'd': [1, 2], 'k': [3], 't': [1], 's': 1, 'se': False},
+    'mb2': {'c': [16, 24], 'd': [1, 3], 'k': [3, 5], 't': [1, 4], 's': 2, 'se': True},
+    'mb3': {'c': [24], 'd': [1, 2], 'k': [3], 't': [2], 's': 1, 'se': False},
+    'last_conv': {'c': [32, 48]},
+}
+# stem 16 -> mb1 8 (shortcut conv on), mb2 at t=1 and depth 1 of 3, mb3 24 -> 24 (identity shortcut)
+ELASTIC_ARCH = {'resolution': 32, 'widths': [16, 8, 24, 24, 32], 'depths': [1, 1, 2], 'kernel_sizes': [3, 5, 3],
+                'expand_ratios': [1, 1, 2]}
+
+
+def test_the_elastic_block_has_no_forward_of_its_own():
+    from timm_alphanet.layers.blocks import MBConv
+    from timm_alphanet.layers.dynamic_blocks import DynamicMBConv
+    assert DynamicMBConv.forward is MBConv.forward
+
+
+def _elastic_supernet(**kwargs):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = timm.create_model('alphanet_supernet', space=ELASTIC_SPACE, num_classes=7, **kwargs).eval()
+    randomize_bn_stats(model, torch.Generator().manual_seed(2))
+    model.set_subnet(ELASTIC_ARCH)
+    return model
+
+
+def test_switched_off_layers_and_shallow_stages_match_the_static_subnet_and_the_reference():
+    model = _elastic_supernet().double()
+    arch = model.active_subnet
+    block = model.blocks[1][0]
+    assert not block.conv_pw.enabled and not block.bn1.enabled  # stored (t=4 max) but off at t=1
+    assert model.blocks[0][0].shortcut.conv.enabled and not model.blocks[2][0].shortcut.conv.enabled
+    assert [s.depth for s in model.blocks[:-1]] == [1, 1, 2]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out, reference_forward(model.state_dict(), arch, model.space, x),
+                                   rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out, extract_subnet(model).eval()(x), rtol=1e-9, atol=1e-9)
+
+
+def test_torchscript_fx_and_compile_run_the_active_subnet_and_check_channels():
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    with timm.set_scriptable(True):
+        model = _elastic_supernet()
+    x, grey = torch.randn(2, 3, 32, 32), torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = extract_subnet(model).eval()(x)
+        tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                      param_shapes_constant=True)
+        _, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer)
+        fx = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer)
+        variants = {'script': torch.jit.script(model), 'fx': lambda t: next(iter(fx(t).values())),
+                    'compile': torch.compile(model)}
+        for name, run in variants.items():
+            torch.testing.assert_close(run(x), expected, rtol=1e-5, atol=1e-6, msg=name)
+            with pytest.raises(Exception, match=r'\(batch, 3, height, width\).*\[2, 1, 32, 32\]'):
+                run(grey)
+
+
+@pytest.mark.parametrize('name', ['alphanet_supernet', 'alphanet_a0'])
+def test_wrong_input_channels_raise_naming_both_counts(name):
+    model = timm.create_model(name, num_classes=5).eval()
+    grey = torch.randn(1, 1, 64, 64)
+    with pytest.raises(ValueError, match=r'\(batch, 3, height, width\) images \(in_chans=3\).*\[1, 1, 64, 64\]'):
+        model(grey)
+    with pytest.raises(ValueError, match='in_chans=3'):
+        model.forward_intermediates(grey)
+    with pytest.raises(ValueError, match=r'in_chans=3.*\[1, 4, 64, 64\]'):  # more channels than in_chans, too
+        model.forward_features(torch.randn(1, 4, 64, 64))
+    features = timm.create_model(name, features_only=True, out_indices=(0, 1)).eval()  # calls the stem directly
+    with pytest.raises(RuntimeError, match='expected input.*to have 3 channels, but got 1'):
+        features(grey)
+    one = timm.create_model(name, num_classes=5, in_chans=1).eval()
+    assert one(grey).shape == (1, 5)
+
+
+def test_drop_path_only_on_active_identity_shortcuts_and_only_when_regularized():
+    model = _elastic_supernet(drop_path_rate=0.5, drop_path_stages=3)  # every stage
+    blocks = {(si, j): b for si, stage in enumerate(model.blocks[:-1]) for j, b in enumerate(stage)}
+    # the very first block has rate 0 (rates grow with depth), so timm's builder gave it no DropPath at all
+    rates = lambda: {k: getattr(b.drop_path, 'drop_prob', 0.0) for k, b in blocks.items()}  # noqa: E731
+    assert set(rates().values()) == {0.0}
+    with model.regularized():
+        on = {k for k, r in rates().items() if r > 0}
+        # ELASTIC_ARCH: mb2's first block is strided, mb3's is 24 -> 24 (identity); blocks past a stage's depth keep
+        # the settings of the last subnet that ran them (the max one: 16 -> 16 and 24 -> 24, identities)
+        assert on == {(0, 1), (1, 1), (1, 2), (2, 0), (2, 1)}
+        model.set_subnet({**ELASTIC_ARCH, 'widths': [16, 8, 16, 24, 32]})  # switching inside: mb3 now 16 -> 24
+        assert rates()[(2, 0)] == 0 and rates()[(2, 1)] > 0
+    assert set(rates().values()) == {0.0}

@@ -2,8 +2,10 @@
 
 Each subclasses the static layer it generalises (nn.Conv2d, timm's BatchNormAct2d / SEModule / Linear),
 so its state-dict keys and shapes are those of the largest static layer, and extracting a subnet is a
-generic crop of tensors. Input width always comes from `x.shape[1]`; output width and kernel size are
-plain attributes written only by the supernet's `set_subnet`.
+generic crop of tensors. Input width comes from `x.shape[1]`; output width and kernel size are plain
+attributes written only by the supernet's `set_subnet`. A conv or BN whose `enabled` is False passes its input
+through unchanged: that is how a block's optional layers (the expansion conv at expand ratio 1, a shortcut conv
+when the active widths agree) switch off without a second block forward.
 """
 
 import torch
@@ -18,7 +20,9 @@ class DynamicConv2d(nn.Conv2d):
     """Conv2d (dense or depthwise) whose out-width and (centre-cropped) kernel are chosen per subnet.
 
     Takes nn.Conv2d's arguments; a depthwise conv is one built with `groups == in_channels == out_channels`.
-    Padding is always `k // 2` of the active kernel, as in the original.
+    Padding is always `k // 2` of the active kernel, as in the original. A dense conv takes the input's width
+    from the input (a leading slice of its weight) unless `elastic_in` is False (the stem: its input is the image,
+    whose channel count is fixed, so a wrong one must fail rather than silently use a slice).
     """
 
     def __init__(self, *args, **kwargs):
@@ -31,6 +35,8 @@ class DynamicConv2d(nn.Conv2d):
                              f'groups={self.groups}, in={self.in_channels}, out={self.out_channels}')
         self.active_out_channels = self.out_channels
         self.active_kernel_size = self.kernel_size[0]
+        self.elastic_in = True
+        self.enabled = True
 
     def active_weight(self, in_chs: int) -> torch.Tensor:
         """The weight slice used for an input of `in_chs` channels (also the weight of the extracted layer)."""
@@ -41,7 +47,9 @@ class DynamicConv2d(nn.Conv2d):
         return self.weight[:self.active_out_channels, :in_chs, s:s + k, s:s + k]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        in_chs = x.shape[1]
+        if not self.enabled:
+            return x
+        in_chs = x.shape[1] if self.elastic_in else self.in_channels
         k = self.active_kernel_size
         return F.conv2d(x, self.active_weight(in_chs), None, self.stride, k // 2, self.dilation,
                         in_chs if self.depthwise else 1)
@@ -51,10 +59,16 @@ class DynamicBatchNormAct2d(BatchNormAct2d):
     """BatchNormAct2d whose statistics and affine parameters are sliced to the input width.
 
     The slices are views, so running-stat updates in train mode write through to the stored buffers.
-    `momentum=None` gives a cumulative average, as used by BN calibration.
+    `momentum=None` gives a cumulative average, as used by BN calibration. `enabled=False` passes the input through.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enabled = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
         c = x.shape[1]
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:

@@ -1,23 +1,25 @@
 """Elastic versions of the AlphaNet blocks: the static blocks built from elastic layers at max size.
 
-A block is configured for the active subnet by `set_active(spec)` with the subnet's BlockSpec (or
-disabled, when the subnet's stage is shallower). Forward has no data-dependent control flow: every
-branch reads a plain attribute set by `set_active`.
+There is one block forward, `MBConv.forward`. An elastic block only sets its layers' active sizes and switches
+(`set_active`): the expansion conv and a shortcut conv switch off (pass their input through) where the subnet's
+block has none, and drop path is live only where the active shortcut is the identity and only inside
+`AlphaNetSupernet.regularized()`. Elastic depth is the stage's: a `DynamicStage` runs its first `depth` blocks.
 """
 from typing import Optional
 
 import torch
 import torch.nn as nn
+from timm.layers import DropPath
 
 from ..spaces import BlockSpec
 from .blocks import ConvBnAct, MBConv
 from .dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicSqueezeExcite
 
-__all__ = ['DynamicMBConv', 'DynamicConvBnAct']
+__all__ = ['DynamicMBConv', 'DynamicConvBnAct', 'DynamicStage']
 
 
 class DynamicMBConv(MBConv):
-    """MBConv storing its max-size tensors; width, kernel, expand ratio and on/off are set per subnet."""
+    """MBConv storing its max-size tensors; width, kernel and expand ratio are set per subnet by `set_active`."""
     conv_layer = DynamicConv2d
     norm_act_layer = DynamicBatchNormAct2d
     se_layer = DynamicSqueezeExcite
@@ -26,53 +28,59 @@ class DynamicMBConv(MBConv):
                  shortcut_conv: Optional[bool] = None, device=None, dtype=None):
         super().__init__(spec, drop_path_rate, bn_momentum, bn_eps, shortcut_conv, device=device, dtype=dtype)
         self.max_spec = spec
-        self.enabled = True
-        self.use_pw = spec.expand_ratio != 1
-        self.use_shortcut_conv = not isinstance(self.shortcut.conv, nn.Identity)
-        self.identity_shortcut = self._drop_path_allowed(spec)
+        self.drop_path_rate = float(drop_path_rate)
         self.drop_path_enabled = False
+        self.identity_shortcut = True
+        self.set_active(spec)
 
     @staticmethod
     def _drop_path_allowed(spec: BlockSpec) -> bool:
-        return True  # decided per subnet in forward: only blocks whose active shortcut is the identity
+        return True  # decided per subnet (`set_active`): only blocks whose active shortcut is the identity
 
-    def set_active(self, spec: Optional[BlockSpec]) -> None:
-        """Configure for one subnet's block (`spec`), or disable the block (`None`: beyond the stage's depth)."""
-        self.enabled = spec is not None
-        if spec is None:
-            return
-        self.use_pw = spec.expand_ratio != 1
-        if self.use_pw:
+    def set_active(self, spec: BlockSpec) -> None:
+        """Configure the layers for one subnet's block `spec` (its widths must fit the stored max sizes)."""
+        expand = spec.expand_ratio != 1
+        if isinstance(self.conv_pw, DynamicConv2d):
+            self.conv_pw.enabled = self.bn1.enabled = expand
             self.conv_pw.active_out_channels = spec.mid_chs
         self.conv_dw.active_kernel_size = spec.kernel_size
-        if spec.se_chs:
+        if isinstance(self.se, DynamicSqueezeExcite):
             self.se.active_rd_channels = spec.se_chs
         self.conv_pwl.active_out_channels = spec.out_chs
-        self.use_shortcut_conv = spec.in_chs != spec.out_chs
-        if self.use_shortcut_conv:
+        if isinstance(self.shortcut.conv, DynamicConv2d):
+            self.shortcut.conv.enabled = spec.in_chs != spec.out_chs
             self.shortcut.conv.active_out_channels = spec.out_chs
         self.identity_shortcut = spec.stride == 1 and spec.in_chs == spec.out_chs
+        self._update_drop_path()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return x
-        shortcut = self.shortcut.pool(x)
-        if self.use_shortcut_conv:
-            shortcut = self.shortcut.conv(shortcut)
-        if self.use_pw:
-            x = self.conv_pw(x)
-            x = self.bn1(x)
-        x = self.conv_dw(x)
-        x = self.bn2(x)
-        x = self.se(x)
-        x = self.conv_pwl(x)
-        x = self.bn3(x)
-        if self.drop_path_enabled and self.identity_shortcut:
-            x = self.drop_path(x)
-        return x + shortcut
+    def set_drop_path(self, enabled: bool) -> None:
+        """Switch drop path on (at this block's rate, if its active shortcut is the identity) or off."""
+        self.drop_path_enabled = enabled
+        self._update_drop_path()
+
+    def _update_drop_path(self) -> None:
+        # timm's DropPath passes its input through at drop_prob 0: the switch is its rate, not a forward branch
+        if isinstance(self.drop_path, DropPath):
+            on = self.drop_path_enabled and self.identity_shortcut
+            self.drop_path.drop_prob = self.drop_path_rate if on else 0.
 
 
 class DynamicConvBnAct(ConvBnAct):
     """The head's 1x1 expansion conv + BN + act; its out-width is set per subnet."""
     conv_layer = DynamicConv2d
     norm_act_layer = DynamicBatchNormAct2d
+
+
+class DynamicStage(nn.Sequential):
+    """A stage of elastic blocks that runs only its first `depth` blocks (elastic depth; the rest keep their
+    tensors, which is what keeps the state-dict keys those of the largest subnet)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.depth = len(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self):
+            if i < self.depth:
+                x = block(x)
+        return x

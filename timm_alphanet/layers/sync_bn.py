@@ -22,7 +22,8 @@ class SyncDynamicBatchNormAct2d(DynamicBatchNormAct2d):
     process_group = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.enabled and self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
         c = x.shape[1]

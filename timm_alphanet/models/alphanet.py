@@ -8,6 +8,7 @@ The architecture (and the published weights) derive from work released under CC-
 import math
 import os
 import re
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
@@ -16,11 +17,13 @@ import torch.nn.functional as F
 from huggingface_hub.errors import HfHubHTTPError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import BatchNormAct2d, Linear, SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model,
+                         register_notrace_function)
 from timm.models._features import feature_take_indices
 
-from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, resolve_space
+from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, ArchSpec, resolve_arch, resolve_space
 from ..spaces import SearchSpace, SubnetConfig
+from ..spaces._values import as_float, as_int, short_repr
 from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
 
@@ -36,6 +39,15 @@ WEIGHTS_HELP = (
     'AlphaNet weights are published on the Hugging Face Hub under https://huggingface.co/' + HF_HUB_ORG +
     ' (converted from the original release with `alphanet-convert`); see the "Pretrained weights" section '
     'of the timm_alphanet README.')
+
+
+@register_notrace_function  # an fx leaf; it returns `x` so that traced graphs keep the check
+def check_input_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """`x` itself if it is a batch of `in_chans`-channel images; a ValueError naming both counts otherwise."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f'the model takes (batch, {in_chans}, height, width) images (in_chans={in_chans}), '
+                         f'got an input of shape {list(x.shape)}')
+    return x
 
 
 class AlphaNet(nn.Module):
@@ -56,6 +68,7 @@ class AlphaNet(nn.Module):
     norm_act_layer = BatchNormAct2d
     linear_layer = Linear
     block_layer = MBConv
+    stage_layer = nn.Sequential
     head_block_layer = ConvBnAct
 
     def __init__(
@@ -74,6 +87,10 @@ class AlphaNet(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        num_classes = as_int('num_classes', num_classes, 0)
+        in_chans = as_int('in_chans', in_chans, 1)
+        drop_rate = as_float('drop_rate', drop_rate, 0., 1., high_open=True)
+        drop_path_rate = as_float('drop_path_rate', drop_path_rate, 0., 1., high_open=True)
         self.space = resolve_space(space)
         self.arch = self.space.validate(arch)
         self.num_classes = num_classes
@@ -100,7 +117,7 @@ class AlphaNet(nn.Module):
                 blocks.append(self.block_layer(spec, drop_path_rate=dpr, bn_momentum=bn_momentum, bn_eps=bn_eps,
                                                shortcut_conv=self._shortcut_conv(si, j), **dd))
                 block_idx += 1
-            stages.append(nn.Sequential(*blocks))
+            stages.append(self.stage_layer(*blocks))
             next_stride = self.space.stages[si + 1].stride if si + 1 < len(specs) else 1
             reduction *= self.space.stages[si].stride
             if next_stride > 1:  # last stage at this resolution: a feature level
@@ -130,6 +147,15 @@ class AlphaNet(nn.Module):
     def _shortcut_conv(self, stage_idx: int, block_idx: int) -> Optional[bool]:
         """Whether block `block_idx` of stage `stage_idx` stores a 1x1 shortcut conv; None = iff its width changes."""
         return None
+
+    @torch.jit.ignore
+    def _active_blocks(self, stage: nn.Module) -> List[nn.Module]:
+        """The blocks of `stage` that forward runs, for gradient checkpointing (the supernet: its active depth)."""
+        return list(stage)
+
+    @torch.jit.ignore
+    def _all_active_blocks(self) -> List[nn.Module]:
+        return [block for stage in self.blocks for block in self._active_blocks(stage)]
 
     @property
     @torch.jit.unused
@@ -193,6 +219,7 @@ class AlphaNet(nn.Module):
         take_indices = [self.stage_ends[i] for i in take_indices]
         max_index = self.stage_ends[max_index]
 
+        x = check_input_channels(x, self.in_chans)
         x = self.conv_stem(x)
         x = self.bn1(x)
         if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
@@ -201,7 +228,7 @@ class AlphaNet(nn.Module):
             stages = self.blocks[:max_index + 1]
         for feat_idx, stage in enumerate(stages):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
+                x = checkpoint_seq(self._active_blocks(stage), x)
             else:
                 x = stage(x)
             if feat_idx in take_indices:
@@ -231,10 +258,11 @@ class AlphaNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input_channels(x, self.in_chans)
         x = self.conv_stem(x)
         x = self.bn1(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x, flatten=True)
+            x = checkpoint_seq(self._all_active_blocks(), x)
         else:
             x = self.blocks(x)
         return x
@@ -255,11 +283,61 @@ class AlphaNet(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AlphaNet) -> Dict[str, torch.Tensor]:
-    """Accept our own checkpoints, optionally wrapped (`state_dict`/`model`) or DDP-prefixed (`module.`)."""
+    """Accept our own checkpoints, optionally wrapped (`state_dict`/`model`) or DDP-prefixed (`module.`).
+
+    Raises:
+        ValueError: the checkpoint's keys or shapes are not `model`'s (the first few of each are named).
+
+    Warns (RuntimeWarning) when a tensor holds NaN or inf: the model would compute garbage from it.
+    """
     for key in ('state_dict', 'model'):
         if key in state_dict and isinstance(state_dict[key], Mapping):
             state_dict = state_dict[key]
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    _check_checkpoint_fits(state_dict, model)
+    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        warnings.warn(f'{len(non_finite)} checkpoint tensors hold NaN or inf values ({_first_keys(non_finite)}); '
+                      f'the model will compute NaN/inf from them', RuntimeWarning, stacklevel=2)
+    return state_dict
+
+
+def _check_checkpoint_fits(state_dict: Mapping[str, Any], model: nn.Module) -> None:
+    """Raise if `state_dict` is not a state dict of `model`'s architecture.
+
+    timm adapts the first conv (other `in_chans`) and drops the classifier (other `num_classes`) after this filter
+    runs, so those two tensors may differ here.
+    """
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    classifier, first_conv = cfg.get('classifier', 'classifier'), cfg.get('first_conv', 'conv_stem')
+    target = model.state_dict()
+    head = lambda k: k.startswith(classifier + '.')  # noqa: E731
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    missing = [k for k in target if k not in state_dict and not head(k)]
+    unexpected = [k for k in state_dict if k not in target and not head(k)]
+    mismatched = [f'{k[:80]} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
+                  if isinstance(state_dict.get(k), torch.Tensor) and not head(k) and k != first_conv + '.weight'
+                  and state_dict[k].shape != v.shape]
+    problems = [f'{len(keys)} {what} ({_first_keys(keys)})' for what, keys in (
+        ('entries that are not tensors', not_tensors), ('missing keys', missing), ('unexpected keys', unexpected),
+        ('shape mismatches (checkpoint vs model)', mismatched)) if keys]
+    if problems:
+        raise ValueError(f'the checkpoint does not fit this {type(model).__name__}: {"; ".join(problems)}. Is it '
+                         f'from a different model or search space?')
+
+
+def _first_keys(keys: List[str], n: int = 5) -> str:
+    shown = ', '.join(short_repr(k) if not isinstance(k, str) else k[:80] for k in keys[:n])
+    return shown + (f', ... ({len(keys) - n} more)' if len(keys) > n else '')
+
+
+def _create_named(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> AlphaNet:
+    """One of the paper's archs (`name` in ALPHANET_ARCHS); its arch is fixed, so an `arch=` is refused."""
+    variant = f'alphanet_{name}'
+    if 'arch' in kwargs:
+        raise ValueError(f'{variant} has a fixed arch (AlphaNet-{name.upper()}); for another arch use '
+                         f"timm.create_model('alphanet_custom', arch=...)")
+    return _create_alphanet(variant, ALPHANET_ARCHS[name], pretrained, **kwargs)
 
 
 def _create_alphanet(variant: str, arch: Union[SubnetConfig, Mapping[str, Any]], pretrained: bool = False,
@@ -313,58 +391,61 @@ default_cfgs = generate_default_cfgs({  # must precede @register_model: the regi
 @register_model
 def alphanet_a0(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A0, 192px, 203 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a0', ALPHANET_ARCHS['a0'], pretrained, **kwargs)
+    return _create_named('a0', pretrained, kwargs)
 
 
 @register_model
 def alphanet_a1(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A1, 224px, 279 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a1', ALPHANET_ARCHS['a1'], pretrained, **kwargs)
+    return _create_named('a1', pretrained, kwargs)
 
 
 @register_model
 def alphanet_a2(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A2, 224px, 317 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a2', ALPHANET_ARCHS['a2'], pretrained, **kwargs)
+    return _create_named('a2', pretrained, kwargs)
 
 
 @register_model
 def alphanet_a3(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A3, 224px, 357 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a3', ALPHANET_ARCHS['a3'], pretrained, **kwargs)
+    return _create_named('a3', pretrained, kwargs)
 
 
 @register_model
 def alphanet_a4(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A4, 256px, 444 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a4', ALPHANET_ARCHS['a4'], pretrained, **kwargs)
+    return _create_named('a4', pretrained, kwargs)
 
 
 @register_model
 def alphanet_a5_small(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A5 (small), 256px, 491 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a5_small', ALPHANET_ARCHS['a5_small'], pretrained, **kwargs)
+    return _create_named('a5_small', pretrained, kwargs)
 
 
 @register_model
 def alphanet_a5_base(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A5 (base), 288px, 596 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a5_base', ALPHANET_ARCHS['a5_base'], pretrained, **kwargs)
+    return _create_named('a5_base', pretrained, kwargs)
 
 
 @register_model
 def alphanet_a6(pretrained: bool = False, **kwargs) -> AlphaNet:
     """AlphaNet-A6, 288px, 709 MFLOPs (arXiv:2102.07954)."""
-    return _create_alphanet('alphanet_a6', ALPHANET_ARCHS['a6'], pretrained, **kwargs)
+    return _create_named('a6', pretrained, kwargs)
 
 
 @register_model
-def alphanet_custom(pretrained: bool = False, arch: Optional[Union[SubnetConfig, Mapping[str, Any]]] = None,
-                    **kwargs) -> AlphaNet:
-    """Any AlphaNet subnet: `arch` (dict or SubnetConfig) of `space` (default: AlphaNet's); no arch = the space's smallest."""
-    if arch is None:
-        arch = resolve_space(kwargs.get('space')).min_config()
-    res = SubnetConfig.from_dict(arch).resolution
+def alphanet_custom(pretrained: bool = False, arch: Optional[ArchSpec] = None, **kwargs) -> AlphaNet:
+    """Any AlphaNet subnet: `arch` of `space` (default: AlphaNet's); no arch = the space's smallest.
+
+    `arch` is anything `timm_alphanet.archs.resolve_arch` takes: a dict or SubnetConfig, a name ('a3', 'max'), or a
+    JSON/YAML arch file.
+    """
+    space = resolve_space(kwargs.get('space'))
+    arch = space.min_config() if arch is None else resolve_arch(arch, space)
+    res = arch.resolution
     overlay = dict(input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2)
     kwargs['pretrained_cfg_overlay'] = {**overlay, **(kwargs.get('pretrained_cfg_overlay') or {})}
     return _create_alphanet('alphanet_custom', arch, pretrained, **kwargs)

@@ -8,7 +8,7 @@ The caller feeds images at the subnet's resolution: nothing is resized inside fo
 import contextlib
 import os
 import random
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Iterator, List, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from ..archs import resolve_space
 from ..spaces import SearchSpace, SubnetConfig
 from ..layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicLinear
-from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv
+from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv, DynamicStage
 from ._supernet import SUBNET_KINDS, sample_from_space
 from .alphanet import AlphaNet, _cfg, checkpoint_filter_fn
 
@@ -30,13 +30,14 @@ class AlphaNetSupernet(AlphaNet):
     Args:
         space: the search space (SearchSpace, its `supernet_config` dict, or a path to an original YAML).
         drop_path_stages: drop path (when enabled) only in the last this-many stages, as the original
-            recipe does; None = every stage.
+            recipe does; None or a number >= the stage count = every stage (timm.create_model drops None kwargs).
         **kwargs: as AlphaNet (num_classes, in_chans, drop_rate, drop_path_rate, global_pool, bn_momentum, ...).
     """
     conv_layer = DynamicConv2d
     norm_act_layer = DynamicBatchNormAct2d
     linear_layer = DynamicLinear
     block_layer = DynamicMBConv
+    stage_layer = DynamicStage
     head_block_layer = DynamicConvBnAct
 
     def __init__(self, space: Optional[Union[SearchSpace, Mapping[str, Any], str, os.PathLike]] = None,
@@ -45,6 +46,7 @@ class AlphaNetSupernet(AlphaNet):
         if 'arch' in kwargs:
             raise ValueError('alphanet_supernet takes no arch: it runs any subnet of its space (see set_subnet)')
         super().__init__(arch=space.max_config(), space=space, **kwargs)
+        self.conv_stem.elastic_in = False  # the image's channels are fixed: a wrong count must fail, not be sliced
         self.max_drop_rate = self.drop_rate
         self.drop_rate = 0.  # dropout and drop path only when switched on (see `regularized`)
         if drop_path_stages is not None:
@@ -60,6 +62,10 @@ class AlphaNetSupernet(AlphaNet):
         # only a stage's first block can change width, and it must store a conv if any subnet does
         return block_idx == 0 and self.space.first_block_needs_shortcut_conv()[stage_idx]
 
+    @torch.jit.ignore
+    def _active_blocks(self, stage: nn.Module) -> List[nn.Module]:
+        return list(stage)[:stage.depth] if isinstance(stage, DynamicStage) else list(stage)
+
     @property
     @torch.jit.unused
     def active_subnet(self) -> SubnetConfig:
@@ -71,9 +77,10 @@ class AlphaNetSupernet(AlphaNet):
         """Run `arch` (a SubnetConfig or an original-style dict), validated against the space."""
         arch = self.space.validate(arch)
         self.conv_stem.active_out_channels = arch.widths[0]
-        for stage, specs in zip(self.blocks, self.space.block_specs(arch)):
-            for j, block in enumerate(stage):
-                block.set_active(specs[j] if j < len(specs) else None)
+        for stage, specs in zip(self.blocks, self.space.block_specs(arch)):  # the head stage is not elastic
+            stage.depth = len(specs)  # blocks past the depth keep their settings: they do not run
+            for block, spec in zip(stage, specs):
+                block.set_active(spec)
         head = self.blocks[-1][0]
         head.conv.active_out_channels = arch.widths[-2] * self.space.head_expand_ratio
         self.conv_head.active_out_channels = arch.widths[-1]
@@ -95,13 +102,13 @@ class AlphaNetSupernet(AlphaNet):
         self.drop_rate = self.max_drop_rate if drop_rate is None else drop_rate
         blocks = [b for b in self.modules() if isinstance(b, DynamicMBConv)]
         for b in blocks:
-            b.drop_path_enabled = drop_path
+            b.set_drop_path(drop_path)
         try:
             yield
         finally:
             self.drop_rate = old
             for b in blocks:
-                b.drop_path_enabled = False
+                b.set_drop_path(False)
 
 
 def _create_supernet(variant: str, pretrained: bool = False, **kwargs) -> AlphaNetSupernet:
