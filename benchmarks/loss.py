@@ -84,8 +84,8 @@ def main() -> None:
         print(f'  {name:10s} fwd+bwd median {medians[name] * 1e3:7.3f} ms (ratio to kl '
               f'{medians[name] / medians["kl"]:5.2f})   min {mins[name] * 1e3:7.3f} ms (ratio '
               f'{mins[name] / mins["kl"]:5.2f})')
-    adaptive(student, teacher)
-    print(f'  adaptive picks alpha_max for {adaptive.last_branch.float().mean().item():.1%} of samples')
+    branch = adaptive.forward_with_stats(student, teacher).branch
+    print(f'  adaptive picks alpha_max for {branch.float().mean().item():.1%} of samples')
 
     print('accuracy vs float64 reference (max abs diff of per-sample value / of gradient):')
     for scale in (1.0, 10.0):  # x10: float32 p/q under- and overflows, float64 does not
@@ -95,8 +95,7 @@ def main() -> None:
 def report_accuracy(student: torch.Tensor, teacher: torch.Tensor, label: str) -> None:
     """Values (the surrogate for the alpha losses) and gradients of each float32 implementation vs float64."""
     adaptive = AdaptiveAlphaDivergence(reduction='none')
-    adaptive(student, teacher)
-    use_max = adaptive.last_branch.bool()
+    use_max = adaptive.forward_with_stats(student, teacher).branch.bool()
     div_lo, _ = naive_f_divergence(student.double(), teacher.double(), -1.0, 5.0)
     div_hi, _ = naive_f_divergence(student.double(), teacher.double(), 1.0, 5.0)
     flips = (use_max != (div_lo <= div_hi)).sum().item()

@@ -72,14 +72,15 @@ def test_teacher_module_is_frozen_and_kd_term_matches_the_loss():
     (mean_s, std_s), (mean_t, std_t) = _as_image_stats(student), _as_image_stats(teacher)
     assert not torch.equal(mean_s, mean_t)
     with torch.no_grad():
-        expected_kd = AdaptiveAlphaDivergence(-0.5, 1.0, clip=3.0, temperature=2.0)
-        kd = expected_kd(result['output'], teacher((x * std_s + mean_s - mean_t) / std_t))  # timm's fix-up
+        expected_kd = AdaptiveAlphaDivergence(-0.5, 1.0, clip=3.0, temperature=2.0).forward_with_stats(
+            result['output'], teacher((x * std_s + mean_s - mean_t) / std_t))  # timm's fix-up
+        kd = expected_kd.loss
         task_loss = torch.nn.functional.cross_entropy(result['output'], y)
     torch.testing.assert_close(result['kd_loss'], kd)
     torch.testing.assert_close(result['task_loss'], task_loss)
     torch.testing.assert_close(result['loss'], 0.2 * task_loss + 0.7 * kd)
-    torch.testing.assert_close(result['kd_alpha_max_frac'], expected_kd.last_branch.float().mean())
-    torch.testing.assert_close(result['kd_divergence'], expected_kd.last_divergence.mean())
+    torch.testing.assert_close(result['kd_alpha_max_frac'], expected_kd.branch.float().mean())
+    torch.testing.assert_close(result['kd_divergence'], expected_kd.divergence.mean())
 
 
 def test_kl_option_matches_timm_logit_distillation():
@@ -131,3 +132,27 @@ def test_invalid_kd_loss_names_the_choices():
         AlphaDistillationTask(tiny_model(0), tiny_model(1), kd_loss='mse', verbose=False)
     with pytest.raises(ValueError, match='clip'):
         AlphaDistillationTask(tiny_model(0), tiny_model(1), clip=0.0, verbose=False)
+
+
+def test_both_tasks_share_one_teacher_helper():
+    """Same teacher, same batch: both tasks re-normalise alike and give the same frozen teacher's logits."""
+    from timm_alphanet.task import SandwichTask
+    from timm_alphanet.task._teacher import create_teacher
+    teacher = tiny_model(1)
+    teacher.pretrained_cfg = {**teacher.pretrained_cfg, 'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
+    supernet = timm.create_model('alphanet_supernet', num_classes=NUM_CLASSES, space={
+        'resolutions': [32], 'first_conv': {'c': [8]}, 'mb1': {'c': [8], 'd': [1], 'k': [3], 't': [1]},
+        'last_conv': {'c': [16]}})
+    distill = AlphaDistillationTask(tiny_model(0), teacher, verbose=False)
+    sandwich = SandwichTask(supernet, teacher=teacher, verbose=False)
+    assert distill.teacher.model is teacher and sandwich.teacher.model is teacher
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    x, _ = batch()
+    mean_s, std_s = _as_image_stats(tiny_model(0))
+    with torch.no_grad():
+        expected = teacher((x * std_s + mean_s - 0.5) / 0.25)
+    torch.testing.assert_close(distill.teacher_logits(x), expected)
+    torch.testing.assert_close(sandwich.teacher_logits(x), expected)
+    assert not distill.teacher_logits(x.requires_grad_()).requires_grad
+    wrapped = create_teacher(distill.teacher, tiny_model(0))
+    assert wrapped is distill.teacher  # a DistillationTeacher is used as is

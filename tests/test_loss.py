@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from timm_alphanet.loss import AdaptiveAlphaDivergence, KLDivergence, alpha_divergence
+from timm_alphanet.loss import (AdaptiveAlphaDivergence, KDOutput, KLDivergence, adaptive_alpha_divergence,
+                                 alpha_divergence, kl_divergence)
 from timm_alphanet.testing.reference_loss import original_pq, reference_alpha_divergence as reference
 
 ALPHAS = [-1.0, -0.5, 0.0, 5e-4, 0.3, 0.5, 1.0 - 5e-4, 1.0, 2.0]
@@ -90,14 +91,21 @@ def test_adaptive_picks_branch_with_larger_divergence():
 
     loss_fn = AdaptiveAlphaDivergence()
     x = student.clone().requires_grad_()
-    loss = loss_fn(x, teacher)
+    out = loss_fn.forward_with_stats(x, teacher)
+    loss = out.loss
     loss.backward()
     torch.testing.assert_close(loss.double(), torch.where(use_lo, lo_sur, hi_sur).mean(), rtol=1e-5, atol=1e-6)
     expected_grad = torch.where(use_lo.unsqueeze(-1), lo_grad, hi_grad) / len(use_lo)
     torch.testing.assert_close(x.grad.double(), expected_grad, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(loss_fn.last_branch, (~use_lo).long())
-    torch.testing.assert_close(loss_fn.last_divergence.double(), torch.maximum(lo_div, hi_div), rtol=1e-5, atol=1e-6)
-    assert not loss_fn.last_divergence.requires_grad
+    torch.testing.assert_close(out.branch, (~use_lo).long())
+    torch.testing.assert_close(out.divergence.double(), torch.maximum(lo_div, hi_div), rtol=1e-5, atol=1e-6)
+    assert not out.divergence.requires_grad
+    # the call, the method and the function agree; nothing is kept on the module
+    torch.testing.assert_close(loss_fn(student, teacher), loss.detach())
+    functional = adaptive_alpha_divergence(student, teacher)
+    assert isinstance(functional, KDOutput)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(functional, out))
+    assert not any(n.startswith('last_') for n in vars(loss_fn))
 
 
 def test_adaptive_matches_original_module_in_float64():
@@ -114,24 +122,22 @@ def test_adaptive_matches_original_module_in_float64():
 def test_zero_alpha_is_used_not_replaced_by_default():
     student, teacher = logits()
     loss_fn = AdaptiveAlphaDivergence(alpha_min=0.0, alpha_max=1.0)
-    loss = loss_fn(student, teacher)
+    loss, divergence, _ = loss_fn.forward_with_stats(student, teacher)
     zero_div, zero_sur, _ = reference(student, teacher, 0.0)
     one_div, one_sur, _ = reference(student, teacher, 1.0)
     assert loss_fn.alpha_min == 0.0
-    torch.testing.assert_close(loss_fn.last_divergence.double(), torch.maximum(zero_div, one_div), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(divergence.double(), torch.maximum(zero_div, one_div), rtol=1e-5, atol=1e-6)
     expected = torch.where(zero_div > one_div, zero_sur, one_sur).mean()
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_ties_go_to_alpha_max():
     student, _ = logits()
-    loss_fn = AdaptiveAlphaDivergence(alpha_min=-1.0, alpha_max=2.0)
-    loss_fn(student, student)  # every divergence is exactly 0: all ties
-    assert (loss_fn.last_branch == 1).all()
-    assert (loss_fn.last_divergence == 0).all()
-    same = AdaptiveAlphaDivergence(alpha_min=0.5, alpha_max=0.5)
-    same(*logits())
-    assert (same.last_branch == 1).all()
+    out = adaptive_alpha_divergence(student, student, alpha_min=-1.0, alpha_max=2.0)  # all divergences 0: ties
+    assert (out.branch == 1).all()
+    assert (out.divergence == 0).all()
+    same = AdaptiveAlphaDivergence(alpha_min=0.5, alpha_max=0.5).forward_with_stats(*logits())
+    assert (same.branch == 1).all()
 
 
 @pytest.mark.parametrize('alpha', ALPHAS)
@@ -195,12 +201,11 @@ def test_finite_for_extreme_logits_under_autocast():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         low = head(student)  # bf16 logits, as a model under autocast produces
         assert low.dtype == torch.bfloat16
-        loss_fn = AdaptiveAlphaDivergence()
-        loss = loss_fn(low, teacher)
+        loss, divergence, _ = AdaptiveAlphaDivergence().forward_with_stats(low, teacher)
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert torch.isfinite(head.weight.grad).all() and head.weight.grad.abs().sum() > 0
-    assert torch.isfinite(loss_fn.last_divergence).all()
+    assert torch.isfinite(divergence).all()
     torch.testing.assert_close(loss, AdaptiveAlphaDivergence()(low.detach().float(), teacher))
 
 
@@ -230,13 +235,12 @@ def test_property_matches_reference(seed, alpha, scale, classes, clip):
 @given(seed=st.integers(0, 2 ** 16), scale=st.floats(0.1, 8.0))
 def test_property_adaptive_divergence_is_the_larger_one(seed, scale):
     student, teacher = logits(batch=8, classes=20, seed=seed, scale=scale, dtype=torch.float64)
-    loss_fn = AdaptiveAlphaDivergence(reduction='none')
-    loss = loss_fn(student, teacher)
+    loss, divergence, branch = AdaptiveAlphaDivergence(reduction='none').forward_with_stats(student, teacher)
     lo, hi = reference(student, teacher, -1.0), reference(student, teacher, 1.0)
     use_lo = lo[0] > hi[0]
-    torch.testing.assert_close(loss_fn.last_divergence, torch.maximum(lo[0], hi[0]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(divergence, torch.maximum(lo[0], hi[0]), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(loss, torch.where(use_lo, lo[1], hi[1]), rtol=1e-9, atol=1e-12)
-    assert torch.equal(loss_fn.last_branch, (~use_lo).long())
+    assert torch.equal(branch, (~use_lo).long())
 
 
 @pytest.mark.parametrize('temperature', [1.0, 4.0])
@@ -244,10 +248,13 @@ def test_kl_divergence_matches_reference_and_timm(temperature):
     student, teacher = logits()
     x = student.clone().requires_grad_()
     loss_fn = KLDivergence(temperature=temperature)
-    loss = loss_fn(x, teacher)
+    loss, divergence, branch = loss_fn.forward_with_stats(x, teacher)
     loss.backward()
+    assert branch is None and not divergence.requires_grad
+    torch.testing.assert_close(loss_fn(student, teacher), loss.detach())
+    torch.testing.assert_close(kl_divergence(student, teacher, temperature).loss, loss.detach())
     ref_div, _, ref_grad = reference(student / temperature, teacher / temperature, 1.0)
-    torch.testing.assert_close(loss_fn.last_divergence.double(), ref_div, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(divergence.double(), ref_div, rtol=1e-5, atol=1e-6)
     # timm LogitDistillationTask's KD term: batchmean KL at T, times T^2
     x_timm = student.clone().requires_grad_()
     timm_loss = F.kl_div(F.log_softmax(x_timm / temperature, -1), F.log_softmax(teacher / temperature, -1),
@@ -270,15 +277,14 @@ def test_temperature_scales_logits_and_loss_by_t_squared():
     student, teacher = logits()
     t = 3.0
     x, x_scaled = student.clone().requires_grad_(), student.clone().requires_grad_()
-    with_t = AdaptiveAlphaDivergence(temperature=t)
-    loss = with_t(x, teacher)
-    loss.backward()
-    plain = AdaptiveAlphaDivergence()
-    expected = plain(x_scaled / t, teacher / t) * t ** 2
+    with_t = AdaptiveAlphaDivergence(temperature=t).forward_with_stats(x, teacher)
+    with_t.loss.backward()
+    plain = AdaptiveAlphaDivergence().forward_with_stats(x_scaled / t, teacher / t)
+    expected = plain.loss * t ** 2
     expected.backward()
-    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(with_t.loss, expected)
     torch.testing.assert_close(x.grad, x_scaled.grad)
-    torch.testing.assert_close(with_t.last_divergence, plain.last_divergence)  # unscaled divergence at T
+    torch.testing.assert_close(with_t.divergence, plain.divergence)  # unscaled divergence at T
     torch.testing.assert_close(alpha_divergence(student, teacher, -1.0, temperature=t).divergence,
                                alpha_divergence(student / t, teacher / t, -1.0).divergence)
 
@@ -321,3 +327,141 @@ def test_teacher_gets_no_gradient_and_divergence_none():
 def test_invalid_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# ---- masked classes (-inf logits): 0 * log 0 = 0
+
+def masked_reference(student, teacher, alpha, clip=5.0):
+    """float64 (divergence, surrogate, grad) from the formulas with explicit masks: a term whose weight (p for KL,
+    q otherwise) is 0 is 0, and a class masked on both sides has w = 1. True infinities are kept."""
+    s = student.detach().double().requires_grad_()
+    log_q = F.log_softmax(s, dim=-1)
+    log_p = F.log_softmax(teacher.detach().double(), dim=-1)
+    q, p, log_qd = log_q.exp().detach(), log_p.exp(), log_q.detach()
+    log_w = torch.where((p == 0) & (q == 0), 0.0, log_p - log_qd)
+    if abs(alpha - 1.0) < 1e-3:
+        divergence = torch.where(p > 0, p * log_w, 0.0).sum(-1)
+        surrogate = -torch.where(p > 0, p * log_q, 0.0).sum(-1)  # -sum q w log q = -sum p log q
+    else:
+        if abs(alpha) < 1e-3:
+            log_w = log_w.clamp(max=math.log(clip))
+            term, weight = -log_w, log_w - 1.0
+            scale = 1.0
+        else:
+            w_alpha = torch.exp(alpha * log_w).clamp(max=clip)
+            term, weight = w_alpha - 1.0, w_alpha / alpha + 1.0 / (alpha * (alpha - 1.0))
+            scale = 1.0 / (alpha * (alpha - 1.0))
+        divergence = torch.where(q > 0, q * term, 0.0).sum(-1) * scale
+        surrogate = -torch.where(q > 0, q * weight * log_q, 0.0).sum(-1)
+    grad, = torch.autograd.grad(surrogate.sum(), s)
+    return divergence.detach(), surrogate.detach(), grad
+
+
+def masked_logits(dtype=torch.float32):
+    """Rows with classes masked in the teacher only, in both, and (last row) nowhere."""
+    student, teacher = logits(batch=8, classes=12, seed=5, scale=2.0, dtype=dtype)
+    teacher[:6, :3] = -math.inf  # the teacher rules out classes 0-2 for most rows
+    teacher[2:4, 5] = -math.inf
+    student[2:4, 5] = -math.inf  # ... and student and teacher both rule out class 5 here
+    return student, teacher
+
+
+@pytest.mark.parametrize('alpha', [-1.0, -0.5, 0.3, 0.5, 1.0, 2.0])
+def test_masked_teacher_matches_the_masked_float64_reference(alpha):
+    student, teacher = masked_logits()
+    divergence, surrogate, grad = run(student, teacher, alpha)
+    ref_div, ref_sur, ref_grad = masked_reference(student, teacher, alpha)
+    assert torch.isfinite(ref_div).all() and torch.isfinite(ref_grad).all()
+    torch.testing.assert_close(divergence.double(), ref_div, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(surrogate.double(), ref_sur, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+    assert (grad[2:4, 5] == 0).all()  # a class masked on both sides gets no gradient
+
+
+@pytest.mark.parametrize('alpha', [-1.0, 0.0, 0.5, 1.0])
+def test_class_masked_on_both_sides_is_the_same_as_dropped(alpha):
+    student, teacher = logits(batch=6, classes=10, seed=8, dtype=torch.float64)
+    keep = [i for i in range(10) if i not in (2, 7)]
+    masked_s, masked_t = student.clone(), teacher.clone()
+    masked_s[:, [2, 7]] = masked_t[:, [2, 7]] = -math.inf
+    divergence, surrogate, grad = run(masked_s, masked_t, alpha)
+    dropped = run(student[:, keep], teacher[:, keep], alpha)
+    torch.testing.assert_close(divergence, dropped[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(surrogate, dropped[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad[:, keep], dropped[2], rtol=1e-10, atol=1e-12)
+    assert (grad[:, [2, 7]] == 0).all()
+
+
+def test_adaptive_loss_with_a_masked_teacher_uses_both_branches():
+    student, teacher = logits(batch=32, seed=6)
+    teacher[:, :10] = -math.inf  # a teacher trained on 40 of the 50 classes
+    lo, hi = masked_reference(student, teacher, -1.0), masked_reference(student, teacher, 1.0)
+    use_lo = lo[0] > hi[0]
+    assert 0 < use_lo.sum() < len(use_lo), 'the test logits must exercise both branches'
+    x = student.clone().requires_grad_()
+    loss, divergence, branch = adaptive_alpha_divergence(x, teacher)
+    loss.backward()
+    assert torch.equal(branch, (~use_lo).long())  # a NaN KL would send every sample to alpha_min
+    torch.testing.assert_close(divergence.double(), torch.maximum(lo[0], hi[0]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss.double(), torch.where(use_lo, lo[1], hi[1]).mean(), rtol=1e-5, atol=1e-6)
+    expected_grad = torch.where(use_lo.unsqueeze(-1), lo[2], hi[2]) / len(use_lo)
+    torch.testing.assert_close(x.grad.double(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_kl_module_with_a_masked_teacher_matches_the_reference():
+    student, teacher = masked_logits()
+    x = student.clone().requires_grad_()
+    loss, divergence, _ = kl_divergence(x, teacher, reduction='sum')
+    loss.backward()
+    ref_div, _, ref_grad = masked_reference(student, teacher, 1.0)
+    torch.testing.assert_close(divergence.double(), ref_div, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double()[torch.isfinite(student)], ref_grad[torch.isfinite(student)],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_infinite_divergences_are_huge_but_finite():
+    """The documented decision: where the true divergence is infinite the result is ~1e30 x the mass, not NaN."""
+    student, teacher = logits(batch=4, classes=8, seed=9, dtype=torch.float64)
+    student[:, 0] = -math.inf  # the student rules out a class the teacher gives probability
+    p0 = F.softmax(teacher, -1)[:, 0]
+    divergence, surrogate, grad = run(student, teacher, 1.0)
+    assert torch.isinf(masked_reference(student, teacher, 1.0)[0]).all()
+    torch.testing.assert_close(divergence, p0 * 1e30, rtol=1e-6, atol=0)
+    assert torch.isfinite(surrogate).all()
+    # the KL gradient q - p is finite, and exact
+    torch.testing.assert_close(grad, F.softmax(student, -1) - F.softmax(teacher, -1), rtol=1e-10, atol=1e-12)
+    for alpha in (-1.0, 0.0, 0.5, 2.0):  # the clip bounds every other alpha: these match the reference
+        ours, ref = run(student, teacher, alpha), masked_reference(student, teacher, alpha)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    student, teacher = teacher.clone(), student.clone()  # alpha = 0: the teacher rules out the student's mass
+    q0 = F.softmax(student, -1)[:, 0]
+    divergence, _, grad = run(student, teacher, 0.0)
+    assert torch.isinf(masked_reference(student, teacher, 0.0)[0]).all()
+    assert torch.isfinite(divergence).all() and (divergence >= q0 * 1e29).all() and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize('bad', [math.nan, math.inf])
+def test_nan_and_plus_inf_logits_still_give_nan(bad):
+    for side in ('student', 'teacher'):
+        s, t = logits(batch=4, classes=8)
+        (s if side == 'student' else t)[1, 3] = bad
+        out = adaptive_alpha_divergence(s, t, reduction='none')
+        assert torch.isnan(out.loss[1]) and torch.isfinite(out.loss[[0, 2, 3]]).all()
+        assert torch.isnan(kl_divergence(s, t, reduction='none').loss[1])
+
+
+def test_numpy_numbers_are_accepted_as_arguments():
+    np = pytest.importorskip('numpy')
+    student, teacher = logits()
+    loss_fn = AdaptiveAlphaDivergence(alpha_min=np.float32(-1.0), alpha_max=np.int64(1), clip=np.float16(5.0),
+                                      temperature=np.int32(1))
+    assert (loss_fn.alpha_min, loss_fn.alpha_max, loss_fn.clip, loss_fn.temperature) == (-1.0, 1.0, 5.0, 1.0)
+    assert all(type(v) is float for v in (loss_fn.alpha_min, loss_fn.alpha_max, loss_fn.clip, loss_fn.temperature))
+    torch.testing.assert_close(loss_fn(student, teacher), AdaptiveAlphaDivergence()(student, teacher))
+    torch.testing.assert_close(alpha_divergence(student, teacher, np.float64(0.5)).divergence,
+                               alpha_divergence(student, teacher, 0.5).divergence)
+    with pytest.raises(ValueError, match='alpha must be a number'):
+        alpha_divergence(student, teacher, np.bool_(True))
+    with pytest.raises(ValueError, match='temperature'):
+        KLDivergence(temperature='2')

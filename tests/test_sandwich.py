@@ -14,7 +14,7 @@ from timm.models import save_for_hf
 from timm.task import TrainingTask
 
 from timm_alphanet.spaces import SearchSpace
-from timm_alphanet.loss import AdaptiveAlphaDivergence, KLDivergence
+from timm_alphanet.loss import AdaptiveAlphaDivergence, KDOutput, KLDivergence
 from timm_alphanet.task import sandwich_subnets
 from timm_alphanet.task import SandwichTask
 
@@ -136,11 +136,13 @@ def test_backward_per_subnet_equals_one_backward_of_the_sum():
 class _UndetachedKL(nn.Module):
     """KL(teacher || student) that lets gradient reach the teacher logits (unlike our loss modules)."""
 
-    def forward(self, student_logits, teacher_logits):
+    def forward_with_stats(self, student_logits, teacher_logits):
         kl = F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1),
                       reduction='none', log_target=True).sum(-1)
-        self.last_divergence = kl.detach()
-        return kl.mean()
+        return KDOutput(kl.mean(), kl.detach(), None)
+
+    def forward(self, student_logits, teacher_logits):
+        return self.forward_with_stats(student_logits, teacher_logits).loss
 
 
 @pytest.mark.parametrize('backward', [run_backward, None], ids=['per_subnet', 'summed'])
@@ -333,3 +335,14 @@ def test_invalid_arguments_are_named():
         SandwichTask(tiny_supernet(), teacher_weight=-1.0, verbose=False)
     with pytest.raises(TypeError, match='supernet'):
         SandwichTask(timm.create_model('resnet10t', num_classes=NUM_CLASSES), verbose=False)
+
+
+def test_numpy_numbers_are_accepted_for_counts_seeds_and_weights():
+    np = pytest.importorskip('numpy')
+    assert sandwich_subnets(SPACE, np.int64(4), np.int32(7), np.int64(3)) == sandwich_subnets(SPACE, 4, 7, 3)
+    task = SandwichTask(tiny_supernet(), num_subnets=np.int64(3), seed=np.int64(7), smoothing=np.float32(0.25),
+                        teacher_weight=np.float64(0.5), verbose=False)
+    assert task.subnets_for_step(3) == sandwich_subnets(SPACE, 3, 7, 3)
+    assert task.criterion.smoothing == 0.25 and task.teacher_weight == 0.5
+    with pytest.raises(ValueError, match='seed must be an int'):
+        sandwich_subnets(SPACE, 4, np.float64(7.0), 0)

@@ -9,6 +9,19 @@ result equals the original's wherever the original is finite and stays finite fo
 Each branch yields a per-sample *divergence* (for logging and for the adaptive choice; it carries no
 gradient) and a per-sample *surrogate*: the value the original returns, whose gradient w.r.t. the
 student logits is the clipped gradient above. Backpropagate the surrogate, log the divergence.
+
+Masked classes: a logit of -inf (e.g. a class masked out of the teacher) follows ``0 * log 0 = 0`` (xlogy): a
+class with zero probability on the weighting side contributes nothing, so masked teachers, and classes masked on
+both sides, give the same numbers as dropping those classes. A -inf logit is taken to lie `MASKED_LOGIT` (1e30)
+below its row's largest logit, which keeps every product finite. Where the true divergence is infinite -- KL(p||q)
+(alpha = 1) when the student masks a class the teacher gives probability, KL(q||p) (alpha = 0) when the teacher
+masks a class the student gives probability -- the result is therefore huge (about 1e30 times that probability)
+but finite. The alpha = 1 gradient stays exactly ``q - p``; the alpha = 0 one is huge, so do not pair alpha = 0
+with masked teachers. Other alphas are finite whatever is masked (the clip bounds the importance weight). Every
+row needs a finite logit on each side; NaN or +inf logits give NaN.
+
+The functions return the loss together with its per-sample statistics (`KDOutput`); the modules' call returns
+only the loss, and their `forward_with_stats` the whole `KDOutput`.
 """
 import math
 from typing import NamedTuple, Optional, Tuple
@@ -17,11 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['AlphaDivergenceOutput', 'alpha_divergence', 'AdaptiveAlphaDivergence', 'KLDivergence', 'KD_LOSSES',
-           'create_kd_loss']
+from .spaces._values import as_float
+
+__all__ = ['AlphaDivergenceOutput', 'KDOutput', 'alpha_divergence', 'adaptive_alpha_divergence', 'kl_divergence',
+           'AdaptiveAlphaDivergence', 'KLDivergence', 'KD_LOSSES', 'MASKED_LOGIT', 'create_kd_loss']
 
 _REDUCTIONS = ('mean', 'sum', 'none')
 KD_LOSSES = ('alpha', 'kl')  # names for `create_kd_loss` (and train.py's --kd-loss)
+MASKED_LOGIT = 1e30  # a -inf logit counts as this far below its row's max: 0 * log 0 = 0 without NaN
 _BRANCH_TOL = 1e-3  # the original treats alpha within 1e-3 of 0 or 1 as that limit
 
 
@@ -29,6 +45,13 @@ class AlphaDivergenceOutput(NamedTuple):
     """Per-sample results of `alpha_divergence`, shaped like the logits without the class dim."""
     divergence: torch.Tensor  # D_alpha(p || q) at the given clip; no gradient
     surrogate: torch.Tensor  # the original's returned value; its gradient is the clipped gradient
+
+
+class KDOutput(NamedTuple):
+    """What a KD loss returns: the loss to backpropagate and per-sample statistics to log (detached)."""
+    loss: torch.Tensor  # reduced as asked and scaled by temperature ** 2
+    divergence: torch.Tensor  # per sample, unscaled: the divergence whose surrogate `loss` holds
+    branch: Optional[torch.Tensor]  # per sample (int64), adaptive loss only: 1 = alpha_max, 0 = alpha_min
 
 
 def alpha_divergence(
@@ -51,7 +74,7 @@ def alpha_divergence(
 
     In every surrogate ``q`` and ``w`` are constants, so only ``log q`` carries gradient (the constant added to
     the weight leaves the gradient unchanged, since ``sum q grad log q = 0``, but it is part of the value the
-    original returns). The teacher never receives a gradient.
+    original returns). The teacher never receives a gradient. -inf logits are masked classes (module docstring).
 
     Args:
         student_logits: Student logits, classes in the last dim. Any float dtype; computed in float32 or wider,
@@ -66,20 +89,65 @@ def alpha_divergence(
         AlphaDivergenceOutput(divergence, surrogate), per sample, in float32 (float64 for float64 input).
     """
     alpha = _check_alpha(alpha, 'alpha')
-    _check_positive(clip, 'clip', allow_inf=True)
-    _check_positive(temperature, 'temperature')
+    clip, temperature = _check_clip(clip), _check_temperature(temperature)
     divergences, surrogate, _ = _alpha_surrogate(student_logits, teacher_logits, (alpha,), clip, temperature)
     return AlphaDivergenceOutput(divergences[0], surrogate)
 
 
-class AdaptiveAlphaDivergence(nn.Module):
+def adaptive_alpha_divergence(
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        alpha_min: float = -1.0,
+        alpha_max: float = 1.0,
+        clip: float = 5.0,
+        temperature: float = 1.0,
+        reduction: str = 'mean',
+) -> KDOutput:
     """Adaptive alpha-divergence: per sample, the surrogate of whichever of D_alpha_min, D_alpha_max is larger.
 
-    Ties go to `alpha_max`, as in the original. The call returns the reduced surrogate to backpropagate, scaled
-    by ``temperature ** 2`` like Hinton KD and timm's ``LogitDistillationTask`` (so gradient magnitudes stay
-    comparable across temperatures; the paper's T = 1 leaves it unchanged). For logging, the last call's
-    per-sample divergence (the larger of the two, unscaled, at the temperature) and chosen branch (0: alpha_min,
-    1: alpha_max) are kept, detached, in `last_divergence` and `last_branch`.
+    Ties go to `alpha_max`, as in the original. The loss is the reduced surrogate, scaled by ``temperature ** 2``
+    like Hinton KD and timm's ``LogitDistillationTask`` (so gradient magnitudes stay comparable across
+    temperatures; the paper's T = 1 leaves it unchanged).
+
+    Args:
+        student_logits: Student logits, classes in the last dim (see `alpha_divergence`).
+        teacher_logits: Teacher logits, same shape; detached.
+        alpha_min: Lower divergence order (paper: -1).
+        alpha_max: Upper divergence order (paper: +1); must be >= alpha_min.
+        clip: Upper bound on the importance weight ``w^alpha`` (paper: 5); must be > 0.
+        temperature: Softmax temperature for both logits; must be > 0.
+        reduction: 'mean', 'sum' or 'none' over samples.
+
+    Returns:
+        KDOutput(loss, divergence, branch): `divergence` is the larger of the two per-sample divergences
+        (unscaled, at the temperature) and `branch` the chosen one (1: alpha_max, 0: alpha_min), both detached.
+    """
+    alpha_min, alpha_max = _check_alpha_range(alpha_min, alpha_max)
+    return _adaptive(student_logits, teacher_logits, alpha_min, alpha_max, _check_clip(clip),
+                     _check_temperature(temperature), _check_reduction(reduction))
+
+
+def kl_divergence(
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        temperature: float = 1.0,
+        reduction: str = 'mean',
+) -> KDOutput:
+    """KL(teacher || student), the standard autograd KD loss (timm's ``LogitDistillationTask`` computes the same).
+
+    In float32 or wider, scaled by ``temperature ** 2``; -inf logits are masked classes (module docstring).
+
+    Returns:
+        KDOutput(loss, divergence, None): `divergence` is the per-sample KL (unscaled, at the temperature).
+    """
+    return _kl(student_logits, teacher_logits, _check_temperature(temperature), _check_reduction(reduction))
+
+
+class AdaptiveAlphaDivergence(nn.Module):
+    """The adaptive alpha-divergence (`adaptive_alpha_divergence`) as a loss module.
+
+    Calling it returns the reduced surrogate to backpropagate; `forward_with_stats` returns the whole `KDOutput`
+    (with the per-sample divergence and chosen branch to log).
 
     Args:
         alpha_min: Lower divergence order (paper: -1).
@@ -98,23 +166,19 @@ class AdaptiveAlphaDivergence(nn.Module):
             reduction: str = 'mean',
     ):
         super().__init__()
-        self.alpha_min = _check_alpha(alpha_min, 'alpha_min')
-        self.alpha_max = _check_alpha(alpha_max, 'alpha_max')
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f'alpha_min must be <= alpha_max, got alpha_min={alpha_min}, alpha_max={alpha_max}')
-        self.clip = _check_positive(clip, 'clip', allow_inf=True)
-        self.temperature = _check_positive(temperature, 'temperature')
+        self.alpha_min, self.alpha_max = _check_alpha_range(alpha_min, alpha_max)
+        self.clip = _check_clip(clip)
+        self.temperature = _check_temperature(temperature)
         self.reduction = _check_reduction(reduction)
-        self.last_divergence: Optional[torch.Tensor] = None
-        self.last_branch: Optional[torch.Tensor] = None
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """Return the reduced surrogate loss for student logits distilled from (detached) teacher logits."""
-        (div_min, div_max), surrogate, use_max = _alpha_surrogate(
-            student_logits, teacher_logits, (self.alpha_min, self.alpha_max), self.clip, self.temperature)
-        self.last_divergence = torch.maximum(div_min, div_max)
-        self.last_branch = use_max.long()
-        return _scale_t2(_reduce(surrogate, self.reduction), self.temperature)
+        return self.forward_with_stats(student_logits, teacher_logits).loss
+
+    def forward_with_stats(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> KDOutput:
+        """The loss with its per-sample divergence and branch (see `adaptive_alpha_divergence`)."""
+        return _adaptive(student_logits, teacher_logits, self.alpha_min, self.alpha_max, self.clip, self.temperature,
+                         self.reduction)
 
     def extra_repr(self) -> str:
         return (f'alpha_min={self.alpha_min}, alpha_max={self.alpha_max}, clip={self.clip}, '
@@ -122,10 +186,7 @@ class AdaptiveAlphaDivergence(nn.Module):
 
 
 class KLDivergence(nn.Module):
-    """KL(teacher || student) baseline with the interface of `AdaptiveAlphaDivergence`.
-
-    Standard autograd KD loss (timm's ``LogitDistillationTask`` computes the same), in float32 or wider, scaled by
-    ``temperature ** 2``. `last_divergence` keeps the last call's per-sample KL (unscaled); there is no branch.
+    """KL(teacher || student) baseline (`kl_divergence`) with the interface of `AdaptiveAlphaDivergence`.
 
     Args:
         temperature: Softmax temperature for both logits; must be > 0.
@@ -134,20 +195,16 @@ class KLDivergence(nn.Module):
 
     def __init__(self, temperature: float = 1.0, reduction: str = 'mean'):
         super().__init__()
-        self.temperature = _check_positive(temperature, 'temperature')
+        self.temperature = _check_temperature(temperature)
         self.reduction = _check_reduction(reduction)
-        self.last_divergence: Optional[torch.Tensor] = None
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """Return the reduced KL(p || q) for student logits distilled from (detached) teacher logits."""
-        _check_logits(student_logits, teacher_logits)
-        with _no_autocast(student_logits):
-            dtype = _compute_dtype(student_logits, teacher_logits)
-            log_q = F.log_softmax(_scaled(student_logits, self.temperature, dtype), dim=-1)
-            log_p = F.log_softmax(_scaled(teacher_logits.detach(), self.temperature, dtype), dim=-1)
-            kl = F.kl_div(log_q, log_p, reduction='none', log_target=True).sum(-1)
-        self.last_divergence = kl.detach()
-        return _scale_t2(_reduce(kl, self.reduction), self.temperature)
+        return self.forward_with_stats(student_logits, teacher_logits).loss
+
+    def forward_with_stats(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> KDOutput:
+        """The loss with its per-sample KL (see `kl_divergence`)."""
+        return _kl(student_logits, teacher_logits, self.temperature, self.reduction)
 
     def extra_repr(self) -> str:
         return f'temperature={self.temperature}, reduction={self.reduction!r}'
@@ -161,7 +218,30 @@ def create_kd_loss(name: str, alpha_min: float = -1.0, alpha_max: float = 1.0, c
         return AdaptiveAlphaDivergence(alpha_min, alpha_max, clip=clip, temperature=temperature)
     if name == 'kl':
         return KLDivergence(temperature=temperature)
-    raise ValueError(f'unknown KD loss {name!r}; allowed: {list(KD_LOSSES)}')
+    raise ValueError(f'unknown KD loss {name!r:.40}; allowed: {list(KD_LOSSES)}')
+
+
+def _adaptive(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha_min: float, alpha_max: float,
+              clip: float, temperature: float, reduction: str) -> KDOutput:
+    (div_min, div_max), surrogate, use_max = _alpha_surrogate(
+        student_logits, teacher_logits, (alpha_min, alpha_max), clip, temperature)
+    return KDOutput(_scale_t2(_reduce(surrogate, reduction), temperature), torch.maximum(div_min, div_max),
+                    use_max.long())
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, reduction: str) -> KDOutput:
+    _check_logits(student_logits, teacher_logits)
+    with _no_autocast(student_logits):
+        dtype = _compute_dtype(student_logits, teacher_logits)
+        log_q = F.log_softmax(_floor_masked(_scaled(student_logits, temperature, dtype)), dim=-1)
+        log_p = F.log_softmax(_floor_masked(_scaled(teacher_logits.detach(), temperature, dtype)), dim=-1)
+        kl = F.kl_div(log_q, log_p, reduction='none', log_target=True).sum(-1)
+    return KDOutput(_scale_t2(_reduce(kl, reduction), temperature), kl.detach(), None)
+
+
+def _floor_masked(z: torch.Tensor) -> torch.Tensor:
+    """`z` shifted by its (constant) row max, -inf raised to -MASKED_LOGIT; softmax-invariant otherwise."""
+    return torch.clamp(z - z.detach().amax(-1, keepdim=True), min=-MASKED_LOGIT)
 
 
 def _alpha_surrogate(
@@ -207,9 +287,10 @@ class _AlphaSurrogateFn(torch.autograd.Function):
         p, max_t, log_p_max = _softmax_stats(z_t)
         # log q = log_q_c + log q_max and log(p / q) = log_w_c + shift, with shift = log p_max - log q_max small.
         # Centred on each row's max first, like log_softmax: accurate for large logits and for nearly equal p and
-        # q (incl. their confident classes), exactly 0 for equal logits, finite for any finite logits
-        log_q_c = torch.sub(z_s, max_s)
-        log_w_c = torch.sub(z_t, max_t).sub_(log_q_c)
+        # q (incl. their confident classes), exactly 0 for equal logits, finite for any finite logits. The floor
+        # makes a masked (-inf) class finite, so its zero probability zeroes its terms instead of making NaN
+        log_q_c = torch.sub(z_s, max_s).clamp_(min=-MASKED_LOGIT)
+        log_w_c = torch.sub(z_t, max_t).clamp_(min=-MASKED_LOGIT).sub_(log_q_c)
         shift = log_p_max - log_q_max
         scratch = torch.empty_like(q)  # one (batch, classes) buffer for every row-wise dot product
         branches = [_branch(a, q, p, log_w_c, shift, clip, scratch) for a in alphas]
@@ -334,19 +415,25 @@ def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
 
 
 def _check_alpha(alpha: float, name: str) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f'{name} must be a finite number, got {alpha!r}')
-    return float(alpha)
+    return as_float(name, alpha, high_open=True, low_open=True)  # finite
 
 
-def _check_positive(value: float, name: str, allow_inf: bool = False) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0  # `not >` rejects NaN
-            or (value == math.inf and not allow_inf)):
-        raise ValueError(f'{name} must be > 0{"" if allow_inf else " and finite"}, got {value!r}')
-    return float(value)
+def _check_alpha_range(alpha_min: float, alpha_max: float) -> Tuple[float, float]:
+    alpha_min, alpha_max = _check_alpha(alpha_min, 'alpha_min'), _check_alpha(alpha_max, 'alpha_max')
+    if alpha_min > alpha_max:
+        raise ValueError(f'alpha_min must be <= alpha_max, got alpha_min={alpha_min:g}, alpha_max={alpha_max:g}')
+    return alpha_min, alpha_max
+
+
+def _check_clip(clip: float) -> float:
+    return as_float('clip', clip, 0., low_open=True)  # inf allowed: no clipping
+
+
+def _check_temperature(temperature: float) -> float:
+    return as_float('temperature', temperature, 0., low_open=True, high_open=True)
 
 
 def _check_reduction(reduction: str) -> str:
     if reduction not in _REDUCTIONS:
-        raise ValueError(f'reduction must be one of {_REDUCTIONS}, got {reduction!r}')
+        raise ValueError(f'reduction must be one of {_REDUCTIONS}, got {reduction!r:.40}')
     return reduction

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from timm.task.distillation import DistillationTeacher, LogitDistillationTask
 
-from ..loss import KD_LOSSES, AdaptiveAlphaDivergence, create_kd_loss
+from ..loss import KD_LOSSES, create_kd_loss
+from ._teacher import create_teacher, teacher_logits
 
 __all__ = ['AlphaDistillationTask']
 
@@ -29,7 +30,7 @@ class AlphaDistillationTask(LogitDistillationTask):
     Args:
         student_model: timm student model (needs ``pretrained_cfg``, ``num_classes``, ``in_chans``).
         teacher_model: timm model name (``hf-hub:``/``local-dir:`` prefixes work; weights are loaded), an
-            ``nn.Module`` (used as is, put in eval mode) or a ``DistillationTeacher``.
+            ``nn.Module`` (used as is, put in eval mode and frozen) or a ``DistillationTeacher``.
         criterion: Task loss; created by timm's ``create_classification_loss(**criterion_kwargs)`` when None.
         criterion_kwargs: Arguments for ``create_classification_loss`` when `criterion` is None.
         teacher_pretrained_path: Weights file for a teacher given by name.
@@ -72,13 +73,15 @@ class AlphaDistillationTask(LogitDistillationTask):
         if kd_loss not in KD_LOSSES:  # before the (possibly slow) teacher creation in super().__init__
             raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}')
         kd_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
+        # where timm's TrainingTask would put it (its defaults: cpu, the default dtype)
+        teacher = create_teacher(teacher_model, student_model, teacher_pretrained_path, teacher_pretrained_cfg_overlay,
+                                 device=device if device is not None else torch.device('cpu'),
+                                 dtype=dtype if dtype is not None else torch.get_default_dtype())
         super().__init__(
             student_model,
-            teacher_model,
+            teacher,  # already a DistillationTeacher: the parent uses it as is
             criterion=criterion,
             criterion_kwargs=criterion_kwargs,
-            teacher_pretrained_path=teacher_pretrained_path,
-            teacher_pretrained_cfg_overlay=teacher_pretrained_cfg_overlay,
             loss_type='kl',  # the parent only accepts 'kl'; our own KD criterion replaces its KL
             distill_loss_weight=distill_loss_weight,
             task_loss_weight=task_loss_weight,
@@ -94,9 +97,7 @@ class AlphaDistillationTask(LogitDistillationTask):
 
     def teacher_logits(self, input: torch.Tensor) -> torch.Tensor:
         """Teacher logits for a student-normalised input batch, without gradient."""
-        with torch.no_grad():
-            input_kd = self.teacher.normalize_input(input, self.student_mean, self.student_std)
-            return self.teacher(input_kd.detach(), return_features=False)
+        return teacher_logits(self.teacher, input, self.student_mean, self.student_std)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Forward pass with alpha-divergence (or KL) logit distillation.
@@ -111,16 +112,16 @@ class AlphaDistillationTask(LogitDistillationTask):
         """
         student_logits = self.trainable_module(input)
         task_loss = self.criterion(student_logits, target)
-        kd_loss = self.kd_criterion(student_logits, self.teacher_logits(input))
-        total_loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
+        kd = self.kd_criterion.forward_with_stats(student_logits, self.teacher_logits(input))
+        total_loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd.loss
 
         result = {
             'loss': total_loss,
             'output': student_logits,
             'task_loss': task_loss,
-            'kd_loss': kd_loss,
-            'kd_divergence': self.kd_criterion.last_divergence.mean(),
+            'kd_loss': kd.loss,
+            'kd_divergence': kd.divergence.mean(),
         }
-        if isinstance(self.kd_criterion, AdaptiveAlphaDivergence):
-            result['kd_alpha_max_frac'] = self.kd_criterion.last_branch.float().mean()
+        if kd.branch is not None:
+            result['kd_alpha_max_frac'] = kd.branch.float().mean()
         return result

@@ -5,11 +5,11 @@ smallest. The random ones come from a `random.Random` keyed by ``(seed, step)`` 
 process of a distributed run picks the same subnets without communicating, the global RNG is never touched, and a
 run resumed at step ``n`` continues exactly the sequence it would have trained.
 """
-import operator
 import random
 from typing import List
 
 from ..spaces import SearchSpace, SubnetConfig
+from ..spaces._values import as_int
 
 __all__ = ['sandwich_subnets']
 
@@ -26,20 +26,10 @@ def sandwich_subnets(space: SearchSpace, num_subnets: int, seed: int, step: int)
     Returns:
         `num_subnets` configs; the first is ``space.max_config()``, the last ``space.min_config()``.
     """
-    if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 2:
-        raise ValueError(f'num_subnets must be an int >= 2 (the max and the min subnet), got {num_subnets!r}')
-    seed, step = _as_int(seed, 'seed'), _as_int(step, 'step')
+    num_subnets = as_int('num_subnets', num_subnets, 2)  # the max and the min subnet at least
+    seed, step = as_int('seed', seed), as_int('step', step)  # numpy/torch integers too (their str differs)
     # a str seed is hashed with SHA-512 by random.Random: stable across processes, platforms and PYTHONHASHSEED
     rng = random.Random(f'{seed}:{step}')
     middle = [space.sample(rng) for _ in range(num_subnets - 2)]
     return [space.max_config(), *middle, space.min_config()]
 
-
-def _as_int(value: int, name: str) -> int:
-    # operator.index accepts numpy/torch integer scalars (their str differs: np.int64(3) vs 3); rejects floats
-    if isinstance(value, bool):
-        raise ValueError(f'{name} must be an int, got {value!r}')
-    try:
-        return int(operator.index(value))
-    except TypeError:
-        raise ValueError(f'{name} must be an int, got {value!r}') from None

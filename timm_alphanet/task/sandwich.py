@@ -7,22 +7,22 @@ adaptive alpha-divergence (or KL), with dropout and drop path off. The subnets o
 `sandwich_subnets`, keyed by ``(seed, step)``, so all processes train the same subnets without communication.
 """
 import logging
-import math
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.task import ClassificationTask, DistillationTeacher
 from timm.utils import unwrap_model
 
 from ..spaces import SubnetConfig
+from ..spaces._values import as_float
 from ..calibration import INTERPOLATIONS, resize_to
 from ..models._supernet import is_supernet
-from ..loss import KD_LOSSES, AdaptiveAlphaDivergence, create_kd_loss
+from ..loss import KD_LOSSES, create_kd_loss
+from ._teacher import TeacherSpec, create_teacher, student_normalization, teacher_logits
 from .sampling import sandwich_subnets
 
 __all__ = ['SandwichTask']
@@ -57,7 +57,7 @@ class SandwichTask(ClassificationTask):
             paper: 0.1). Replace ``task.criterion`` for other label losses (e.g. soft targets with mixup).
         teacher: Optional external teacher distilled into the max subnet: a timm model name (``hf-hub:`` and
             ``local-dir:`` work; pretrained weights are loaded), an ``nn.Module`` (used as is, kept in eval
-            mode) or a `timm.task.DistillationTeacher`. It sees the batch as given (before any resize),
+            mode, frozen) or a `timm.task.DistillationTeacher`. It sees the batch as given (before any resize),
             re-normalised from the supernet's ``pretrained_cfg`` mean/std to its own (timm's fix-up).
         teacher_weight: Weight of the teacher's KD term in the max subnet's loss.
         teacher_pretrained_path: Weights file for a teacher given by name.
@@ -91,7 +91,7 @@ class SandwichTask(ClassificationTask):
             clip: float = 5.0,
             temperature: float = 1.0,
             smoothing: float = 0.1,
-            teacher: Optional[Union[str, nn.Module, DistillationTeacher]] = None,
+            teacher: Optional[TeacherSpec] = None,
             teacher_weight: float = 1.0,
             teacher_pretrained_path: Optional[str] = None,
             teacher_pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
@@ -111,14 +111,11 @@ class SandwichTask(ClassificationTask):
         if not isinstance(inplace_kd, bool):
             raise ValueError(f'inplace_kd must be True or False, got {inplace_kd!r:.40}')
         if kd_loss not in KD_LOSSES:
-            raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}')
+            raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r:.40}')
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(f'interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}')
-        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-            raise ValueError(f'smoothing must be in [0, 1), got {smoothing!r}')
-        if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, (int, float)) \
-                or not math.isfinite(teacher_weight) or teacher_weight < 0:
-            raise ValueError(f'teacher_weight must be a finite number >= 0, got {teacher_weight!r}')
+            raise ValueError(f'interpolation must be one of {INTERPOLATIONS}, got {interpolation!r:.40}')
+        smoothing = as_float('smoothing', smoothing, 0., 1., high_open=True)
+        teacher_weight = as_float('teacher_weight', teacher_weight, 0., high_open=True)
         # built here, not via ClassificationTask(criterion_kwargs=...), which needs timm >= 1.0.31
         criterion = LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
         super().__init__(model, criterion, device=device, dtype=dtype, verbose=verbose)
@@ -127,25 +124,17 @@ class SandwichTask(ClassificationTask):
         self.interpolation = interpolation
         self.loss_type = kd_loss
         self.inplace_kd = inplace_kd
-        self.kd_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
+        self.kd_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)  # in place and teacher
 
         self.teacher: Optional[DistillationTeacher] = None
-        self.teacher_weight = float(teacher_weight)
+        self.teacher_weight = teacher_weight
         if teacher is not None:
-            if not isinstance(teacher, DistillationTeacher):
-                teacher = DistillationTeacher(
-                    teacher, num_classes=supernet.num_classes, in_chans=getattr(supernet, 'in_chans', 3),
-                    pretrained_path=teacher_pretrained_path, pretrained_cfg_overlay=teacher_pretrained_cfg_overlay,
-                    device=self.device, dtype=self.dtype)
-            self.teacher = teacher
-            # a separate instance: its last_divergence must not overwrite the in-place KD's
-            self.teacher_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
+            self.teacher = create_teacher(teacher, supernet, teacher_pretrained_path, teacher_pretrained_cfg_overlay,
+                                          device=self.device, dtype=self.dtype)
             # the supernet's input normalisation, for timm's student -> teacher re-normalisation
-            cfg = getattr(supernet, 'pretrained_cfg', None) or {}
-            for name, value in (('student_mean', cfg.get('mean', IMAGENET_DEFAULT_MEAN)),
-                                ('student_std', cfg.get('std', IMAGENET_DEFAULT_STD))):
-                buffer = torch.tensor(value, device=self.device, dtype=self.dtype).view(1, -1, 1, 1)
-                self.register_buffer(name, buffer, persistent=False)
+            mean, std = student_normalization(supernet, device=self.device, dtype=self.dtype)
+            self.register_buffer('student_mean', mean, persistent=False)
+            self.register_buffer('student_std', std, persistent=False)
         if self.verbose:
             _logger.info(f'SandwichTask: num_subnets={num_subnets}, seed={seed}, kd={self.kd_criterion}, '
                          f'teacher={None if teacher is None else type(self.teacher.model).__name__}')
@@ -171,9 +160,6 @@ class SandwichTask(ClassificationTask):
 
         Subnets skip blocks and channels, so pass ``find_unused_parameters=True``.
         """
-        if self.teacher is not None:
-            for param in self.teacher.parameters():
-                param.requires_grad = False
         super().prepare_distributed(device_ids=device_ids, **ddp_kwargs)
         return self
 
@@ -189,9 +175,7 @@ class SandwichTask(ClassificationTask):
         """External teacher logits for a supernet-normalised batch, without gradient."""
         if self.teacher is None:
             raise RuntimeError('this SandwichTask has no teacher')
-        with torch.no_grad():
-            input_kd = self.teacher.normalize_input(input, self.student_mean, self.student_std)
-            return self.teacher(input_kd.detach(), return_features=False)
+        return teacher_logits(self.teacher, input, self.student_mean, self.student_std)
 
     def resize(self, input: torch.Tensor, resolution: int) -> torch.Tensor:
         """`input` resized to ``resolution x resolution`` (returned as is when already that size)."""
@@ -234,7 +218,8 @@ class SandwichTask(ClassificationTask):
                                'backward per subnet forward, only the last one synchronised')
         supernet = self.supernet
         subnets = self.subnets_for_step(step)
-        teacher_logits = None if self.teacher is None else self.teacher_logits(input)
+        teacher_out = None if self.teacher is None else self.teacher_logits(input)
+        teacher_kd = None
         names = ['loss_max', *[f'loss_random{i}' for i in range(len(subnets) - 2)], 'loss_min']
         result: Dict[str, Any] = {}
         losses, divergences, alpha_max_fracs = [], [], []
@@ -251,17 +236,18 @@ class SandwichTask(ClassificationTask):
                             logits = self.trainable_module(x)
                         max_logits = logits.detach()
                         loss = task_loss = self.criterion(logits, target)
-                        if teacher_logits is not None:
-                            teacher_kd_loss = self.teacher_criterion(logits, teacher_logits)
-                            loss = task_loss + self.teacher_weight * teacher_kd_loss
+                        if teacher_out is not None:
+                            teacher_kd = self.kd_criterion.forward_with_stats(logits, teacher_out)
+                            loss = task_loss + self.teacher_weight * teacher_kd.loss
                     elif not self.inplace_kd:
                         loss = self.criterion(self.trainable_module(x), target)
                     else:
                         logits = self.trainable_module(x)
-                        loss = self.kd_criterion(logits, max_logits)
-                        divergences.append(self.kd_criterion.last_divergence.mean())
-                        if isinstance(self.kd_criterion, AdaptiveAlphaDivergence):
-                            alpha_max_fracs.append(self.kd_criterion.last_branch.float().mean())
+                        kd = self.kd_criterion.forward_with_stats(logits, max_logits)
+                        loss = kd.loss
+                        divergences.append(kd.divergence.mean())
+                        if kd.branch is not None:
+                            alpha_max_fracs.append(kd.branch.float().mean())
                     if backward is not None:
                         backward(loss)
                         loss = loss.detach()
@@ -273,9 +259,9 @@ class SandwichTask(ClassificationTask):
         result['loss'] = sum(losses[1:], losses[0])
         result['output'] = max_logits
         result['task_loss'] = task_loss.detach()
-        if teacher_logits is not None:
-            result['teacher_kd_loss'] = teacher_kd_loss.detach()
-            result['teacher_kd_divergence'] = self.teacher_criterion.last_divergence.mean()
+        if teacher_kd is not None:
+            result['teacher_kd_loss'] = teacher_kd.loss.detach()
+            result['teacher_kd_divergence'] = teacher_kd.divergence.mean()
         if divergences:
             result['kd_divergence'] = torch.stack(divergences).mean()
         if alpha_max_fracs:
