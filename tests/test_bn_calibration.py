@@ -126,3 +126,85 @@ def test_statistics_are_averaged_across_processes(tmp_path):
     calibrate_bn(model, _batches(3, seed=10) + _batches(3, seed=11), num_batches=6, progress=False)
     for k, v in distributed.items():
         torch.testing.assert_close(v, model.state_dict()[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+# ---- all or nothing: a failed calibration leaves the previous statistics as they were
+
+def _calibrated_supernet():
+    """A small supernet whose BN statistics are distinctive (a reset to 0/1 would show)."""
+    from timm_alphanet.testing import randomize_bn_stats
+    model = timm.create_model('alphanet_supernet', space=SMALL_SPACE, num_classes=10, bn_momentum=0.0).eval()
+    randomize_bn_stats(model, torch.Generator().manual_seed(3))
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.num_batches_tracked.fill_(7)
+    return model
+
+
+def _bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'num_batches' in k}
+
+
+def _assert_untouched(model, before):
+    after = _bn_state(model)
+    assert after.keys() == before.keys()
+    for k in before:
+        assert torch.equal(after[k], before[k]), k
+    assert not model.training
+    assert all(m.momentum == 0.0 for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+def _loader_failing_after(n, error):
+    for x in _batches(n, size=48):
+        yield x
+    raise error
+
+
+@pytest.mark.parametrize('loader, error, match', [
+    ([], ValueError, 'no batch'),
+    ([{'x': 1}], TypeError, 'cannot find the input images'),
+    ([torch.randn(2, 1, 48, 48)], ValueError, r'\(batch, 3, H, W\).*\(2, 1, 48, 48\)'),  # grey images
+    ([torch.randint(0, 255, (2, 3, 48, 48))], ValueError, 'float images'),
+    ([torch.randn(3, 48, 48)], ValueError, r'shape \(3, 48, 48\)'),
+    ([_batches(1, size=48)[0], [torch.randn(2, 1, 48, 48)]], ValueError, r'\(2, 1, 48, 48\)'),  # a later bad batch
+    ([_batches(1, size=48)[0], {'x': 1}], TypeError, 'cannot find the input images'),
+    ([_batches(1, size=48)[0], (torch.full((2, 3, 48, 48), float('nan')),)], ValueError, 'NaN/inf statistics'),
+], ids=['empty', 'no-images', 'grey', 'integer', 'unbatched', 'bad-second', 'no-images-second', 'nan-images'])
+def test_failed_calibration_keeps_the_previous_statistics(loader, error, match):
+    model = _calibrated_supernet()
+    before = _bn_state(model)
+    with pytest.raises(error, match=match):
+        calibrate_bn(model, loader, num_batches=4, progress=False)
+    _assert_untouched(model, before)
+
+
+@pytest.mark.parametrize('error', [RuntimeError('worker died'), KeyboardInterrupt()])
+def test_loader_errors_and_interrupts_restore_the_statistics(error):
+    model = _calibrated_supernet()
+    before = _bn_state(model)
+    with pytest.raises(type(error)):
+        calibrate_bn(model, _loader_failing_after(2, error), num_batches=4, progress=False)
+    _assert_untouched(model, before)
+
+
+@pytest.mark.parametrize('num_batches', [0, -2, 2.5, True, '3', None])
+def test_invalid_num_batches_is_refused_before_anything_changes(num_batches):
+    model = _calibrated_supernet()
+    before = _bn_state(model)
+    consumed = []
+
+    def loader():
+        consumed.append(1)
+        yield from _batches(2, size=48)
+
+    with pytest.raises(ValueError, match='num_batches must be an int >= 1'):
+        calibrate_bn(model, loader(), num_batches=num_batches, progress=False)
+    _assert_untouched(model, before)
+    assert not consumed
+
+
+def test_numpy_num_batches_is_an_int():
+    import numpy as np
+    model = _calibrated_supernet()
+    assert calibrate_bn(model, _batches(3, size=48), num_batches=np.int64(2), progress=False) == 2
+    assert model.blocks[0][0].bn2.num_batches_tracked.item() == 2

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .spaces._values import as_int
+
 __all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS', 'CalibrationRecipe', 'disjoint_subsets', 'load_images']
 
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'nearest-exact', 'area')
@@ -136,6 +138,20 @@ def _first_tensor(batch: Any) -> torch.Tensor:
                     'expected a tensor, an (images, ...) tuple, or a dict with "image"/"pixel_values"')
 
 
+def _images(batch: Any, in_chans: Optional[int]) -> torch.Tensor:
+    """The batch's images, checked to be a float (batch, in_chans, H, W) tensor."""
+    x = _first_tensor(batch)
+    if not x.is_floating_point() or x.dim() != 4 or (in_chans is not None and x.shape[1] != in_chans):
+        channels = 'C' if in_chans is None else in_chans
+        raise ValueError(f'calibrate_bn: expected float images of shape (batch, {channels}, H, W), got a '
+                         f'{x.dtype} tensor of shape {tuple(x.shape)}')
+    return x
+
+
+_BN_STATE = ('running_mean', 'running_var', 'num_batches_tracked')
+_END = object()
+
+
 @torch.no_grad()
 def calibrate_bn(
         model: nn.Module,
@@ -146,6 +162,10 @@ def calibrate_bn(
         progress: bool = True,
 ) -> int:
     """Recompute the running statistics of every BatchNorm in `model` from `num_batches` batches of `loader`.
+
+    All or nothing: the arguments and the first batch are checked before any statistic is touched, and if anything
+    fails later (a bad batch, a loader error, an interrupt, NaN/inf statistics) the previous statistics are put
+    back before the error propagates.
 
     Args:
         model: a static model, or a supernet configured for one subnet (its active slices are calibrated).
@@ -158,43 +178,75 @@ def calibrate_bn(
 
     Returns:
         The number of batches used. The model's train/eval mode is restored.
+
+    Raises:
+        ValueError: `num_batches` < 1, a model without BatchNorm, an empty loader, images of the wrong shape or
+            dtype, or statistics that came out NaN/inf.
+        TypeError: a batch without recognisable images.
     """
-    if num_batches < 1:
-        raise ValueError(f'num_batches must be >= 1, got {num_batches}')
+    num_batches = as_int('num_batches', num_batches, 1)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         raise ValueError('calibrate_bn: the model has no BatchNorm layer that tracks running statistics')
     if resolution is None and hasattr(model, 'active_subnet'):
         resolution = model.active_subnet.resolution
+    in_chans = getattr(model, 'in_chans', None)
     device = next(model.parameters()).device
+    batches = iter(loader)
+    try:
+        first = _images(next(batches), in_chans)
+    except StopIteration:
+        raise ValueError('calibrate_bn: the loader yielded no batch') from None
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    saved = [{name: getattr(bn, name).clone() for name in _BN_STATE} for bn in bns]
     was_training = model.training
     momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the calibration batches
-    model.train()
+    total = min(num_batches, len(loader)) if hasattr(loader, '__len__') else num_batches
     used = 0
     try:
-        for batch in tqdm(loader, total=num_batches, desc='BN calibration', disable=not progress, leave=False):
-            x = _first_tensor(batch).to(device, non_blocking=True)
-            if resolution is not None:
-                x = resize_to(x, resolution)
-            model(x)
-            used += 1
-            if used >= num_batches:
-                break
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        with tqdm(total=total, desc='BN calibration', disable=not progress, leave=False) as bar:
+            x = first
+            while True:
+                x = x.to(device, non_blocking=True)
+                model(resize_to(x, resolution) if resolution is not None else x)
+                used += 1
+                bar.update(1)
+                batch = next(batches, _END) if used < num_batches else _END
+                if batch is _END:  # enough batches, or the loader ran out: average what it gave
+                    break
+                x = _images(batch, in_chans)
+    except BaseException:
+        _restore(bns, saved)
+        raise
     finally:
         for bn, m in zip(bns, momenta):
             bn.momentum = m
         model.train(was_training)
-    if used == 0:
-        raise ValueError('calibrate_bn: the loader yielded no batch')
-    if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if distributed:
-        # every process averaged the same number of batches, so the mean of the means is the global average
-        for bn in bns:
-            for buf in (bn.running_mean, bn.running_var):
-                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-                buf.div_(dist.get_world_size())
+    try:
+        if distributed:
+            # every process averaged the same number of batches, so the mean of the means is the global average
+            for bn in bns:
+                for buf in (bn.running_mean, bn.running_var):
+                    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                    buf.div_(dist.get_world_size())
+        bad = [i for i, bn in enumerate(bns)
+               if not (torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all())]
+        if bad:
+            raise ValueError(f'calibrate_bn: {len(bad)} of {len(bns)} BatchNorm layers got NaN/inf statistics (do '
+                             f'the images hold NaN/inf?); the previous statistics are kept')
+    except BaseException:
+        _restore(bns, saved)
+        raise
     return used
+
+
+def _restore(bns: List[nn.modules.batchnorm._BatchNorm], saved: List[Dict[str, torch.Tensor]]) -> None:
+    for bn, state in zip(bns, saved):
+        for name, value in state.items():
+            getattr(bn, name).copy_(value)
