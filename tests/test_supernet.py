@@ -77,6 +77,8 @@ def test_set_subnet_validates_and_accepts_original_dicts(supernet):
         supernet.set_subnet(bad)
     assert supernet.active_subnet == ALPHANET_ARCHS['a2']  # a rejected arch changes nothing
     assert supernet.mflops == pytest.approx(316.73, abs=0.01)
+    supernet.set_subnet('min')  # names resolve like everywhere else
+    assert supernet.active_subnet == ALPHANET_SPACE.min_config()
 
 
 def test_sample_subnet(supernet):

@@ -21,8 +21,8 @@ from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_
                          register_notrace_function)
 from timm.models._features import feature_take_indices
 
-from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, ArchSpec, resolve_arch, resolve_space
-from ..spaces import SearchSpace, SubnetConfig
+from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, ArchSpec, SpaceSpec, resolve_arch, resolve_space
+from ..spaces import SubnetConfig
 from ..spaces._values import as_float, as_int, short_repr
 from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
@@ -54,8 +54,9 @@ class AlphaNet(nn.Module):
     """A static AlphaNet subnet as a timm model.
 
     Args:
-        arch: the subnet (a SubnetConfig or a dict with our or the original keys).
-        space: the search space the arch belongs to (SearchSpace or its `supernet_config` dict); None = AlphaNet's.
+        arch: the subnet: a SubnetConfig, a dict with our or the original keys, or what else `resolve_arch` takes.
+        space: the search space the arch belongs to (SearchSpace, its `supernet_config` dict or an original YAML
+            path); None = AlphaNet's.
         num_classes: classifier outputs (0 = no classifier).
         in_chans: input channels.
         drop_rate: dropout before the classifier.
@@ -73,8 +74,8 @@ class AlphaNet(nn.Module):
 
     def __init__(
             self,
-            arch: Union[SubnetConfig, Mapping[str, Any]],
-            space: Optional[Union[SearchSpace, Mapping[str, Any]]] = None,
+            arch: ArchSpec,
+            space: SpaceSpec = None,
             num_classes: int = 1000,
             in_chans: int = 3,
             drop_rate: float = 0.,
@@ -92,7 +93,7 @@ class AlphaNet(nn.Module):
         drop_rate = as_float('drop_rate', drop_rate, 0., 1., high_open=True)
         drop_path_rate = as_float('drop_path_rate', drop_path_rate, 0., 1., high_open=True)
         self.space = resolve_space(space)
-        self.arch = self.space.validate(arch)
+        self.arch = resolve_arch(arch, self.space)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -344,12 +345,20 @@ def _create_alphanet(variant: str, arch: Union[SubnetConfig, Mapping[str, Any]],
                      **kwargs) -> AlphaNet:
     if isinstance(arch, SubnetConfig):
         arch = arch.to_dict()  # plain JSON-able kwargs so timm can record them in model_args / config.json
-    if kwargs.get('space') is not None:  # JSON-able so timm records it in model_args / config.json
-        kwargs['space'] = SearchSpace.coerce(kwargs['space']).to_dict()
+    return build_alphanet(AlphaNet, variant, pretrained, arch=dict(arch), **kwargs)
+
+
+def build_alphanet(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm's `build_model_with_cfg` for AlphaNet model classes (static or supernet), with our checkpoint filter.
+
+    A `space` kwarg is stored as its dict, so timm records it in model_args / config.json and `hf-hub:` /
+    `local-dir:` can rebuild the model anywhere.
+    """
+    if kwargs.get('space') is not None:
+        kwargs['space'] = resolve_space(kwargs['space']).to_dict()
     try:
         return build_model_with_cfg(
-            AlphaNet, variant, pretrained,
-            arch=dict(arch),
+            cls, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(flatten_sequential=True),
             **kwargs,

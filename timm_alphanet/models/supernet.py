@@ -6,20 +6,19 @@ depths are slices chosen by `set_subnet`. The state-dict keys are those of the l
 The caller feeds images at the subnet's resolution: nothing is resized inside forward.
 """
 import contextlib
-import os
 import random
-from typing import Any, Iterator, List, Mapping, Optional, Union
+from typing import Iterator, List, Optional
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ..archs import resolve_space
-from ..spaces import SearchSpace, SubnetConfig
+from ..archs import ArchSpec, SpaceSpec, resolve_arch, resolve_space
+from ..spaces import SubnetConfig
 from ..layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicLinear
 from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv, DynamicStage
 from ._supernet import SUBNET_KINDS, sample_from_space
-from .alphanet import AlphaNet, _cfg, checkpoint_filter_fn
+from .alphanet import AlphaNet, _cfg, build_alphanet
 
 __all__ = ['AlphaNetSupernet', 'SUBNET_KINDS']
 
@@ -40,7 +39,7 @@ class AlphaNetSupernet(AlphaNet):
     stage_layer = DynamicStage
     head_block_layer = DynamicConvBnAct
 
-    def __init__(self, space: Optional[Union[SearchSpace, Mapping[str, Any], str, os.PathLike]] = None,
+    def __init__(self, space: SpaceSpec = None,
                  drop_path_stages: Optional[int] = 2, **kwargs):
         space = resolve_space(space)
         if 'arch' in kwargs:
@@ -73,9 +72,10 @@ class AlphaNetSupernet(AlphaNet):
         return self.arch
 
     @torch.jit.ignore
-    def set_subnet(self, arch: Union[SubnetConfig, Mapping[str, Any]]) -> None:
-        """Run `arch` (a SubnetConfig or an original-style dict), validated against the space."""
-        arch = self.space.validate(arch)
+    def set_subnet(self, arch: ArchSpec) -> None:
+        """Run `arch` (a SubnetConfig, an original-style dict, or a name such as 'min' or 'a3'), validated against
+        the space."""
+        arch = resolve_arch(arch, self.space)
         self.conv_stem.active_out_channels = arch.widths[0]
         for stage, specs in zip(self.blocks, self.space.block_specs(arch)):  # the head stage is not elastic
             stage.depth = len(specs)  # blocks past the depth keep their settings: they do not run
@@ -112,14 +112,7 @@ class AlphaNetSupernet(AlphaNet):
 
 
 def _create_supernet(variant: str, pretrained: bool = False, **kwargs) -> AlphaNetSupernet:
-    if kwargs.get('space') is not None:  # JSON-able so timm records it in model_args / config.json
-        kwargs['space'] = SearchSpace.coerce(kwargs['space']).to_dict()
-    return build_model_with_cfg(
-        AlphaNetSupernet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True),
-        **kwargs,
-    )
+    return build_alphanet(AlphaNetSupernet, variant, pretrained, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
