@@ -12,6 +12,7 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run without installing
 from timm_alphanet.loss import AdaptiveAlphaDivergence, KLDivergence  # noqa: E402
@@ -19,6 +20,11 @@ from timm_alphanet.testing.reference_loss import original_adaptive as naive_adap
 from timm_alphanet.testing.reference_loss import original_pq as naive_f_divergence  # noqa: E402
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def timm_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The KD term of timm's LogitDistillationTask (T = 1): plain autograd through both log-softmaxes."""
+    return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), reduction='batchmean', log_target=True)
 
 
 def make_logits(batch: int, classes: int, seed: int, scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +78,7 @@ def main() -> None:
 
     adaptive = AdaptiveAlphaDivergence()
     kl = KLDivergence()
-    fns = {'kl': kl, 'adaptive': adaptive, 'naive_pq': naive_adaptive}
+    fns = {'kl': kl, 'kl_autograd': timm_kl, 'adaptive': adaptive, 'naive_pq': naive_adaptive}
     student, teacher = make_logits(args.batch, args.classes, args.seed)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, logits {args.batch}x{args.classes} float32, '
           f'{args.repeats} repeats')

@@ -28,7 +28,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .spaces._values import as_float
 
@@ -133,9 +132,10 @@ def kl_divergence(
         temperature: float = 1.0,
         reduction: str = 'mean',
 ) -> KDOutput:
-    """KL(teacher || student), the standard autograd KD loss (timm's ``LogitDistillationTask`` computes the same).
+    """KL(teacher || student), the standard KD loss (the value and gradient of timm's ``LogitDistillationTask``).
 
-    In float32 or wider, scaled by ``temperature ** 2``; -inf logits are masked classes (module docstring).
+    In float32 or wider, also under autocast, scaled by ``temperature ** 2``; -inf logits are masked classes
+    (module docstring).
 
     Returns:
         KDOutput(loss, divergence, None): `divergence` is the per-sample KL (unscaled, at the temperature).
@@ -230,18 +230,12 @@ def _adaptive(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha_
 
 
 def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, reduction: str) -> KDOutput:
-    _check_logits(student_logits, teacher_logits)
-    with _no_autocast(student_logits):
-        dtype = _compute_dtype(student_logits, teacher_logits)
-        log_q = F.log_softmax(_floor_masked(_scaled(student_logits, temperature, dtype)), dim=-1)
-        log_p = F.log_softmax(_floor_masked(_scaled(teacher_logits.detach(), temperature, dtype)), dim=-1)
-        kl = F.kl_div(log_q, log_p, reduction='none', log_target=True).sum(-1)
-    return KDOutput(_scale_t2(_reduce(kl, reduction), temperature), kl.detach(), None)
-
-
-def _floor_masked(z: torch.Tensor) -> torch.Tensor:
-    """`z` shifted by its (constant) row max, -inf raised to -MASKED_LOGIT; softmax-invariant otherwise."""
-    return torch.clamp(z - z.detach().amax(-1, keepdim=True), min=-MASKED_LOGIT)
+    # the alpha = 1 branch: its divergence is KL(p || q) and its surrogate, cross-entropy -sum p log q, differs from
+    # it by the teacher's entropy, a constant; so KL's value with the surrogate's gradient is exactly KL's autograd
+    # (F.kl_div's) value and gradient, with the masking of every other branch and no graph through the softmaxes
+    (kl,), surrogate, _ = _alpha_surrogate(student_logits, teacher_logits, (1.0,), math.inf, temperature)
+    kl_with_grad = surrogate + (kl - surrogate).detach()
+    return KDOutput(_scale_t2(_reduce(kl_with_grad, reduction), temperature), kl, None)
 
 
 def _alpha_surrogate(
