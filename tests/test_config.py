@@ -250,3 +250,15 @@ def test_error_messages_quote_bounded_values():
         with pytest.raises(ValueError) as e:
             attempt()
         assert len(str(e.value)) < 600, str(e.value)[:300]
+
+
+def test_arch_file_errors_quote_a_bounded_path(tmp_path):
+    from timm_alphanet.archs import resolve_arch
+    long_name = 'd' * 3000
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_arch(str(tmp_path / f'{long_name}.json'))
+    assert len(str(e.value)) < 400 and str(e.value).endswith('.json')
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('resolution: [')
+    with pytest.raises(ValueError, match=r'bad\.yaml: not valid YAML'):
+        resolve_arch(str(bad))

@@ -7,6 +7,7 @@ from typing import Any, Dict, Mapping, Union
 import yaml
 
 from .spaces import SearchSpace, StageSpace, SubnetConfig
+from .spaces._values import short_text
 
 __all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1', 'ARCH_NAMES', 'resolve_arch', 'resolve_space']
 
@@ -100,26 +101,27 @@ def resolve_arch(arch: ArchSpec, space: SpaceSpec = None) -> SubnetConfig:
     if text.startswith('{'):
         return space.validate(_unwrap_arch(_parse(text, 'arch JSON', json_only=True), 'arch JSON'))
     if text.lower().endswith(_ARCH_FILE_EXTS) or os.path.isfile(text):
-        return space.validate(_unwrap_arch(_read_arch_file(text), text))
+        return space.validate(_unwrap_arch(_read_arch_file(text), short_text(text)))
     raise ValueError(f'unknown arch {text[:80]!r}; allowed: {", ".join(ARCH_NAMES)}, a dict, a JSON object, or a '
                      f'path to a JSON/YAML arch file')
 
 
 def _read_arch_file(path: str) -> Any:
+    shown = short_text(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f'arch file not found: {path}')
+        raise FileNotFoundError(f'arch file not found: {shown}')
     if not os.path.isfile(path):
-        raise ValueError(f'{path}: not a file')
+        raise ValueError(f'{shown}: not a file')
     size = os.path.getsize(path)
     if size > MAX_ARCH_FILE_BYTES:
-        raise ValueError(f'{path}: {size} bytes is too large for an arch file (at most {MAX_ARCH_FILE_BYTES})')
+        raise ValueError(f'{shown}: {size} bytes is too large for an arch file (at most {MAX_ARCH_FILE_BYTES})')
     with open(path, 'rb') as f:
         raw = f.read(MAX_ARCH_FILE_BYTES + 1)
     try:
         text = raw.decode('utf-8')
     except UnicodeDecodeError:
-        raise ValueError(f'{path}: not a UTF-8 text file') from None
-    return _parse(text, path, json_only=path.lower().endswith('.json'))
+        raise ValueError(f'{shown}: not a UTF-8 text file') from None
+    return _parse(text, shown, json_only=path.lower().endswith('.json'))
 
 
 def _parse(text: str, where: str, json_only: bool) -> Any:

@@ -212,7 +212,7 @@ class AlphaNet(nn.Module):
             intermediates_only: return only the intermediates.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt {output_fmt!r} not supported; allowed: ['NCHW']")
+            raise ValueError(f"output_fmt {output_fmt!r:.40} not supported; allowed: ['NCHW']")
         if stop_early and not intermediates_only:
             raise ValueError('stop_early=True requires intermediates_only=True')
         intermediates = []

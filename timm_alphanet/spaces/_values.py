@@ -8,7 +8,7 @@ import operator
 import reprlib
 from typing import Any, Mapping, Optional, Type, TypeVar, Union
 
-__all__ = ['plain_number', 'plain_items', 'as_int', 'as_float', 'short_repr', 'instance_or_mapping']
+__all__ = ['plain_number', 'plain_items', 'as_int', 'as_float', 'short_repr', 'short_text', 'instance_or_mapping']
 
 T = TypeVar('T')
 
@@ -66,6 +66,11 @@ def as_float(name: str, value: Any, low: float = -math.inf, high: float = math.i
 def short_repr(value: Any) -> str:
     """repr(value), truncated, for error messages (a value from a file or a caller may be arbitrarily large)."""
     return _REPR.repr(value)
+
+
+def short_text(text: str, limit: int = 200) -> str:
+    """`text` (e.g. a path), shortened in the middle to at most about `limit` characters, for messages."""
+    return text if len(text) <= limit else f'{text[:limit // 2]}...{text[-(limit // 2 - 3):]}'
 
 
 def instance_or_mapping(value: Any, cls: Type[T], what: str) -> Union[T, Mapping[str, Any]]:

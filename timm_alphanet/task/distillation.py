@@ -71,7 +71,7 @@ class AlphaDistillationTask(LogitDistillationTask):
             verbose: bool = True,
     ):
         if kd_loss not in KD_LOSSES:  # before the (possibly slow) teacher creation in super().__init__
-            raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}')
+            raise ValueError(f'kd_loss must be one of {KD_LOSSES}, got {kd_loss!r:.40}')
         kd_criterion = create_kd_loss(kd_loss, alpha_min, alpha_max, clip, temperature)
         # where timm's TrainingTask would put it (its defaults: cpu, the default dtype)
         teacher = create_teacher(teacher_model, student_model, teacher_pretrained_path, teacher_pretrained_cfg_overlay,
