@@ -330,3 +330,12 @@ def test_macs_and_params_match_the_mobilenet_papers(family, width, mmacs, mparam
     macs, params = width_macs_and_params(_supernet(family), WidthConfig(width, 224))
     assert abs(macs / 1e6 - mmacs) < 1
     assert mparams is None or round(params / 1e6, 1) == mparams
+
+
+def test_checkpoint_of_another_width_is_refused_with_the_shared_filter(tmp_path):
+    """The slimmable models load through the same filter as AlphaNet's: first keys named, the likely cause given."""
+    path = tmp_path / 'v2_050.pth'
+    torch.save(timm.create_model('mobilenetv2_050', num_classes=10).state_dict(), path)
+    with pytest.raises(ValueError, match=r'shape mismatches.*different model or search space'):
+        timm.create_model('slimmable_mobilenetv2_100', num_classes=10, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(path)))

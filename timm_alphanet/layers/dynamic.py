@@ -66,6 +66,14 @@ class DynamicBatchNormAct2d(BatchNormAct2d):
         super().__init__(*args, **kwargs)
         self.enabled = True
 
+    @classmethod
+    def convert(cls, bn: BatchNormAct2d) -> 'DynamicBatchNormAct2d':
+        """`bn` made this class in place: the very same parameters and buffers (so keys and values stay), plus the
+        plain attributes this class adds."""
+        bn.__class__ = cls
+        bn.enabled = True
+        return bn
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x

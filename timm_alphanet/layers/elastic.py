@@ -47,16 +47,13 @@ def make_elastic(model: nn.Module) -> nn.Module:
         TypeError: for any other module that holds parameters (e.g. squeeze-excite, a plain BatchNorm2d), naming it:
             nothing in the model may keep a fixed width.
     """
-    if DynamicBatchNormAct2d.__init__ is not BatchNormAct2d.__init__:
-        # the BN swap below changes the class only; a dynamic BN with its own state would need a rebuild
-        raise TypeError('DynamicBatchNormAct2d defines its own __init__; make_elastic must rebuild BNs')
     for name, module in list(model.named_modules()):
         if isinstance(module, (DynamicConv2d, DynamicBatchNormAct2d, DynamicLinear)):
             continue
         if type(module) is nn.Conv2d:
             new = _elastic_conv(module, name)
         elif type(module) is BatchNormAct2d:
-            module.__class__ = DynamicBatchNormAct2d  # a subclass that only slices in forward: no new state
+            DynamicBatchNormAct2d.convert(module)  # a subclass that only slices in forward: same tensors
             continue
         elif isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
             new = _elastic_linear(module)

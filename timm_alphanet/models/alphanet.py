@@ -8,7 +8,6 @@ The architecture (and the published weights) derive from work released under CC-
 import math
 import os
 import re
-import warnings
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
@@ -23,9 +22,10 @@ from timm.models._features import feature_take_indices
 
 from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, ArchSpec, SpaceSpec, resolve_arch, resolve_space
 from ..spaces import SubnetConfig
-from ..spaces._values import as_float, as_int, short_repr
+from ..spaces._values import as_float, as_int
 from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
+from ._checkpoint import checkpoint_filter_fn
 
 __all__ = ['AlphaNet', 'HF_HUB_ORG', 'WEIGHTS_HELP']
 
@@ -281,55 +281,6 @@ class AlphaNet(nn.Module):
         x = self.forward_features(x)
         x = self.forward_head(x)
         return x
-
-
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AlphaNet) -> Dict[str, torch.Tensor]:
-    """Accept our own checkpoints, optionally wrapped (`state_dict`/`model`) or DDP-prefixed (`module.`).
-
-    Raises:
-        ValueError: the checkpoint's keys or shapes are not `model`'s (the first few of each are named).
-
-    Warns (RuntimeWarning) when a tensor holds NaN or inf: the model would compute garbage from it.
-    """
-    for key in ('state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], Mapping):
-            state_dict = state_dict[key]
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-    _check_checkpoint_fits(state_dict, model)
-    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if non_finite:
-        warnings.warn(f'{len(non_finite)} checkpoint tensors hold NaN or inf values ({_first_keys(non_finite)}); '
-                      f'the model will compute NaN/inf from them', RuntimeWarning, stacklevel=2)
-    return state_dict
-
-
-def _check_checkpoint_fits(state_dict: Mapping[str, Any], model: nn.Module) -> None:
-    """Raise if `state_dict` is not a state dict of `model`'s architecture.
-
-    timm adapts the first conv (other `in_chans`) and drops the classifier (other `num_classes`) after this filter
-    runs, so those two tensors may differ here.
-    """
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    classifier, first_conv = cfg.get('classifier', 'classifier'), cfg.get('first_conv', 'conv_stem')
-    target = model.state_dict()
-    head = lambda k: k.startswith(classifier + '.')  # noqa: E731
-    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    missing = [k for k in target if k not in state_dict and not head(k)]
-    unexpected = [k for k in state_dict if k not in target and not head(k)]
-    mismatched = [f'{k[:80]} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
-                  if isinstance(state_dict.get(k), torch.Tensor) and not head(k) and k != first_conv + '.weight'
-                  and state_dict[k].shape != v.shape]
-    problems = [f'{len(keys)} {what} ({_first_keys(keys)})' for what, keys in (
-        ('entries that are not tensors', not_tensors), ('missing keys', missing), ('unexpected keys', unexpected),
-        ('shape mismatches (checkpoint vs model)', mismatched)) if keys]
-    if problems:
-        raise ValueError(f'the checkpoint does not fit this {type(model).__name__}: {"; ".join(problems)}. Is it '
-                         f'from a different model or search space?')
-
-
-def _first_keys(keys: List[str], n: int = 5) -> str:
-    shown = ', '.join(short_repr(k) if not isinstance(k, str) else k[:80] for k in keys[:n])
-    return shown + (f', ... ({len(keys) - n} more)' if len(keys) > n else '')
 
 
 def _create_named(name: str, pretrained: bool, kwargs: Dict[str, Any]) -> AlphaNet:

@@ -29,6 +29,7 @@ from timm.models.efficientnet import EfficientNet, _gen_mobilenet_v1, _gen_mobil
 
 from ..layers.elastic import elastic_convs, make_elastic
 from ..spaces import WidthConfig, WidthSpace, check_width, width_range
+from ._checkpoint import checkpoint_filter_fn
 from ._supernet import sample_from_space
 
 __all__ = ['SlimmableMobileNet', 'SLIMMABLE_FAMILIES', 'SlimmableFamily', 'checkpoint_filter_fn',
@@ -243,36 +244,6 @@ class SlimmableMobileNet(EfficientNet):
         if name is None:
             return timm.create_model(f'slimmable_{self.family}_custom', width=arch.width, **kwargs)
         return timm.create_model(name, **kwargs)
-
-
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Accept timm's and our checkpoints (optionally wrapped in `state_dict`/`model`, or DDP `module.` prefixed).
-
-    Raises:
-        ValueError: naming the missing and unexpected keys and the shape mismatches (a checkpoint of another
-            model, or of one width where the full-width supernet is loaded). The stem's input channels and the
-            classifier may differ: timm adapts those itself.
-    """
-    for key in ('state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], Mapping):
-            state_dict = state_dict[key]
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-    target = model.state_dict()
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    adapted = tuple(f'{cfg[k]}.' for k in ('first_conv', 'classifier') if cfg.get(k))
-    problems = []
-    for what, keys in (('missing keys', [k for k in target if k not in state_dict]),
-                       ('unexpected keys', [str(k) for k in state_dict if k not in target]),
-                       ('shape mismatches', [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}'
-                                             for k, v in state_dict.items() if k in target and not k.startswith(adapted)
-                                             and tuple(getattr(v, 'shape', ())) != tuple(target[k].shape)])):
-        if keys:
-            more = f', ... and {len(keys) - 8} more' if len(keys) > 8 else ''
-            problems.append(f'{what} ({len(keys)}) {", ".join(k[:120] for k in keys[:8])}{more}')
-    if problems:
-        arch = cfg.get('architecture') or type(model).__name__
-        raise ValueError(f'checkpoint does not match {arch}: ' + '; '.join(problems))
-    return state_dict
 
 
 def _hub_error(variant: str, pretrained_cfg: Any, error: Exception) -> RuntimeError:
