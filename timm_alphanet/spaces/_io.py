@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import yaml
 
 __all__ = [
-    'MAX_TEXT_BYTES', 'MAX_NODES', 'MAX_DEPTH', 'bounded_repr', 'display_path', 'read_bounded_bytes',
+    'MAX_TEXT_BYTES', 'MAX_NODES', 'MAX_DEPTH', 'INT_HASH_MODULUS', 'bounded_repr', 'display_path',
+    'regular_file_size', 'read_bounded_bytes', 'short_message',
     'read_text_file', 'parse_yaml', 'read_yaml_file', 'parse_json', 'read_json_file', 'check_tree',
 ]
 
@@ -28,6 +29,7 @@ MAX_TEXT_BYTES = 1 << 20  # configs, arch files and config.json are a few KB; 1 
 MAX_NODES = 100_000  # values in the tree a consumer walks (aliases expanded); a training YAML has a few hundred
 MAX_DEPTH = 64  # nesting levels; configs nest 3-4 deep
 MAX_REPR = 200  # characters of a value quoted in a message
+INT_HASH_MODULUS = (1 << 61) - 1  # CPython's int hash is x mod this: smaller ints never collide
 _MAX_NUMBER_CHARS = 100  # YAML numbers: longer ones (e.g. 1:1:1:... sexagesimal) cost quadratic time to build
 
 
@@ -92,18 +94,13 @@ def _a(what: str) -> str:
     return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
 
 
-def read_bounded_bytes(path: PathLike, max_bytes: int, what: str = 'file') -> bytes:
-    """The content of a regular file of at most `max_bytes` bytes.
-
-    Args:
-        path: the file.
-        max_bytes: refuse larger files (checked before reading, and again while reading).
-        what: what the file is, for messages (e.g. 'arch file').
+def regular_file_size(path: PathLike, what: str = 'file') -> int:
+    """The size of `path`, checked to be an existing regular file (not a directory, FIFO or device).
 
     Raises:
         TypeError: `path` is not a str or os.PathLike.
         FileNotFoundError: it does not exist.
-        ValueError: it is a directory or not a regular file, cannot be read, or is too large.
+        ValueError: it is a directory or not a regular file, or cannot be examined.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f'{what} must be a path (str or os.PathLike), got {type(path).__name__}')
@@ -118,9 +115,27 @@ def read_bounded_bytes(path: PathLike, max_bytes: int, what: str = 'file') -> by
         raise ValueError(f'{name}: is a directory, not {_a(what)}')
     if not stat.S_ISREG(st.st_mode):  # FIFOs and devices can block or never end
         raise ValueError(f'{name}: not a regular file, so not {_a(what)}')
+    return st.st_size
+
+
+def read_bounded_bytes(path: PathLike, max_bytes: int, what: str = 'file') -> bytes:
+    """The content of a regular file of at most `max_bytes` bytes.
+
+    Args:
+        path: the file.
+        max_bytes: refuse larger files (checked before reading, and again while reading).
+        what: what the file is, for messages (e.g. 'arch file').
+
+    Raises:
+        TypeError: `path` is not a str or os.PathLike.
+        FileNotFoundError: it does not exist.
+        ValueError: it is a directory or not a regular file, cannot be read, or is too large.
+    """
+    size = regular_file_size(path, what)
+    name = display_path(path)
     too_large = f'{name}: too large for {_a(what)} ({{}} bytes; at most {max_bytes})'
-    if st.st_size > max_bytes:
-        raise ValueError(too_large.format(st.st_size))
+    if size > max_bytes:
+        raise ValueError(too_large.format(size))
     try:
         with open(path, 'rb') as f:
             data = f.read(max_bytes + 1)  # the file may have grown since stat()
@@ -288,6 +303,18 @@ class _BoundedYamlLoader(yaml.SafeLoader):
         _measure(node, _yaml_children, _yaml_leaf_size, self.where, self.max_nodes, self.max_depth, None)
         return node
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Dict[Any, Any]:
+        # int keys whose hashes collide make each insert walk all the others (quadratic time); no config
+        # needs an int key beyond 2**61 - 1, below which CPython's int hashes are all distinct
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, int) and not -INT_HASH_MODULUS < key < INT_HASH_MODULUS:
+                    raise ValueError(f'{self.where}: a mapping key of {key.bit_length()} bits (line '
+                                     f'{key_node.start_mark.line + 1}); int keys must be below 2**61 - 1')
+        return super().construct_mapping(node, deep=deep)
+
     def construct_yaml_int(self, node: Any) -> int:
         self._check_number(node)
         return super().construct_yaml_int(node)
@@ -306,15 +333,18 @@ _BoundedYamlLoader.add_constructor('tag:yaml.org,2002:int', _BoundedYamlLoader.c
 _BoundedYamlLoader.add_constructor('tag:yaml.org,2002:float', _BoundedYamlLoader.construct_yaml_float)
 
 
-def _first_line(e: BaseException) -> str:
-    """A one-line, bounded description of a parser error (PyYAML's own message spans several lines)."""
+def short_message(e: Union[BaseException, str], limit: int = 300) -> str:
+    """One line of at most `limit` characters from an error (or text), for quoting inside another message.
+
+    PyYAML's messages span several lines with a snippet of the file; they become 'problem at line L, column C'.
+    """
     mark = getattr(e, 'problem_mark', None)
     if getattr(e, 'problem', None) and mark is not None:
         context = getattr(e, 'context', None)
         text = f"{context + ': ' if context else ''}{e.problem} at line {mark.line + 1}, column {mark.column + 1}"
     else:
         text = ' '.join(str(e).split()) or type(e).__name__
-    return text if len(text) <= MAX_REPR else text[:MAX_REPR - 3] + '...'
+    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def parse_yaml(text: str, where: str, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> Any:
@@ -331,9 +361,9 @@ def parse_yaml(text: str, where: str, max_nodes: int = MAX_NODES, max_depth: int
     except ValueError as e:  # ours, or int()/float() refusing a value
         if str(e).startswith(where):
             raise
-        raise ValueError(f'{where}: not valid YAML ({_first_line(e)})') from None
+        raise ValueError(f'{where}: not valid YAML ({short_message(e)})') from None
     except (yaml.YAMLError, RecursionError, OverflowError, TypeError) as e:
-        raise ValueError(f'{where}: not valid YAML ({_first_line(e)})') from None
+        raise ValueError(f'{where}: not valid YAML ({short_message(e)})') from None
     finally:
         loader.dispose()
 
@@ -364,7 +394,7 @@ def parse_json(text: Union[str, bytes], where: str, max_nodes: int = MAX_NODES, 
     except RecursionError:  # the C scanner stops at the interpreter's recursion limit
         raise ValueError(f'{where}: nested deeper than {max_depth} levels; refusing it') from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int() refusing a huge number
-        raise ValueError(f'{where}: not valid JSON ({_first_line(e)})') from None
+        raise ValueError(f'{where}: not valid JSON ({short_message(e)})') from None
     check_tree(data, where, max_nodes=max_nodes, max_depth=max_depth)
     return data
 
