@@ -154,12 +154,21 @@ def test_restricted_unpickler_allows_plain_data():
     assert restricted_pickle.loads(pickle.dumps(obj, protocol=2)) == obj
 
 
-def test_restricted_unpickler_allows_numpy_data():
+def test_restricted_unpickler_allows_numpy_scalars_only():
     np = pytest.importorskip('numpy')
-    obj = {'best_acc': np.float64(77.5), 'step': np.int64(3), 'hist': np.arange(4, dtype=np.float32)}
+    obj = {'best_acc': np.float64(77.5), 'step': np.int64(3), 'half': np.float16(0.5), 'flag': np.bool_(True),
+           'z': np.complex64(1 - 2j)}
     loaded = restricted_pickle.loads(pickle.dumps(obj, protocol=2))
-    assert loaded['best_acc'] == 77.5 and loaded['step'] == 3 and loaded['hist'].tolist() == [0, 1, 2, 3]
-    assert loaded['hist'].dtype == np.float32
+    assert loaded['best_acc'] == 77.5 and loaded['step'] == 3 and loaded['half'] == 0.5 and loaded['flag']
+    assert loaded['z'] == 1 - 2j
+    assert {k: type(v) for k, v in loaded.items()} == {k: type(v) for k, v in obj.items()}
+    # issue 13 item 1: numpy arrays need numpy's dtype/ndarray/_reconstruct, with which a file can forge
+    # object pointers; original checkpoints never hold arrays, so they are refused
+    with pytest.raises(UnsafeCheckpointError, match=r"refusing to load global 'numpy\._?core\.multiarray\._reconstruct'"):
+        restricted_pickle.loads(pickle.dumps({'hist': np.arange(4, dtype=np.float32)}, protocol=2))
+    for value in (np.array([None], dtype=object)[0:1], np.str_('x'), np.datetime64('2020-01-01')):
+        with pytest.raises(UnsafeCheckpointError, match='refusing'):
+            restricted_pickle.loads(pickle.dumps(value, protocol=2))
 
 
 # ---------------------------------------------------------------------------------------------------------
