@@ -1,15 +1,13 @@
 """The AlphaNet search space, the eight searched architectures of the paper (arXiv:2102.07954), and the one
 place that turns what users write for a space or an arch into a validated object."""
-import json
 import os
 from typing import Any, Dict, Mapping, Union
 
-import yaml
-
 from .spaces import SearchSpace, StageSpace, SubnetConfig
-from .spaces._values import short_text
+from .spaces._io import display_path, parse_json, read_json_file, read_yaml_file, short_message
 
-__all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1', 'ARCH_NAMES', 'resolve_arch', 'resolve_space']
+__all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1', 'ARCH_NAMES', 'resolve_arch', 'resolve_space',
+           'read_arch_file']
 
 ArchSpec = Union[SubnetConfig, Mapping[str, Any], str, os.PathLike]
 SpaceSpec = Union[SearchSpace, Mapping[str, Any], str, os.PathLike, None]
@@ -99,37 +97,27 @@ def resolve_arch(arch: ArchSpec, space: SpaceSpec = None) -> SubnetConfig:
         except ValueError as e:
             raise ValueError(f'arch {name!r} is not in this search space: {e}') from None
     if text.startswith('{'):
-        return space.validate(_unwrap_arch(_parse(text, 'arch JSON', json_only=True), 'arch JSON'))
+        if len(text) > MAX_ARCH_FILE_BYTES:
+            raise ValueError(f'arch JSON of {len(text)} characters is too large (at most {MAX_ARCH_FILE_BYTES})')
+        return space.validate(_unwrap_arch(parse_json(text, 'arch JSON'), 'arch JSON'))
     if text.lower().endswith(_ARCH_FILE_EXTS) or os.path.isfile(text):
-        return space.validate(_unwrap_arch(_read_arch_file(text), short_text(text)))
+        return space.validate(read_arch_file(text))
     raise ValueError(f'unknown arch {text[:80]!r}; allowed: {", ".join(ARCH_NAMES)}, a dict, a JSON object, or a '
                      f'path to a JSON/YAML arch file')
 
 
-def _read_arch_file(path: str) -> Any:
-    shown = short_text(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'arch file not found: {shown}')
-    if not os.path.isfile(path):
-        raise ValueError(f'{shown}: not a file')
-    size = os.path.getsize(path)
-    if size > MAX_ARCH_FILE_BYTES:
-        raise ValueError(f'{shown}: {size} bytes is too large for an arch file (at most {MAX_ARCH_FILE_BYTES})')
-    with open(path, 'rb') as f:
-        raw = f.read(MAX_ARCH_FILE_BYTES + 1)
-    try:
-        text = raw.decode('utf-8')
-    except UnicodeDecodeError:
-        raise ValueError(f'{shown}: not a UTF-8 text file') from None
-    return _parse(text, shown, json_only=path.lower().endswith('.json'))
+def read_arch_file(path: Union[str, os.PathLike]) -> SubnetConfig:
+    """The arch in a JSON (`.json`) or YAML file: an arch mapping, or one under `arch` / `model_args.arch`.
 
+    The file is read within bounds (`spaces._io`: size, aliases, depth); it is not checked against a space.
 
-def _parse(text: str, where: str, json_only: bool) -> Any:
-    try:
-        return json.loads(text) if json_only else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ValueError(f'{where}: not valid {"JSON" if json_only else "YAML"} ({first})') from None
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unreadable, too large, not valid JSON/YAML, or not an arch; the message names the file.
+    """
+    reader = read_json_file if os.fspath(path).lower().endswith('.json') else read_yaml_file
+    data = reader(path, max_bytes=MAX_ARCH_FILE_BYTES, what='arch file')
+    return SubnetConfig.from_dict(_unwrap_arch(data, display_path(path)))
 
 
 def _unwrap_arch(data: Any, where: str) -> Mapping[str, Any]:
@@ -144,4 +132,4 @@ def _unwrap_arch(data: Any, where: str) -> Mapping[str, Any]:
     try:
         return SubnetConfig.from_dict(data).to_dict()
     except (ValueError, TypeError) as e:
-        raise ValueError(f'{where}: not an arch: {e}') from None
+        raise ValueError(f'{where}: not an arch: {short_message(e, 500)}') from None

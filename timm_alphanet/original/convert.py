@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from ..archs import ALPHANET_ARCHS
+from ..archs import ALPHANET_ARCHS, read_arch_file
 from ..spaces import SearchSpace, SubnetConfig
+from ..spaces._io import bounded_repr, regular_file_size
 
 __all__ = ['convert_checkpoint', 'resolve_subnets', 'make_calibration_loader', 'ConvertedPaths', 'SUBNET_NAMES']
 
@@ -81,9 +81,9 @@ def resolve_subnets(spec: Union[None, str, Sequence[str]]) -> List[Tuple[str, Un
         elif entry in SUBNET_NAMES:
             out.append((entry, entry))
         elif entry.lower().endswith(_ARCH_FILE_EXTS) or os.path.isfile(entry):
-            out.append((os.path.splitext(os.path.basename(entry))[0], _read_arch_file(entry)))
+            out.append((os.path.splitext(os.path.basename(entry))[0], read_arch_file(entry)))
         else:
-            raise ValueError(f'unknown subnet {entry!r}; allowed: {_allowed_text()}')
+            raise ValueError(f'unknown subnet {bounded_repr(entry)}; allowed: {_allowed_text()}')
     seen, unique = set(), []
     for name, arch in out:
         if name in seen:
@@ -93,19 +93,6 @@ def resolve_subnets(spec: Union[None, str, Sequence[str]]) -> List[Tuple[str, Un
         seen.add(name)
         unique.append((name, arch))
     return unique
-
-
-def _read_arch_file(path: str) -> SubnetConfig:
-    if not os.path.isfile(path):
-        raise ValueError(f'arch file not found: {path} (allowed subnets: {_allowed_text()})')
-    with open(path) as f:
-        data = json.load(f) if path.lower().endswith('.json') else yaml.safe_load(f)
-    if isinstance(data, Mapping) and 'arch' in data and isinstance(data['arch'], Mapping):
-        data = data['arch']
-    try:
-        return SubnetConfig.from_dict(data)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f'{path}: not an arch (resolution, width, depth, kernel_size, expand_ratio): {e}') from e
 
 
 def _arch_for(name: str, arch: Union[str, SubnetConfig], space: SearchSpace) -> SubnetConfig:
@@ -216,11 +203,10 @@ def convert_checkpoint(
     from .checkpoint import load_original_checkpoint
 
     say = log or _logger.info
+    regular_file_size(checkpoint, 'checkpoint')  # a missing file or a directory fails before anything is done
     checkpoint = os.fspath(checkpoint)
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    if isinstance(config, (str, os.PathLike)) and not os.path.isfile(config):
-        raise FileNotFoundError(f'config file not found: {os.fspath(config)}')
+    if isinstance(config, (str, os.PathLike)):
+        regular_file_size(config, 'config file')
     for arg, value in (('calib_batches', calib_batches), ('calib_batch_size', calib_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f'{arg} must be a positive integer, got {value!r}')

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import yaml
 
 from ._checks import int_tuple
+from ._io import display_path, read_yaml_file, short_message
 from ._values import instance_or_mapping, plain_items, plain_number, short_repr
 from .subnet import SubnetConfig
 
@@ -313,12 +314,18 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike]) -> 'SearchSpace':
-        """Read an original-style YAML file (its `supernet_config` section, or the section itself)."""
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        """Read an original-style YAML file (its `supernet_config` section, or the section itself).
+
+        The file is read within bounds (`spaces._io.read_yaml_file`: size, aliases, depth); every error is a
+        one-line ValueError naming the file (FileNotFoundError if it does not exist).
+        """
+        data = read_yaml_file(path, what='search space YAML')
         if not isinstance(data, Mapping):
-            raise ValueError(f'{path}: expected a YAML mapping with a supernet_config section')
-        return cls.from_dict(data)
+            raise ValueError(f'{display_path(path)}: expected a YAML mapping with a supernet_config section')
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'{display_path(path)}: {short_message(e, 500)}') from None
 
     def to_yaml(self, path: Union[str, os.PathLike]) -> None:
         with open(path, 'w') as f:
