@@ -55,3 +55,19 @@ def test_refusals_name_the_input_and_what_is_accepted(tmp_path):
     save_pretrained(timm.create_model('alphanet_custom', num_classes=3), tmp_path / 'static')
     with pytest.raises(ValueError, match='AlphaNet is not a supernet'):
         load_supernet(str(tmp_path / 'static'))
+
+
+def test_a_corrupt_model_folder_is_named_before_timm_reads_it(tmp_path):
+    save_pretrained(_supernet(), tmp_path / 'run' / 'final' / 'supernet')
+    weights = tmp_path / 'run' / 'final' / 'supernet' / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=r'model\.safetensors: .*truncated|model\.safetensors: '):
+        load_supernet(str(tmp_path / 'run'))
+
+
+def test_a_corrupt_local_dir_teacher_is_named(tmp_path):
+    from timm_alphanet.task._teacher import create_teacher
+    save_pretrained(timm.create_model('alphanet_custom', num_classes=3), tmp_path / 'teacher')
+    (tmp_path / 'teacher' / 'config.json').write_text('{not json')
+    with pytest.raises(ValueError, match=r'config\.json'):
+        create_teacher(f"local-dir:{tmp_path / 'teacher'}", timm.create_model('alphanet_custom', num_classes=3))

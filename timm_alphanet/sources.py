@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch.nn as nn
 
 from .archs import SpaceSpec
+from .io_checks import check_model_dir
 from .models._supernet import is_supernet
 
 __all__ = ['SupernetSource', 'load_supernet', 'sha256_file', 'ORIGINAL_SUFFIXES']
@@ -74,6 +75,7 @@ def load_supernet(spec: str, space: SpaceSpec = None) -> Tuple[nn.Module, Supern
     folder = _model_folder(path)
     if folder is not None:
         kind = 'run' if folder != path else 'local-dir'
+        check_model_dir(folder)
         model = timm.create_model(f'local-dir:{folder}', pretrained=True)
         return _checked(model, text), SupernetSource(text, kind, str(folder),
                                                      sha256_file(folder / 'model.safetensors'))

@@ -12,12 +12,14 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 from .. import models  # noqa: F401  (registers the alphanet_* models)
+from ..io_checks import check_model_spec
 from ..cost.flops import count_macs_and_params
 
 
 def classify(model_name: str, image: Optional[str] = None, pretrained: bool = False, batch_size: int = 4,
              topk: int = 5, seed: int = 0) -> dict:
     """Create `model_name`, run it once on `image` (or a seeded random batch) and return a summary dict."""
+    check_model_spec(model_name)
     model = timm.create_model(model_name, pretrained=pretrained).eval()
     macs, params = count_macs_and_params(model.arch, model.space, num_classes=model.num_classes)
     data_cfg = resolve_data_config(model=model)

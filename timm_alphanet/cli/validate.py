@@ -13,6 +13,7 @@ import torch
 
 from ..evaluation import PIPELINES, validate_model
 from ..export.folder import record_evaluation
+from ..io_checks import check_model_spec
 from ._common import int_at_least, user_errors_exit
 from ..train.data import DIGITS
 from ._datasets import open_image_dataset
@@ -67,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f'unknown model {spec[:100]!r}; give a registered name (e.g. alphanet_a0), '
                              'hf-hub:ORG/NAME, local-dir:FOLDER or a model folder')
         dataset = open_image_dataset(args.data_dir, args.split)
+        check_model_spec(spec)
         model = timm.create_model(spec, pretrained=True).eval()
         cpu = not torch.cuda.is_available()
         accelerator = Accelerator(cpu=cpu)

@@ -12,6 +12,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
+from ..io_checks import check_model_spec
+
 __all__ = ['TeacherSpec', 'create_teacher', 'student_normalization', 'teacher_logits']
 
 TeacherSpec = Union[str, nn.Module, DistillationTeacher]
@@ -35,6 +37,8 @@ def create_teacher(
         pretrained_cfg_overlay: pretrained cfg overrides for a teacher given by name.
         device, dtype: where the teacher is created.
     """
+    if isinstance(teacher, str):
+        check_model_spec(teacher)  # a corrupt local-dir: folder is named here, not deep inside timm
     if not isinstance(teacher, DistillationTeacher):
         plain = unwrap_model(student)
         teacher = DistillationTeacher(
