@@ -330,3 +330,52 @@ class SearchSpace:
     def to_yaml(self, path: Union[str, os.PathLike]) -> None:
         with open(path, 'w') as f:
             yaml.safe_dump({'supernet_config': self.to_dict()}, f, sort_keys=False)
+
+    # ---- evolution operators: pure, every random draw from the explicit rng, results always in the space
+    def _genes(self, cfg: SubnetConfig) -> List[Tuple[int, Tuple[int, ...]]]:
+        """(value, allowed choices) of every gene of `cfg`: resolution, then each field in SubnetConfig order."""
+        out = [(cfg.resolution, self.resolutions)]
+        for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
+            out += list(zip(getattr(cfg, f), self._choices(f)))
+        return out
+
+    def _from_genes(self, values: List[int]) -> SubnetConfig:
+        n = self.num_stages
+        cuts = [1, 1 + n + 2, 1 + 2 * n + 2, 1 + 3 * n + 2, 1 + 4 * n + 2]
+        return SubnetConfig(values[0], *(tuple(values[a:b]) for a, b in zip(cuts, cuts[1:])))
+
+    def mutate(self, cfg: Union[SubnetConfig, Mapping[str, Any]], rng: random.Random, prob: float,
+               resolution_prob: Optional[float] = None) -> SubnetConfig:
+        """`cfg` with each gene, with probability `prob`, moved to a *different* allowed choice.
+
+        Args:
+            cfg: an arch of this space.
+            rng: the explicit random.Random every draw comes from (one draw per gene, whatever its choices).
+            prob: per-gene mutation probability in [0, 1]; genes with a single choice never change.
+            resolution_prob: probability for the resolution gene (default: `prob`).
+        """
+        cfg = self.validate(cfg)
+        _check_rng(rng)
+        resolution_prob = prob if resolution_prob is None else resolution_prob
+        for name, p in (('prob', prob), ('resolution_prob', resolution_prob)):
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+                raise ValueError(f'mutation {name} must be a number in [0, 1], got {p!r:.40}')
+        values = []
+        for i, (value, choices) in enumerate(self._genes(cfg)):
+            if rng.random() < (resolution_prob if i == 0 else prob) and len(choices) > 1:
+                value = rng.choice([c for c in choices if c != value])
+            values.append(value)
+        return self._from_genes(values)
+
+    def crossover(self, a: Union[SubnetConfig, Mapping[str, Any]], b: Union[SubnetConfig, Mapping[str, Any]],
+                  rng: random.Random) -> SubnetConfig:
+        """Uniform crossover: each gene from `a` or `b` with probability 1/2 (one draw per gene from `rng`)."""
+        a, b = self.validate(a), self.validate(b)
+        _check_rng(rng)
+        return self._from_genes([x if rng.random() < 0.5 else y
+                                 for (x, _), (y, _) in zip(self._genes(a), self._genes(b))])
+
+
+def _check_rng(rng: Any) -> None:
+    if not isinstance(rng, random.Random):
+        raise TypeError(f'rng must be a random.Random, got {type(rng).__name__}')
