@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parent.parent / 'timm_alphanet'
 
 # lower tiers never import higher ones; the longest matching prefix decides a module's tier
 TIERS = {
-    'spaces': 0, 'archs': 0, 'cost.ops': 0, 'cost.flops': 0, 'search.evolution': 0,
+    'spaces': 0, 'archs': 0, 'cost.ops': 0, 'cost.flops': 0, 'search.evolution': 0, 'search.pareto': 0,
     'layers': 1,
     'models': 2,
     'loss': 3, 'task': 3, 'calibration': 3, 'evaluation': 3, 'export': 3, 'original': 3, 'cost': 3, 'sources': 3,
@@ -29,7 +29,7 @@ SHIMS = {  # old path -> (new path, names)
     'convert': ('original.convert', ['convert_checkpoint', 'resolve_subnets', 'SUBNET_NAMES']),
     'classify': ('cli.classify', ['classify', 'main']),
 }
-TORCH_FREE = ('spaces', 'cost.ops', 'cost.flops', 'archs', 'search.evolution')
+TORCH_FREE = ('spaces', 'cost.ops', 'cost.flops', 'archs', 'search.evolution', 'search.pareto')
 TOP = ('__init__', *SHIMS)  # the package root and the shims may import anything
 
 
