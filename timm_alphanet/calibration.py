@@ -75,6 +75,12 @@ class CalibrationRecipe:
         """JSON-able dict (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def transform(self) -> Any:
+        """timm's eval transform this recipe names (resize to ``image_size / crop_pct``, centre crop, normalise)."""
+        from timm.data import create_transform
+        return create_transform((3, self.image_size, self.image_size), is_training=False,
+                                interpolation=self.interpolation, crop_pct=self.crop_pct, mean=self.mean, std=self.std)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> 'CalibrationRecipe':
         """Inverse of `to_dict`; unknown keys are an error (a typo would silently change the recipe)."""

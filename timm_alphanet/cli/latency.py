@@ -1,0 +1,119 @@
+"""``alphanet-latency``: build a per-layer latency table of a search space on this device, or validate one.
+
+    alphanet-latency build --space alphanet --device cpu --batch-size 1 --threads 4 --output lut.json
+    alphanet-latency validate lut.json --samples 30
+"""
+import argparse
+import os
+import sys
+from typing import Optional, Sequence, Tuple
+
+from ._common import int_at_least, user_errors_exit
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'alphanet-latency'
+SPACE_NAMES = ('alphanet', 'demo')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description='Per-layer latency tables for latency-aware search: `build` times every distinct layer of a '
+                    'search space on this device; `validate` compares a table\'s predictions with end-to-end '
+                    'measurements of random subnets (MAPE, Kendall tau).')
+    sub = parser.add_subparsers(dest='command', required=True)
+    b = sub.add_parser('build', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help='time every distinct layer signature of a space')
+    b.add_argument('--space', default='alphanet',
+                   help="'alphanet' (the paper's space), 'demo' (the demo training space), an original-schema YAML "
+                        "file, or a supernet (training run folder, local-dir:/hf-hub: model, original .pth.tar) "
+                        'whose space and number of classes are used')
+    b.add_argument('--num-classes', type=int_at_least(0), default=None,
+                   help="classifier outputs (default: the supernet's; 10 for 'demo'; else 1000)")
+    b.add_argument('--device', default='cpu', help="'cpu' or 'cuda' ('cuda:N')")
+    b.add_argument('--batch-size', type=int_at_least(1), default=1)
+    b.add_argument('--threads', type=int_at_least(1), default=None,
+                   help="intra-op CPU threads (default: torch's default for this machine)")
+    b.add_argument('--channels-last', action='store_true', help='time in channels-last memory format')
+    b.add_argument('--dtype', default='float32', choices=('float32', 'float16', 'bfloat16'))
+    _timing_args(b, defaults=True)
+    b.add_argument('--output', required=True, help='the table to write (JSON)')
+    b.add_argument('--no-progress', action='store_true', help='no progress bar')
+    v = sub.add_parser('validate', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help='measure random subnets end to end and compare with the predictions')
+    v.add_argument('table', help='a table written by `build`, on this device')
+    v.add_argument('--samples', type=int_at_least(2), default=30, help='random subnets to measure')
+    v.add_argument('--seed', type=int, default=0, help='seed of the random subnets')
+    _timing_args(v, defaults=False)
+    v.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def _timing_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    from ..cost.latency import TimingConfig
+    d = TimingConfig()
+    tail = '' if defaults else " (default: the table's)"
+    parser.add_argument('--warmup', type=int_at_least(0), default=d.warmup if defaults else None,
+                        help='untimed forwards per model' + tail)
+    parser.add_argument('--repeats', type=int_at_least(1), default=d.repeats if defaults else None,
+                        help='timed forwards per model' + tail)
+    parser.add_argument('--trim', type=float, default=d.trim if defaults else None,
+                        help='fraction of the slowest and of the fastest runs dropped before averaging' + tail)
+
+
+def _space(text: str, num_classes: Optional[int]) -> Tuple[object, int]:
+    """(space, num_classes) for --space."""
+    from ..archs import ALPHANET_SPACE, resolve_space
+    if text == 'alphanet':
+        return ALPHANET_SPACE, 1000 if num_classes is None else num_classes
+    if text == 'demo':
+        from ..train.config import DEMO_SPACE
+        return resolve_space(DEMO_SPACE), 10 if num_classes is None else num_classes
+    if text.lower().endswith(('.yaml', '.yml')):
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f'--space {text[:300]}: no such YAML file')
+        return resolve_space(text), 1000 if num_classes is None else num_classes
+    from ..sources import load_supernet
+    try:
+        model, _ = load_supernet(text)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f'--space {text[:300]!r}: not one of {list(SPACE_NAMES)} nor a YAML file; as a supernet: {e}')
+    if num_classes is not None and num_classes != model.num_classes:
+        raise ValueError(f'--num-classes {num_classes} disagrees with the supernet\'s {model.num_classes} classes')
+    return model.space, model.num_classes
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``alphanet-latency``; exits with status 2 and a one-line message on bad input."""
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        from dataclasses import replace
+
+        from ..cost.latency import LatencyTable, TimingConfig, build_latency_table, validate_latency_table
+        if args.command == 'build':
+            space, num_classes = _space(args.space, args.num_classes)
+            timing = TimingConfig(args.warmup, args.repeats, args.trim)
+            table = build_latency_table(space, args.device, args.batch_size, args.threads, args.channels_last,
+                                        args.dtype, num_classes, timing=timing, progress=not args.no_progress)
+            table.save(args.output)
+            d = table.device
+            print(f'{args.output}: {len(table.entries)} entries, {d["type"]} {d["name"]!r}, {d["threads"]} threads, '
+                  f'{d["dtype"]}, {d["memory_format"]}, batch {d["batch_size"]}')
+            return 0
+        table = LatencyTable.load(args.table)
+        given = {k: getattr(args, k) for k in ('warmup', 'repeats', 'trim') if getattr(args, k) is not None}
+        timing = replace(table.timing, **given)
+        result = validate_latency_table(table, args.samples, args.seed, timing, progress=not args.no_progress)
+        d = table.device
+        print(f'{args.table}: {d["type"]} {d["name"]!r}, {d["threads"]} threads, {d["dtype"]}, {d["memory_format"]}, '
+              f'batch {d["batch_size"]}')
+        print(result.format())
+        return 0
+
+    return user_errors_exit(PROG, run)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
