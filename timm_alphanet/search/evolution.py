@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..spaces import SearchSpace, SubnetConfig
 from .pareto import check_objectives, crowding_distance, non_dominated_sort, objective_vector, pareto_front
 
-__all__ = ['Limits', 'EvolutionConfig', 'EvolutionResult', 'Generation', 'arch_key', 'evolve']
+__all__ = ['Limits', 'EvolutionConfig', 'EvolutionResult', 'Generation', 'arch_key', 'check_limits', 'evolve']
 
 _log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class EvolutionResult:
         return len(self.archive)
 
 
-def _check_reachable(space: SearchSpace, limits: Limits, costs: Callable[[SubnetConfig], Costs]) -> None:
+def check_limits(space: SearchSpace, limits: Limits, costs: Callable[[SubnetConfig], Costs]) -> None:
     """Refuse limits that exclude even the space's extremes, naming the range the space spans."""
     low, high = costs(space.min_config()), costs(space.max_config())
     names = {'mflops': 'MFLOPs', 'params_m': 'M params', 'latency_ms': 'ms latency'}
@@ -200,7 +200,7 @@ def evolve(
             cost_cache[arch] = dict(costs(arch))
         return cost_cache[arch]
 
-    _check_reachable(space, limits, cost_of)
+    check_limits(space, limits, cost_of)
     rng = random.Random(config.seed)
     archive: Dict[SubnetConfig, Record] = {}
 

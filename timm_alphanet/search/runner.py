@@ -30,7 +30,7 @@ from ..cost.flops import count_macs_and_params
 from ..cost.latency import read_json
 from ..models._supernet import is_supernet
 from ..spaces import SearchSpace, SubnetConfig
-from .evolution import EvolutionConfig, Generation, Limits, arch_key, evolve
+from .evolution import EvolutionConfig, Generation, Limits, arch_key, check_limits, evolve
 from .pareto import FORMAT, check_objectives, dumps, pareto_front, pareto_report, plot_pareto, write_atomic
 
 __all__ = ['SearchConfig', 'SearchResult', 'run_search', 'default_image_counts', 'read_candidates', 'process_state',
@@ -191,6 +191,10 @@ def read_candidates(path: str, space: SearchSpace, warn: Callable[[str], None]) 
             else:
                 try:
                     rec = json.loads(raw.decode('utf-8'))
+                except (ValueError, UnicodeDecodeError) as e:
+                    problem = f'not JSON: a write cut short by a kill? {str(e)[:80]}'
+            if not problem:
+                try:
                     arch = space.validate(rec['arch'])
                     if rec.get('kind') == 'validation':
                         val = _finite(rec['top1_val'])
@@ -198,7 +202,7 @@ def read_candidates(path: str, space: SearchSpace, warn: Callable[[str], None]) 
                     else:
                         row = {'arch': arch, 'top1': _finite(rec['top1'])}
                         selection.setdefault(arch, row)
-                except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
                     problem = f'{type(e).__name__}: {str(e)[:120]}'
             if problem:
                 warn(f'{path}: line {number} skipped ({problem})')
@@ -353,13 +357,27 @@ def run_search(
     }
     paths = {name: os.path.join(output_dir, name) for name in (CANDIDATES, PARETO_JSON, PARETO_MD, PARETO_PNG)}
 
+    macs_params: Dict[SubnetConfig, Tuple[int, int]] = {}
+
+    def costs(arch: SubnetConfig) -> Dict[str, Optional[float]]:
+        if arch not in macs_params:
+            macs_params[arch] = count_macs_and_params(arch, space, num_classes, in_chans)
+        macs, params = macs_params[arch]
+        latency = latency_table.predict(arch, space) if latency_table is not None else None
+        return {'mflops': macs / 1e6, 'params_m': params / 1e6, 'latency_ms': latency}
+
+    check_limits(space, config.limits, costs)  # before anything is written
+
     # ---- the output folder (main decides; every process gets the same cache or the same error)
     outcome: List[Any] = [None]
     if main:
         try:
             outcome[0] = ('ok', _prepare_output(output_dir, paths, header, space, resume, say))
-        except (ValueError, FileNotFoundError) as e:
-            outcome[0] = ('error', type(e).__name__, str(e))
+        except FileNotFoundError as e:
+            outcome[0] = ('error', 'FileNotFoundError', str(e))
+        except (ValueError, OSError) as e:  # every error goes to all processes, or they would wait forever
+            outcome[0] = ('error', 'ValueError', str(e) if isinstance(e, ValueError) else
+                          f'{output_dir[:300]}: cannot write the search there ({e})')
     if world > 1:
         broadcast_object_list(outcome)
     if outcome[0][0] == 'error':
@@ -381,15 +399,6 @@ def run_search(
                          f'{list(expected)}: give the dataset the recipe\'s transform')
     scorer = _Scorer(supernet, calib_x.to(device), sel_x.to(device), sel_y.to(device), recipe.batch_size,
                      config.batch_size)
-
-    macs_params: Dict[SubnetConfig, Tuple[int, int]] = {}
-
-    def costs(arch: SubnetConfig) -> Dict[str, Optional[float]]:
-        if arch not in macs_params:
-            macs_params[arch] = count_macs_and_params(arch, space, num_classes, in_chans)
-        macs, params = macs_params[arch]
-        latency = latency_table.predict(arch, space) if latency_table is not None else None
-        return {'mflops': macs / 1e6, 'params_m': params / 1e6, 'latency_ms': latency}
 
     generations = config.evolution.generations
     records: Dict[SubnetConfig, Dict[str, Any]] = {}
