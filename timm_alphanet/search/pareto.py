@@ -192,7 +192,7 @@ def pareto_report(doc: Mapping[str, Any]) -> str:
         f'- BN calibration: {cal["num_images"]} images of the {cal["split"]} split (seed {cal["seed"]}), batches of '
         f'{cal["batch_size"]}, {cal["image_size"]} px, crop {cal["crop_pct"]}',
         f'- selection (top-1 sel.): {sel["num_images"]} other images of the {sel["split"]} split',
-        f'- top-1 val.: ' + (f'the {val["num_images"]} images of the {val["split"]} split, front points only'
+        '- top-1 val.: ' + (f'the {val["num_images"]} images of the {val["split"]} split, front points only'
                              if val else 'not measured (no validation split)'),
     ]
     if doc.get('latency'):

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ from ..cost.latency import read_json
 from ..models._supernet import is_supernet
 from ..spaces import SearchSpace, SubnetConfig
 from .evolution import EvolutionConfig, Generation, Limits, arch_key, check_limits, evolve
-from .pareto import FORMAT, check_objectives, dumps, pareto_front, pareto_report, plot_pareto, write_atomic
+from .pareto import FORMAT, check_objectives, dumps, pareto_report, plot_pareto, write_atomic
 
 __all__ = ['SearchConfig', 'SearchResult', 'run_search', 'default_image_counts', 'read_candidates', 'process_state',
            'CANDIDATES', 'PARETO_JSON']
@@ -341,20 +341,7 @@ def run_search(
         raise ValueError('predictor=True needs evolution.predictor_keep < 1 (the fraction of children evaluated)')
     calib_idx, sel_idx = disjoint_subsets(len(train_data), [recipe.num_images, config.selection_images], recipe.seed)
 
-    header = {
-        'format': FORMAT,
-        'supernet': dict(source) if source is not None else {'spec': None, 'sha256': _weights_digest(supernet)},
-        'space': space.to_dict(), 'num_classes': num_classes, 'objectives': list(objectives),
-        'limits': config.limits.to_dict(),
-        'search': {**config.evolution.to_dict(), 'predictor': config.predictor},
-        'calibration': recipe.to_dict(),
-        'selection': {'split': recipe.split, 'num_images': config.selection_images, 'seed': recipe.seed,
-                      'disjoint_from': 'calibration', 'batch_size': config.batch_size, 'metric': 'top-1 %'},
-        'validation': {'split': val_split, 'num_images': len(val_data)} if val_data is not None else None,
-        'latency': None if latency_table is None else {
-            'source': latency_table.source, 'device': latency_table.device,
-            'sha256': hashlib.sha256(json.dumps(latency_table.to_dict(), sort_keys=True).encode()).hexdigest()},
-    }
+    header = _header(supernet, config, source, val_data, val_split, latency_table)
     paths = {name: os.path.join(output_dir, name) for name in (CANDIDATES, PARETO_JSON, PARETO_MD, PARETO_PNG)}
 
     macs_params: Dict[SubnetConfig, Tuple[int, int]] = {}
@@ -367,6 +354,10 @@ def run_search(
         return {'mflops': macs / 1e6, 'params_m': params / 1e6, 'latency_ms': latency}
 
     check_limits(space, config.limits, costs)  # before anything is written
+    expected, first = (in_chans, recipe.image_size, recipe.image_size), train_data[calib_idx[0]][0]
+    if tuple(getattr(first, 'shape', ())) != expected:
+        raise ValueError(f'the training images are {list(getattr(first, "shape", [type(first).__name__]))}, the '
+                         f'calibration recipe says {list(expected)}: give the dataset the recipe\'s transform')
 
     # ---- the output folder (main decides; every process gets the same cache or the same error)
     outcome: List[Any] = [None]
@@ -393,10 +384,6 @@ def run_search(
                              desc='calibration images')
     sel_x, sel_y = load_images(train_data, sel_idx, config.batch_size, progress=progress and main,
                                desc='selection images')
-    expected = (in_chans, recipe.image_size, recipe.image_size)
-    if tuple(calib_x.shape[1:]) != expected:
-        raise ValueError(f'the training images are {list(calib_x.shape[1:])}, the calibration recipe says '
-                         f'{list(expected)}: give the dataset the recipe\'s transform')
     scorer = _Scorer(supernet, calib_x.to(device), sel_x.to(device), sel_y.to(device), recipe.batch_size,
                      config.batch_size)
 
@@ -458,6 +445,28 @@ def run_search(
                               config.batch_size, rank, world, main, paths[CANDIDATES], progress)
     doc = write(result.front, generations, complete=True, val=val)
     return SearchResult(doc['points'], len(records), output_dir, doc)
+
+
+def _header(supernet: nn.Module, config: SearchConfig, source: Optional[Mapping[str, Any]], val_data: Any,
+            val_split: str, latency_table: Any) -> Dict[str, Any]:
+    """pareto.json without progress and points: the supernet, the space, and everything that decides the scores."""
+    recipe = config.calibration
+    latency = None
+    if latency_table is not None:
+        digest = hashlib.sha256(json.dumps(latency_table.to_dict(), sort_keys=True).encode()).hexdigest()
+        latency = {'source': latency_table.source, 'device': latency_table.device, 'sha256': digest}
+    return {
+        'format': FORMAT,
+        'supernet': dict(source) if source is not None else {'spec': None, 'sha256': _weights_digest(supernet)},
+        'space': supernet.space.to_dict(), 'num_classes': supernet.num_classes, 'objectives': list(config.objectives),
+        'limits': config.limits.to_dict(),
+        'search': {**config.evolution.to_dict(), 'predictor': config.predictor},
+        'calibration': recipe.to_dict(),
+        'selection': {'split': recipe.split, 'num_images': config.selection_images, 'seed': recipe.seed,
+                      'disjoint_from': 'calibration', 'batch_size': config.batch_size, 'metric': 'top-1 %'},
+        'validation': {'split': val_split, 'num_images': len(val_data)} if val_data is not None else None,
+        'latency': latency,
+    }
 
 
 def _point(record: Mapping[str, Any], top1_val: Optional[float]) -> Dict[str, Any]:
