@@ -19,6 +19,8 @@ from timm_alphanet import count_macs_and_params, extract_subnet, save_pretrained
 from timm_alphanet.calibration import CalibrationRecipe, calibrate_bn, disjoint_subsets, load_images, resize_to
 from timm_alphanet.cli.search import main as search_main
 from timm_alphanet.cost.latency import TimingConfig, build_latency_table
+from timm_alphanet.cost.slimmable import width_macs_and_params
+from timm_alphanet.export.pareto import read_pareto
 from timm_alphanet.search.runner import default_image_counts
 from timm_alphanet.sources import sha256_file
 from timm_alphanet.testing import randomize_bn_stats
@@ -100,6 +102,10 @@ def test_outputs_record_the_recipe_and_a_non_dominated_front(setup, reference):
     for p in doc['points']:
         macs, params = count_macs_and_params(p['arch'], space, num_classes=10)
         assert p['mflops'] == macs / 1e6 and p['params_m'] == params / 1e6
+    # export reads the file as written (same recipe, every point, the supernet's sha256 checked)
+    front = read_pareto(reference / 'pareto.json', space, sha256_file(Path(setup['supernet']) / 'model.safetensors'))
+    assert front.recipe == CalibrationRecipe.from_dict(cal) and len(front.points) == len(doc['points'])
+    assert front.report_split == 'validation' and front.complete
     md = (reference / 'pareto.md').read_text()
     assert sum(line.startswith('| ') and line[2].isdigit() for line in md.splitlines()) == len(doc['points'])
     assert (reference / 'pareto.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -224,6 +230,22 @@ def test_latency_objective_and_limit(setup, tmp_path):
     for r in _lines(out):
         assert r['latency_ms'] == pytest.approx(table.predict(r['arch'])) and r['latency_ms'] <= cap
     assert all(p['top1_val'] is None for p in doc['points'])
+
+
+def test_a_slimmable_supernet_is_searched_too(setup, tmp_path):
+    model = timm.create_model('slimmable_mobilenetv2_100', num_classes=10,
+                              space={'widths': [0.35, 0.5, 1.0], 'resolutions': [16, 24]})
+    save_pretrained(model, tmp_path / 'slim')
+    out = tmp_path / 'out'
+    assert search_main([str(tmp_path / 'slim'), '--output', str(out), *setup['args'], '--population', '4',
+                        '--generations', '1', '--image-size', '24']) == 0
+    lines = [r for r in _lines(out) if r['kind'] == 'selection']
+    assert len(lines) == 6  # the whole space: 3 widths x 2 resolutions
+    for r in lines:
+        assert (r['mflops'] * 1e6, r['params_m'] * 1e6) == width_macs_and_params(model, r['arch'])
+    front = [r for r in lines if not any(o['top1'] >= r['top1'] and o['mflops'] <= r['mflops'] and
+                                         (o['top1'] > r['top1'] or o['mflops'] < r['mflops']) for o in lines)]
+    assert sorted(map(str, (p['arch'] for p in _doc(out)['points']))) == sorted(map(str, (r['arch'] for r in front)))
 
 
 def test_default_image_counts():

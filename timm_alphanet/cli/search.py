@@ -150,12 +150,18 @@ def _datasets(args: argparse.Namespace, data: Dict[str, Any], recipe: Any) -> Tu
     elif not os.path.exists(root) and not name.startswith(('hfds/', 'hfids/', 'tfds/', 'wds/')):
         raise FileNotFoundError(f'--data-dir {root[:300]}: not found')
     common = dict(root=root, download=args.dataset_download, class_map=data.get('class_map') or '')
-    train = create_dataset(name, split=data.get('train_split') or 'train', is_training=False, **common)
-    train.transform = recipe.transform()
-    val = None
-    if not args.no_val:
-        val = create_dataset(name, split=data.get('val_split') or 'validation', is_training=False, **common)
-        val.transform = recipe.transform()
+
+    def open_split(split: str) -> Any:
+        try:
+            dataset = create_dataset(name, split=split, is_training=False, **common)
+        except RuntimeError as e:  # timm: 'Found 0 images in subfolders of ...'
+            raise ValueError(f'no images in {root[:300]} (split {split[:40]!r}): {str(e)[:200]}') from None
+        if len(dataset) == 0:
+            raise ValueError(f'no images in {root[:300]} (split {split[:40]!r})')
+        dataset.transform = recipe.transform()
+        return dataset
+    train = open_split(data.get('train_split') or 'train')
+    val = None if args.no_val else open_split(data.get('val_split') or 'validation')
     return train, val
 
 
@@ -227,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say(f'search: population {evolution.population}, {evolution.generations} generations, seed {evolution.seed}, '
             f'objectives {",".join(objectives)}, on {state.num_processes} process(es)')
         result = run_search(supernet, train, args.output, config, val_data=val,
-                            val_split=data.get('val_split') or 'validation', source=source.to_dict(),
+                            val_split=data.get('val_split') or 'validation', dataset=where, source=source.to_dict(),
                             latency_table=table, resume=args.resume, progress=not args.no_progress,
                             log=lambda msg: print(msg, flush=True))
         say('\n' + pareto_markdown(result.document))

@@ -27,31 +27,17 @@ from tqdm.auto import tqdm
 from ..archs import SpaceSpec, resolve_space
 from ..models.alphanet import AlphaNet
 from ..spaces import SearchSpace, SubnetConfig
+from ..spaces._io import read_json_file
 from .ops import Op, subnet_ops
 
 __all__ = ['LatencyTable', 'TimingConfig', 'LatencyValidation', 'op_signature', 'distinct_ops', 'device_info',
-           'time_forward', 'build_latency_table', 'measure_subnet', 'validate_latency_table', 'read_json', 'FORMAT']
+           'time_forward', 'build_latency_table', 'measure_subnet', 'validate_latency_table', 'FORMAT']
 
 FORMAT = 'timm_alphanet.latency/1'
-MAX_TABLE_BYTES = 64 << 20  # a full AlphaNet table is well under 1 MB
+MAX_TABLE_BYTES = 8 << 20  # the full AlphaNet space's table is ~0.2 MB
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 DEVICE_TYPES = ('cpu', 'cuda')
 OVERHEAD = 'Overhead(model)'  # the entry for what a model's forward costs beyond its ops (container calls)
-
-
-def read_json(path: Union[str, os.PathLike], max_bytes: int, what: str) -> Any:
-    """JSON from a file of at most `max_bytes`; FileNotFoundError / ValueError name the file and `what` it should be."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{what} not found: {path[:300]}')
-    with open(path, 'rb') as f:
-        raw = f.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise ValueError(f'{path[:300]}: larger than {max_bytes} bytes, too large for a {what}')
-    try:
-        return json.loads(raw.decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f'{path[:300]}: not a JSON {what} ({str(e)[:100]})') from None
 
 
 def op_signature(op: Op) -> str:
@@ -345,7 +331,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> 'LatencyTable':
         """Read a table written by `save` (size-bounded; malformed files raise ValueError naming the file)."""
-        return cls.from_dict(read_json(path, MAX_TABLE_BYTES, 'latency table'), source=os.fspath(path))
+        return cls.from_dict(read_json_file(path, MAX_TABLE_BYTES, what='latency table'), source=os.fspath(path))
 
     def check_device(self) -> None:
         """Raise ValueError if this machine is not the device the table was measured on."""

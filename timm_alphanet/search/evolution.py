@@ -1,6 +1,7 @@
 """Multi-objective evolutionary search over a `SearchSpace`: pure Python, the evaluation is injected.
 
-The population is ranked as NSGA-II ranks it (non-dominated fronts, then crowding distance), so the parents
+Any space with the `SearchSpace` interface works (validate, min/max_config, sample, mutate, crossover, archs with
+`to_dict`): the AlphaNet space and slimmable width spaces. The population is ranked as NSGA-II ranks it (non-dominated fronts, then crowding distance), so the parents
 cover the whole accuracy/cost trade-off instead of the best model per FLOPs bin. Children are half uniform
 crossovers of random parents and half mutations (`SearchSpace.mutate`), drawn only within the hard limits; an arch
 is never evaluated twice. Everything random comes from ``random.Random(config.seed)``, so equal seeds and equal
@@ -23,9 +24,10 @@ Costs = Dict[str, Optional[float]]  # mflops, params_m, latency_ms (None: not me
 Record = Dict[str, Any]  # arch + top1 + costs + generation
 
 
-def arch_key(arch: SubnetConfig) -> Tuple[Any, ...]:
-    """A total order on archs (ties in every objective are broken by it, so runs are reproducible)."""
-    return arch.resolution, arch.widths, arch.depths, arch.kernel_sizes, arch.expand_ratios
+def arch_key(arch: Any) -> Tuple[Any, ...]:
+    """A total order on the archs of one space (ties in every objective are broken by it, so runs are
+    reproducible): their fields in name order, lists as tuples. Works for any arch type with `to_dict`."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(arch.to_dict().items()))
 
 
 def _number(name: str, value: Any, lo: float, hi: float = math.inf, integer: bool = False) -> None:

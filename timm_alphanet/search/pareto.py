@@ -154,7 +154,11 @@ def write_atomic(path: str, data: Union[str, bytes]) -> None:
 
 
 def arch_text(arch: Mapping[str, Any]) -> str:
-    """Compact one-line arch: ``r32 w8,16,24 d1,2 k3,5 t1,4`` (original keys or ours)."""
+    """Compact one-line arch: ``r32 w8,16,24 d1,2 k3,5 t1,4`` (original keys or ours); other arch types (e.g. a
+    slimmable ``{'width': 0.5, 'resolution': 224}``) as ``key=value`` pairs."""
+    if not any(k in arch for k in ('depth', 'depths')):
+        return ' '.join(f'{k}={v}' for k, v in arch.items())
+
     def get(*keys: str) -> Any:
         return next(arch[k] for k in keys if k in arch)
     parts = [f'r{get("resolution")}']

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from ..calibration import CalibrationRecipe, calibrate_bn, disjoint_subsets, load_images, resize_to
 from ..cost.flops import count_macs_and_params
-from ..cost.latency import read_json
+from ..cost.slimmable import width_macs_and_params
 from ..models._supernet import is_supernet
 from ..spaces import SearchSpace, SubnetConfig
+from ..spaces._io import read_json_file
 from .evolution import EvolutionConfig, Generation, Limits, arch_key, check_limits, evolve
 from .pareto import FORMAT, check_objectives, dumps, pareto_report, plot_pareto, write_atomic
 
@@ -157,8 +158,9 @@ def _load_bn_state(model: nn.Module, state: List[Tuple[torch.Tensor, torch.Tenso
 
 
 # ---- candidates.jsonl: the cache
-def _arch_json(arch: SubnetConfig) -> Dict[str, Any]:
-    return arch.to_original_dict()
+def _arch_json(arch: Any) -> Dict[str, Any]:
+    """An arch as pareto.json and candidates.jsonl hold it: AlphaNet archs with the original keys."""
+    return arch.to_original_dict() if hasattr(arch, 'to_original_dict') else arch.to_dict()
 
 
 def append_line(path: str, record: Mapping[str, Any]) -> None:
@@ -265,7 +267,7 @@ def _fingerprint(header: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _read_header(path: str) -> Dict[str, Any]:
-    doc = read_json(path, MAX_PARETO_BYTES, 'pareto.json')
+    doc = read_json_file(path, MAX_PARETO_BYTES, what='pareto.json')
     try:
         if doc.get('format') != FORMAT:
             raise ValueError(f'format {str(doc.get("format"))[:40]!r}, expected {FORMAT!r}')
@@ -292,6 +294,7 @@ def run_search(
         *,
         val_data: Any = None,
         val_split: str = 'validation',
+        dataset: Optional[str] = None,
         source: Optional[Mapping[str, Any]] = None,
         latency_table: Any = None,
         resume: bool = False,
@@ -308,6 +311,7 @@ def run_search(
         config: objectives, limits, evolution, calibration recipe, selection images.
         val_data: the validation split, same transform; only the final front is evaluated on it (``top1_val``).
         val_split: its name, for the record.
+        dataset: what the data is (e.g. ``sklearn/digits`` or a folder), for the record and model cards.
         source: where the supernet came from (`SupernetSource.to_dict()`: spec, kind, path, sha256); default: a
             digest of its weights.
         latency_table: a `LatencyTable` covering the space (needed for the latency objective or limit).
@@ -333,6 +337,9 @@ def run_search(
     space: SearchSpace = supernet.space
     recipe, objectives = config.calibration, config.objectives
     num_classes, in_chans = supernet.num_classes, getattr(supernet, 'in_chans', 3)
+    if not isinstance(space, SearchSpace) and (latency_table is not None or config.predictor):
+        raise ValueError(f'latency tables and the accuracy predictor need an AlphaNet search space; this supernet '
+                         f'has a {type(space).__name__}')
     if latency_table is not None:
         latency_table.check_covers(space, num_classes, in_chans)
     elif 'latency' in objectives or config.limits.max_latency_ms is not None:
@@ -341,14 +348,15 @@ def run_search(
         raise ValueError('predictor=True needs evolution.predictor_keep < 1 (the fraction of children evaluated)')
     calib_idx, sel_idx = disjoint_subsets(len(train_data), [recipe.num_images, config.selection_images], recipe.seed)
 
-    header = _header(supernet, config, source, val_data, val_split, latency_table)
+    header = _header(supernet, config, source, val_data, val_split, latency_table, dataset)
     paths = {name: os.path.join(output_dir, name) for name in (CANDIDATES, PARETO_JSON, PARETO_MD, PARETO_PNG)}
 
     macs_params: Dict[SubnetConfig, Tuple[int, int]] = {}
 
     def costs(arch: SubnetConfig) -> Dict[str, Optional[float]]:
-        if arch not in macs_params:
-            macs_params[arch] = count_macs_and_params(arch, space, num_classes, in_chans)
+        if arch not in macs_params:  # AlphaNet spaces are counted from their specs, width spaces from timm's model
+            macs_params[arch] = count_macs_and_params(arch, space, num_classes, in_chans) \
+                if isinstance(space, SearchSpace) else width_macs_and_params(supernet, arch)
         macs, params = macs_params[arch]
         latency = latency_table.predict(arch, space) if latency_table is not None else None
         return {'mflops': macs / 1e6, 'params_m': params / 1e6, 'latency_ms': latency}
@@ -414,10 +422,12 @@ def run_search(
                 append_line(paths[CANDIDATES], line)
         return [cached[a]['top1'] for a in archs]
 
+    device = None if latency_table is None else _device_text(latency_table.device)
+
     def write(front: List[Dict[str, Any]], generation: int, complete: bool, val: Mapping = None) -> Dict[str, Any]:
         doc = {**header, 'progress': {'generations_done': generation, 'generations': generations,
                                       'evaluated': len(records), 'complete': complete},
-               'points': [_point(r, (val or {}).get(r['arch'])) for r in front]}
+               'points': [_point(r, (val or {}).get(r['arch']), device) for r in front]}
         if main:
             write_atomic(paths[PARETO_JSON], dumps(doc))
             write_atomic(paths[PARETO_MD], pareto_report(doc))
@@ -448,7 +458,7 @@ def run_search(
 
 
 def _header(supernet: nn.Module, config: SearchConfig, source: Optional[Mapping[str, Any]], val_data: Any,
-            val_split: str, latency_table: Any) -> Dict[str, Any]:
+            val_split: str, latency_table: Any, dataset: Optional[str]) -> Dict[str, Any]:
     """pareto.json without progress and points: the supernet, the space, and everything that decides the scores."""
     recipe = config.calibration
     latency = None
@@ -458,6 +468,7 @@ def _header(supernet: nn.Module, config: SearchConfig, source: Optional[Mapping[
     return {
         'format': FORMAT,
         'supernet': dict(source) if source is not None else {'spec': None, 'sha256': _weights_digest(supernet)},
+        'dataset': dataset,
         'space': supernet.space.to_dict(), 'num_classes': supernet.num_classes, 'objectives': list(config.objectives),
         'limits': config.limits.to_dict(),
         'search': {**config.evolution.to_dict(), 'predictor': config.predictor},
@@ -469,9 +480,15 @@ def _header(supernet: nn.Module, config: SearchConfig, source: Optional[Mapping[
     }
 
 
-def _point(record: Mapping[str, Any], top1_val: Optional[float]) -> Dict[str, Any]:
+def _device_text(device: Mapping[str, Any]) -> str:
+    return (f'{device["type"]} {device["name"]}, {device["threads"]} threads, {device["dtype"]}, '
+            f'{device["memory_format"]}, batch {device["batch_size"]}')
+
+
+def _point(record: Mapping[str, Any], top1_val: Optional[float], latency_device: Optional[str]) -> Dict[str, Any]:
     return {'arch': _arch_json(record['arch']), 'mflops': record['mflops'], 'params_m': record['params_m'],
-            'latency_ms': record['latency_ms'], 'top1': record['top1'], 'top1_val': top1_val}
+            'latency_ms': record['latency_ms'], 'latency_device': latency_device, 'top1': record['top1'],
+            'top1_val': top1_val}
 
 
 def _prepare_output(output_dir: str, paths: Mapping[str, str], header: Mapping[str, Any], space: SearchSpace,
@@ -530,7 +547,7 @@ def _validate_front(scorer: _Scorer, archs: List[SubnetConfig], val_data: Any, v
     gathered = gather_object(counts) if world > 1 else counts
     totals: Dict[SubnetConfig, int] = {}
     for arch_dict, c in gathered:
-        arch = SubnetConfig.from_dict(arch_dict)
+        arch = scorer.supernet.space.validate(arch_dict)
         totals[arch] = totals.get(arch, 0) + c
     for arch in todo:
         out[arch] = 100.0 * totals[arch] / n
