@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
     randomize_bn_stats(model, torch.Generator().manual_seed(0))
     save_pretrained(model, root / 'supernet')
     digits = build_digits_folder(root / 'digits')
-    args = ['--dataset', 'sklearn/digits', '--data-dir', str(digits), '--population', '12', '--generations', '3',
+    args = ['--dataset', 'sklearn/digits', '--data-dir', str(digits), '--population', '10', '--generations', '4',
             '--calib-images', '128', '--selection-images', '400', '--calib-batch-size', '64', '--batch-size', '100',
             '--no-progress']
     env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONWARNINGS='ignore')
@@ -93,7 +93,7 @@ def test_outputs_record_the_recipe_and_a_non_dominated_front(setup, reference):
     assert doc['validation'] == {'split': 'validation', 'num_images': 355}
     selection = [r for r in lines if r['kind'] == 'selection']
     assert len(selection) == len({json.dumps(r['arch'], sort_keys=True) for r in selection})  # never twice
-    assert len(selection) == doc['progress']['evaluated'] == 12 + 3 * 9
+    assert len(selection) == doc['progress']['evaluated'] == 10 + 4 * 8
     # the front is exactly the non-dominated candidates (brute force over candidates.jsonl)
     dominated = [r for r in selection if any(o['top1'] >= r['top1'] and o['mflops'] <= r['mflops'] and
                                              (o['top1'] > r['top1'] or o['mflops'] < r['mflops']) for o in selection)]
@@ -151,7 +151,7 @@ def test_resume_after_sigkill_gives_the_same_front(setup, reference, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = path.read_text().count('\n')
-    assert 8 <= done < 12 + 3 * 9
+    assert 8 <= done < 10 + 4 * 8
     with open(path, 'a') as f:
         f.write('{"kind": "selection", "arch": {"resol')  # a torn last line, as a kill during a write leaves
     p = _cli(setup, [setup['supernet'], '--output', str(out), *setup['args'], '--resume'])

@@ -234,7 +234,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f'objectives {",".join(objectives)}, on {state.num_processes} process(es)')
         result = run_search(supernet, train, args.output, config, val_data=val,
                             val_split=data.get('val_split') or 'validation', dataset=where, source=source.to_dict(),
-                            latency_table=table, resume=args.resume, progress=not args.no_progress,
+                            latency_table=table, resume=args.resume, workers=args.workers,
+                            progress=not args.no_progress,
                             log=lambda msg: print(msg, flush=True))
         say('\n' + pareto_markdown(result.document))
         say(f'\n{result.evaluated} subnets evaluated; pareto.json, pareto.md, pareto.png and candidates.jsonl in '

@@ -298,6 +298,7 @@ def run_search(
         source: Optional[Mapping[str, Any]] = None,
         latency_table: Any = None,
         resume: bool = False,
+        workers: int = 0,
         progress: bool = True,
         log: Callable[[str], None] = print,
 ) -> SearchResult:
@@ -316,11 +317,13 @@ def run_search(
             digest of its weights.
         latency_table: a `LatencyTable` covering the space (needed for the latency objective or limit).
         resume: continue the search in `output_dir` (its recorded supernet and config must match).
+        workers: data loader processes decoding the images.
         progress: progress bars (main process).
         log: where the main process reports.
 
     Returns:
-        The front as pareto.json points.
+        The front as pareto.json points. The supernet is left on the process's device, running the last subnet
+        scored, with that subnet's calibrated BN statistics.
 
     Raises:
         ValueError / FileNotFoundError: a non-supernet model, a split too small for the image counts, limits no
@@ -388,9 +391,9 @@ def run_search(
     # ---- images: decoded once, same indices on every process
     device = state.device
     supernet.to(device)
-    calib_x, _ = load_images(train_data, calib_idx, recipe.batch_size, progress=progress and main,
+    calib_x, _ = load_images(train_data, calib_idx, recipe.batch_size, workers, progress=progress and main,
                              desc='calibration images')
-    sel_x, sel_y = load_images(train_data, sel_idx, config.batch_size, progress=progress and main,
+    sel_x, sel_y = load_images(train_data, sel_idx, config.batch_size, workers, progress=progress and main,
                                desc='selection images')
     scorer = _Scorer(supernet, calib_x.to(device), sel_x.to(device), sel_y.to(device), recipe.batch_size,
                      config.batch_size)
@@ -452,7 +455,7 @@ def run_search(
     val = {}
     if val_data is not None and result.front:
         val = _validate_front(scorer, [r['arch'] for r in result.front], val_data, val_split, cached_val,
-                              config.batch_size, rank, world, main, paths[CANDIDATES], progress)
+                              config.batch_size, rank, world, main, paths[CANDIDATES], workers, progress)
     doc = write(result.front, generations, complete=True, val=val)
     return SearchResult(doc['points'], len(records), output_dir, doc)
 
@@ -517,7 +520,7 @@ def _prepare_output(output_dir: str, paths: Mapping[str, str], header: Mapping[s
 
 def _validate_front(scorer: _Scorer, archs: List[SubnetConfig], val_data: Any, val_split: str,
                     cached: Mapping[Tuple[SubnetConfig, str, int], float], batch_size: int, rank: int, world: int,
-                    main: bool, candidates: str, progress: bool) -> Dict[SubnetConfig, float]:
+                    main: bool, candidates: str, workers: int, progress: bool) -> Dict[SubnetConfig, float]:
     """top1 on the whole validation split for each front arch: one pass over the data (sharded by process), every
     arch with its own calibrated BN statistics; integer counts are summed, so any world size gives the same value."""
     from accelerate.utils import gather_object
@@ -535,7 +538,8 @@ def _validate_front(scorer: _Scorer, archs: List[SubnetConfig], val_data: Any, v
     model, device = scorer.supernet, scorer.images.device
     model.eval()
     correct = {a: 0 for a in todo}
-    loader = DataLoader(Subset(val_data, range(rank, n, world)), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(Subset(val_data, range(rank, n, world)), batch_size=batch_size, shuffle=False,
+                        num_workers=workers)
     with torch.no_grad():
         for x, y in tqdm(loader, desc='validating the front', leave=False, disable=not (progress and main)):
             x, y = x.to(device), torch.as_tensor(y).to(device)
