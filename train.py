@@ -6,7 +6,9 @@
 
 See ``python train.py --help`` and README "Training"; the work is in `timm_alphanet.train`, the command line in `timm_alphanet.cli.train`.
 """
+import sys
+
 from timm_alphanet.cli.train import main
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -58,21 +58,20 @@ def _assert_same_weights(a, b, atol=0.0):
 
 
 def test_demo_config_is_the_builtin_default():
-    from timm_alphanet.train import parse_args
-    default, _ = parse_args([])
-    demo, _ = parse_args(['-c', str(ROOT / 'train_configs' / 'demo.yaml')])
-    d, c = vars(default), vars(demo)
-    d.pop('config'), c.pop('config')
-    assert d == c
+    from timm_alphanet.cli.train import parse_args
+    from timm_alphanet.train import TrainConfig
+    demo = ROOT / 'train_configs' / 'demo.yaml'
+    assert parse_args([]) == parse_args(['-c', str(demo)]) == TrainConfig() == TrainConfig.from_yaml(demo)
+    assert parse_args([]).to_dict() == parse_args(['-c', str(demo)]).to_dict()
 
 
 def test_configs_parse_and_reject_unknown_keys(tmp_path):
-    from timm_alphanet.train import parse_args
+    from timm_alphanet.cli.train import parse_args
     for name in ('alphanet_supernet_in1k.yaml', 'kd_alpha_in1k.yaml'):
         parse_args(['-c', str(ROOT / 'train_configs' / name)])
     bad = tmp_path / 'bad.yaml'
     bad.write_text('batchsize: 3\n')
-    with pytest.raises(SystemExit, match='batchsize'):
+    with pytest.raises(ValueError, match='batchsize'):
         parse_args(['-c', str(bad)])
 
 

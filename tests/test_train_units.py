@@ -29,7 +29,7 @@ def test_checkpoints_keep_last_k_plus_best_and_are_complete(tmp_path):
     assert find_checkpoint(tmp_path) == tmp_path / 'checkpoints' / 'step_00000005'
     (tmp_path / 'checkpoints' / '.tmp-step_00000009').mkdir()  # an interrupted save is never picked
     assert find_checkpoint(tmp_path).name == 'step_00000005'
-    with pytest.raises(SystemExit):
+    with pytest.raises(FileNotFoundError, match='nothing'):
         find_checkpoint(tmp_path / 'nothing')
 
 
@@ -52,9 +52,9 @@ def test_digits_folder(tmp_path):
 
 
 def test_world_size_mismatch_refuses_to_start(monkeypatch):
-    from timm_alphanet.train.loop import check_world_size
+    from timm_alphanet.train import check_world_size
     monkeypatch.setenv('WORLD_SIZE', '2')
-    with pytest.raises(SystemExit, match=r'started 2 processes \(WORLD_SIZE\) but the Accelerator has 1'):
+    with pytest.raises(ValueError, match=r'started 2 processes \(WORLD_SIZE\) but the Accelerator has 1'):
         check_world_size(1)
     check_world_size(2)
     monkeypatch.delenv('WORLD_SIZE')

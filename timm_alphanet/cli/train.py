@@ -1,23 +1,132 @@
-"""``train.py`` / ``alphanet-train``: supernet sandwich training or teacher KD on HF Accelerate.
+"""``alphanet-train`` / ``train.py``: supernet sandwich training or teacher KD on HF Accelerate.
 
     accelerate launch train.py -c train_configs/demo.yaml          # or plain: python train.py
+
+The flags are derived from `TrainConfig`'s fields (timm's names; ``-c/--config`` is a YAML file of option values,
+which flags on the command line override); with no config the defaults are the demo run.
 """
+import argparse
+import dataclasses
+import reprlib
 import sys
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
-from ..train import NonFiniteLossError, parse_args, run
+from ..train import NonFiniteLossError, TrainConfig, run
+from ._common import user_errors_exit
 
-__all__ = ['main']
+__all__ = ['build_parser', 'main', 'parse_args']
+
+PROG = 'alphanet-train'
+_NONE = ('none', 'null')
+
+
+class _Switch(argparse.Action):
+    """A bool option: its flag sets True, the negated flag (``--no-x`` for ``--x``, ``--aug`` for ``--no-aug``) False.
+
+    argparse's BooleanOptionalAction reads any flag starting with ``--no-`` as False, which breaks timm's
+    ``--no-aug`` / ``--no-progress``.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        self.negations = [_negate(s) for s in option_strings if s.startswith('--')]
+        super().__init__([*option_strings, *self.negations], dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, option_string not in self.negations)
+
+    def format_usage(self) -> str:
+        return ' | '.join(self.option_strings)
+
+
+def _negate(flag: str) -> str:
+    return '--' + flag[len('--no-'):] if flag.startswith('--no-') else '--no-' + flag[2:]
+
+
+def _scalar(tp: Any) -> Callable[[str], Any]:
+    """argparse `type` for a scalar (or Optional scalar) field; 'none' gives None where the field allows it."""
+    optional = get_origin(tp) is Union and type(None) in get_args(tp)
+    base = next((a for a in get_args(tp) if a is not type(None)), tp) if optional else tp
+    base = str if get_origin(base) in (Union, dict) else base  # space: a YAML path on the command line
+
+    def parse(text: str) -> Any:
+        if optional and text.strip().lower() in _NONE:
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected {base.__name__}, got {text[:40]!r}') from None
+    parse.__name__ = getattr(base, '__name__', 'value')  # argparse names the type in its messages
+    return parse
+
+
+def _argument(f: dataclasses.Field, tp: Any, default: Any) -> dict:
+    """add_argument keywords for one TrainConfig field."""
+    meta = f.metadata
+    shown = 'the demo space' if f.name == 'space' and default is not None else reprlib.repr(default)
+    text = meta['help'] if '(default' in meta['help'] else f"{meta['help']} (default: {shown})"
+    kw: dict = dict(dest=f.name, default=default, help=text.replace('%', '%%'))
+    if meta['choices']:
+        kw['choices'] = meta['choices']
+    inner = next((a for a in get_args(tp) if a is not type(None)), None) if get_origin(tp) is Union else tp
+    if tp is bool:
+        kw['action'] = _Switch
+    elif get_origin(inner) is tuple:
+        args = get_args(inner)
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        kw['nargs'] = ('*' if f.name == 'eval_archs' else '+') if variadic else len(args)
+        kw['type'] = str if get_origin(args[0]) is Union else args[0]
+        kw['metavar'] = f.name.split('_')[-1].upper()
+    else:
+        kw['type'] = _scalar(tp)
+        if meta['const'] is not None:
+            kw['nargs'], kw['const'] = '?', meta['const']
+    return kw
+
+
+def build_parser(defaults: Optional[TrainConfig] = None) -> argparse.ArgumentParser:
+    """The command line of `TrainConfig`: one flag per field (timm's names), `defaults` shown in --help."""
+    defaults = defaults or TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='AlphaNet supernet training (sandwich rule + in-place alpha-KD) or teacher KD into '
+        'any timm model, on HF Accelerate. Without -c the defaults are the demo run.')
+    parser.add_argument('-c', '--config', default='', metavar='FILE',
+                        help='YAML file of option values (keys: the long flag names with underscores); '
+                             'flags given here override it')
+    groups = {}
+    hints = get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        group = groups.get(f.metadata['group']) or groups.setdefault(
+            f.metadata['group'], parser.add_argument_group(f.metadata['group']))
+        flags = f.metadata['flags'] or ('--' + f.name.replace('_', '-'),)
+        group.add_argument(*flags, **_argument(f, hints[f.name], getattr(defaults, f.name)))
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+    """The TrainConfig of a command line: the ``-c`` YAML (else the demo defaults), then the flags over it.
+
+    Raises:
+        ValueError / TypeError / FileNotFoundError: a bad config file or value (argparse exits on bad flags).
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default='')
+    known, _ = pre.parse_known_args(argv)
+    base = TrainConfig.from_yaml(known.config) if known.config else TrainConfig()
+    ns = build_parser(base).parse_args(argv)
+    return TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse (timm flags + YAML defaults), train, exit non-zero with a message on failure."""
-    args, args_text = parse_args(argv)
-    try:
-        run(args, args_text)
-    except NonFiniteLossError as e:
-        raise SystemExit(f'ERROR: {e}') from None
-    return 0
+    """Parse, train; a user error exits 2 with one line, a run stopped by non-finite losses exits 1."""
+    def train() -> int:
+        cfg = parse_args(argv)
+        try:
+            run(cfg)
+        except NonFiniteLossError as e:
+            print(f'{PROG}: error: {e}', file=sys.stderr, flush=True)
+            return 1
+        return 0
+    return user_errors_exit(PROG, train)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,20 @@
-"""Training on HF Accelerate: supernet sandwich training and teacher KD (`run`), behind a thin ``train.py``."""
+"""Training on HF Accelerate: supernet sandwich training and teacher KD from one frozen `TrainConfig`.
+
+    cfg = TrainConfig.from_yaml('train_configs/demo.yaml').replace(epochs=2)
+    results = run(cfg)
+
+`build_*` make the pieces (each testable alone), `train_one_epoch` runs the step loop, `run` ties them together;
+``alphanet-train`` / ``train.py`` (`timm_alphanet.cli.train`) is the command line.
+"""
+from .build import (TrainData, build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
+                    build_scheduler, build_task, check_world_size, data_config_for, learning_rate, validation_archs)
 from .checkpoint import CheckpointManager, TrainState, find_checkpoint
-from .config import DEMO_SPACE, build_parser, parse_args
+from .config import DEMO_SPACE, TrainConfig
 from .data import build_digits_folder
-from .loop import NonFiniteLossError, build_accelerator, run
+from .epoch import EpochResult, NonFiniteLossError, train_one_epoch
+from .run import run
 
-__all__ = ['CheckpointManager', 'DEMO_SPACE', 'NonFiniteLossError', 'TrainState', 'build_accelerator',
-           'build_digits_folder', 'build_parser', 'find_checkpoint', 'parse_args', 'run']
-
+__all__ = ['CheckpointManager', 'DEMO_SPACE', 'EpochResult', 'NonFiniteLossError', 'TrainConfig', 'TrainData',
+           'TrainState', 'build_accelerator', 'build_data', 'build_digits_folder', 'build_ema', 'build_loaders',
+           'build_model', 'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'data_config_for',
+           'find_checkpoint', 'learning_rate', 'run', 'train_one_epoch', 'validation_archs']

@@ -107,5 +107,6 @@ def find_checkpoint(path: os.PathLike) -> Path:
     ckpt_dir = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
     candidates = sorted(p for p in ckpt_dir.glob('step_*') if p.is_dir())
     if not candidates:
-        raise SystemExit(f'--resume {path}: no checkpoint folder (step_*) found')
+        raise FileNotFoundError(f'resume {str(path)!r}: no checkpoint folder (step_*) found; give a run folder or '
+                                'one of its checkpoints/step_* folders')
     return candidates[-1]

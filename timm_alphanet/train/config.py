@@ -1,16 +1,29 @@
-"""Command-line arguments of ``train.py``: timm's flag names, timm's ``-c/--config`` YAML-defaults mechanism.
+"""`TrainConfig`: every option of a training run in one frozen dataclass whose defaults ARE the demo run.
 
-A YAML file given with ``-c`` sets parser defaults (keys are the argument dests, e.g. ``batch_size``), so
-flags on the command line still win. Unknown YAML keys are an error (a typo would otherwise be ignored).
-With no config file the defaults are the demo (``train_configs/demo.yaml``): the small `DEMO_SPACE`
-supernet on scikit-learn's digits, a few minutes on two CPU cores.
+Each option is defined once, as a field: its type, its default (the demo: the small `DEMO_SPACE` supernet on
+scikit-learn's digits, a few minutes on two CPU cores) and, in the field metadata, timm's flag names, help and
+allowed choices; ``alphanet-train`` derives its command line from them. A config round-trips through YAML
+(`to_yaml` / `from_yaml`; a run writes it as ``args.yaml``). Keys are the long flag names with underscores
+(``batch_size`` for ``--batch-size``); unknown keys, wrong types and out-of-range values raise `ValueError` /
+`TypeError` naming the key and what is allowed.
 """
-import argparse
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import dataclasses
+import difflib
+import math
+import os
+import reprlib
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-__all__ = ['DEMO_DEFAULTS', 'DEMO_SPACE', 'build_parser', 'parse_args']
+from ..archs import ALPHANET_SPACE, ARCH_NAMES, resolve_arch
+from ..loss import KD_LOSSES, create_kd_loss
+from ..spaces import SearchSpace
+
+__all__ = ['DEMO_SPACE', 'MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
+
+MAX_CONFIG_BYTES = 1 << 20  # a training config is a few KiB; refuse anything that is clearly not one
 
 # A small AlphaNet-style space for 32x32 inputs: 4 stages, two resolutions; ~20-70k parameters.
 DEMO_SPACE: Dict[str, Any] = {
@@ -25,167 +38,356 @@ DEMO_SPACE: Dict[str, Any] = {
     'head_expand_ratio': 2,
 }
 
+# timm schedulers that step per epoch/update without a metric ('plateau' needs one)
+SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'constant', 'poly', 'wsd', 'rsqrt')
+_INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')
 
-# The demo run (train_configs/demo.yaml says the same; a test keeps them equal): applied when no -c is given.
-DEMO_DEFAULTS: Dict[str, Any] = {
-    'epochs': 15, 'lr': 0.2, 'warmup_epochs': 1, 'hflip': 0.0, 'scale': [0.5, 1.0], 'workers': 0,
-    'bn_calib_batches': 8, 'eval_archs': [],
+
+def _read_yaml(path: Union[str, os.PathLike]) -> Any:
+    """The trainer's one YAML reader (configs and search-space files): size-bounded, safe_load, one-line errors."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'config file not found: {path}')
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: not a file')
+    with open(path, 'rb') as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f'{path}: larger than {MAX_CONFIG_BYTES} bytes, too large for a config file')
+    try:
+        return yaml.safe_load(raw.decode('utf-8'))
+    except UnicodeDecodeError:
+        raise ValueError(f'{path}: not a UTF-8 text file') from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ValueError(f'{path}: not valid YAML ({first})') from None
+
+
+def _opt(default: Any, help: str, group: str, *, flags: Tuple[str, ...] = (), choices: Tuple[Any, ...] = (),
+         const: Any = None, factory: Any = None) -> Any:
+    """A TrainConfig field: its default plus what the command line needs (flags, help, choices)."""
+    meta = {'help': help, 'group': group, 'flags': flags, 'choices': choices, 'const': const}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_DATA, _MODEL, _KD, _OPT, _AUG, _EMA, _RUN = ('Dataset', 'Model', 'Teacher / distillation', 'Optimizer / schedule',
+                                             'Augmentation', 'EMA', 'Run')
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the demo; `train_configs/*.yaml` hold the paper's recipes.
+
+    Example:
+        ```python
+        cfg = TrainConfig.from_yaml('train_configs/demo.yaml')
+        results = timm_alphanet.train.run(dataclasses.replace(cfg, epochs=2, output='/tmp/runs'))
+        ```
+    """
+    # ---- dataset
+    data_dir: Optional[str] = _opt(None, 'dataset root (default: a cache folder for sklearn/digits)', _DATA)
+    dataset: str = _opt('sklearn/digits', 'timm create_dataset name ("" = image folder, "hfds/<name>", '
+                        '"torch/<name>", ...) or "sklearn/digits" (written once as an image folder)', _DATA)
+    train_split: str = _opt('train', 'training split', _DATA)
+    val_split: str = _opt('validation', 'validation split', _DATA)
+    dataset_download: bool = _opt(False, 'let timm download torch/ datasets', _DATA)
+    class_map: str = _opt('', 'class map file for the dataset (timm)', _DATA)
+    input_size: Optional[Tuple[int, int, int]] = _opt(
+        None, 'input size C H W of a static model (default: the model\'s; a supernet: its largest resolution)',
+        _DATA)
+    interpolation: str = _opt('', 'eval resize interpolation (default: the model\'s)', _DATA,
+                              choices=('', *_INTERPOLATIONS))
+    mean: Optional[Tuple[float, ...]] = _opt(None, 'normalisation mean (default: the model\'s)', _DATA)
+    std: Optional[Tuple[float, ...]] = _opt(None, 'normalisation std (default: the model\'s)', _DATA)
+    crop_pct: Optional[float] = _opt(None, 'eval centre-crop fraction (default: the model\'s; a supernet: 1.0)',
+                                     _DATA)
+
+    # ---- model
+    model: str = _opt('alphanet_supernet', 'timm model name; a supernet (timm_alphanet.models.Supernet, e.g. '
+                      'alphanet_supernet) trains with the sandwich rule, any other model is a KD student '
+                      '(needs --teacher)', _MODEL)
+    space: Optional[Union[str, Dict[str, Any]]] = _opt(
+        None, 'supernet search space: an original-schema YAML file (a config may give the dict); none = '
+        'AlphaNet\'s (the paper\'s) space', _MODEL, factory=lambda: dict(DEMO_SPACE))
+    eval_archs: Tuple[Union[str, Dict[str, Any]], ...] = _opt(
+        (), 'extra supernet subnets to validate: a0..a6 (ALPHANET_ARCHS), JSON/YAML arch files or JSON text '
+        '(a config may give dicts)', _MODEL)
+    pretrained: bool = _opt(False, 'start from the model\'s pretrained weights', _MODEL)
+    initial_checkpoint: str = _opt('', 'weights file to start from', _MODEL)
+    num_classes: Optional[int] = _opt(None, 'classes (default: the dataset\'s)', _MODEL)
+    drop: float = _opt(0.0, 'dropout rate (supernet: max subnet only)', _MODEL)
+    drop_path: Optional[float] = _opt(None, 'drop path rate (supernet: max subnet only)', _MODEL)
+    bn_momentum: Optional[float] = _opt(None, 'BatchNorm momentum (paper supernet: 0)', _MODEL)
+    sync_bn: bool = _opt(False, 'supernet: BatchNorm statistics over all processes (N processes x batch b train '
+                         'exactly like one process x batch N*b)', _MODEL)
+    batch_size: int = _opt(64, 'per-process batch size', _MODEL, flags=('-b', '--batch-size'))
+    validation_batch_size: Optional[int] = _opt(None, 'validation batch size (default: --batch-size)', _MODEL,
+                                                flags=('-vb', '--validation-batch-size'))
+    channels_last: bool = _opt(False, 'channels-last memory format for the model and its inputs', _MODEL)
+    torchcompile: Optional[str] = _opt(None, 'torch.compile the model (and teacher) with this backend; the flag '
+                                       'alone means inductor', _MODEL, const='inductor')
+    torchcompile_mode: Optional[str] = _opt(None, 'torch.compile mode, e.g. max-autotune', _MODEL)
+
+    # ---- teacher / distillation
+    teacher: str = _opt('', 'KD teacher: timm name, hf-hub:..., local-dir:... (supernet: optional extra teacher '
+                        'of the max subnet)', _KD)
+    teacher_pretrained_path: Optional[str] = _opt(None, 'weights file for --teacher', _KD)
+    kd_loss: str = _opt('alpha', 'KD loss: adaptive alpha-divergence or KL', _KD, choices=KD_LOSSES)
+    alpha_min: float = _opt(-1.0, 'lower alpha of the adaptive alpha-divergence', _KD)
+    alpha_max: float = _opt(1.0, 'upper alpha of the adaptive alpha-divergence', _KD)
+    alpha_clip: float = _opt(5.0, 'importance-weight clip of the adaptive alpha-divergence', _KD)
+    kd_temperature: float = _opt(1.0, 'KD softmax temperature', _KD)
+    kd_weight: Optional[float] = _opt(None, 'KD loss weight (default 1)', _KD)
+    task_weight: Optional[float] = _opt(None, 'task loss weight of teacher KD (default 1)', _KD)
+    num_subnets: int = _opt(4, 'sandwich: max, num_subnets - 2 random, min', _KD)
+    val_teacher: bool = _opt(False, 'validate the teacher once before training', _KD)
+
+    # ---- optimizer / schedule
+    opt: str = _opt('sgd', 'timm optimizer name ("sgd" is nesterov)', _OPT)
+    opt_eps: Optional[float] = _opt(None, 'optimizer epsilon (default: the optimizer\'s)', _OPT)
+    momentum: float = _opt(0.9, 'optimizer momentum', _OPT)
+    weight_decay: float = _opt(1e-5, 'weight decay (not applied to BN and bias)', _OPT)
+    clip_grad: Optional[float] = _opt(None, 'gradient clipping threshold (default: none)', _OPT)
+    clip_mode: str = _opt('norm', 'gradient clipping by norm or by value', _OPT, choices=('norm', 'value'))
+    sched: str = _opt('cosine', 'timm LR scheduler', _OPT, choices=SCHEDULERS)
+    sched_on_updates: bool = _opt(True, 'step the schedule every update (else every epoch)', _OPT)
+    lr: Optional[float] = _opt(0.2, 'learning rate; none = lr-base * global batch / lr-base-size', _OPT)
+    lr_base: float = _opt(0.1, 'learning rate per lr-base-size images, when --lr is none', _OPT)
+    lr_base_size: int = _opt(256, 'global batch size lr-base refers to', _OPT)
+    min_lr: float = _opt(0.0, 'lower bound of the schedule', _OPT)
+    warmup_lr: float = _opt(1e-5, 'learning rate at the start of the warm-up', _OPT)
+    warmup_epochs: float = _opt(1.0, 'warm-up epochs', _OPT)
+    epochs: int = _opt(15, 'epochs to train', _OPT)
+
+    # ---- augmentation
+    no_aug: bool = _opt(False, 'no training augmentation (resize + centre crop)', _AUG)
+    scale: Tuple[float, float] = _opt((0.5, 1.0), 'random-resized-crop area range', _AUG)
+    ratio: Tuple[float, float] = _opt((3. / 4., 4. / 3.), 'random-resized-crop aspect range', _AUG)
+    hflip: float = _opt(0.0, 'horizontal flip probability', _AUG)
+    vflip: float = _opt(0.0, 'vertical flip probability', _AUG)
+    color_jitter: float = _opt(0.4, 'colour jitter strength', _AUG)
+    aa: Optional[str] = _opt(None, 'auto-augment policy, e.g. "rand-m9-mstd0.5" or "v0"', _AUG)
+    reprob: float = _opt(0.0, 'random erasing probability', _AUG)
+    train_interpolation: str = _opt('random', 'training resize interpolation', _AUG,
+                                    choices=('random', *_INTERPOLATIONS))
+    smoothing: float = _opt(0.1, 'label smoothing', _AUG)
+    mixup: float = _opt(0.0, 'mixup alpha (0: off)', _AUG)
+    cutmix: float = _opt(0.0, 'cutmix alpha (0: off)', _AUG)
+    mixup_prob: float = _opt(1.0, 'probability of mixup/cutmix per batch', _AUG)
+    mixup_switch_prob: float = _opt(0.5, 'probability of cutmix instead of mixup when both are on', _AUG)
+    mixup_mode: str = _opt('batch', 'mixup/cutmix per batch, pair or element', _AUG, choices=('batch', 'pair', 'elem'))
+
+    # ---- EMA
+    model_ema: bool = _opt(False, 'keep an EMA of the weights', _EMA)
+    model_ema_decay: float = _opt(0.9998, 'EMA decay', _EMA)
+    model_ema_warmup: bool = _opt(False, 'EMA decay warm-up', _EMA)
+
+    # ---- run
+    mixed_precision: str = _opt('no', 'Accelerate mixed precision', _RUN, choices=('no', 'fp16', 'bf16'))
+    seed: int = _opt(42, 'seed of initialisation, augmentation and the subnet sequence', _RUN)
+    workers: int = _opt(0, 'data loader processes per training process', _RUN, flags=('-j', '--workers'))
+    log_interval: int = _opt(20, 'steps between logged training metrics', _RUN)
+    output: str = _opt('output/train', 'folder of the run folders', _RUN)
+    experiment: str = _opt('', 'run folder name under --output (default: time + model)', _RUN)
+    resume: str = _opt('', 'checkpoint folder, or a run folder (its latest checkpoint)', _RUN)
+    checkpoint_interval: int = _opt(0, 'also save every N steps (0: epoch ends only)', _RUN)
+    checkpoint_hist: int = _opt(3, 'keep the last K checkpoints (plus the best)', _RUN)
+    max_nonfinite: int = _opt(5, 'stop after this many non-finite losses in a row', _RUN)
+    bn_calib_batches: int = _opt(8, 'supernet: BN calibration batches per validated subnet', _RUN)
+    max_train_steps: int = _opt(0, 'stop after this many steps in total (0: all epochs)', _RUN)
+    no_progress: bool = _opt(False, 'no progress bars', _RUN)
+
+    def __post_init__(self) -> None:
+        hints = _hints()
+        for f in fields(self):
+            value = _check_type(f.name, getattr(self, f.name), hints[f.name])
+            choices = f.metadata['choices']
+            if choices and value not in choices and value is not None:
+                raise ValueError(f'{f.name}: {_short(value)} is not allowed; choose from {list(choices)}')
+            object.__setattr__(self, f.name, value)
+        _check_ranges(self)
+        create_kd_loss(self.kd_loss, self.alpha_min, self.alpha_max, self.alpha_clip, self.kd_temperature)
+        space = self.search_space()  # a YAML path becomes its dict: args.yaml then holds the space itself
+        if self.space is not None:
+            object.__setattr__(self, 'space', space.to_dict())
+        object.__setattr__(self, 'eval_archs', tuple(_canonical_arch(a, space) for a in self.eval_archs))
+
+    # ---- derived values
+    def search_space(self) -> SearchSpace:
+        """The supernet's search space (`space`; AlphaNet's when None)."""
+        if self.space is None:
+            return ALPHANET_SPACE
+        data = _read_yaml(self.space) if isinstance(self.space, str) else self.space
+        try:
+            return SearchSpace.from_dict(data)
+        except (ValueError, TypeError) as e:
+            where = self.space if isinstance(self.space, str) else 'space'
+            raise type(e)(f'{where}: {e}') from None
+
+    # ---- dict / YAML round trip
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain YAML/JSON types (tuples become lists), in field order."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def to_yaml(self) -> str:
+        """YAML text that `from_yaml` reads back into an equal TrainConfig."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = 'config') -> 'TrainConfig':
+        """A TrainConfig from a mapping of field values (missing keys keep the demo defaults).
+
+        Raises:
+            ValueError: an unknown key (with the closest known one) or a bad value, prefixed with `where`.
+            TypeError: a value of the wrong type (e.g. ``epochs: '10'``), prefixed with `where`.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f'{where}: expected a mapping of option names to values, got {type(data).__name__}')
+        names = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ''
+                raise ValueError(f'{where}: unknown key {_short(key)}{hint}; keys are the long flag names with '
+                                 'underscores, e.g. batch_size for --batch-size (alphanet-train --help lists them)')
+        try:
+            return cls(**data)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f'{where}: {e}') from None
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike]) -> 'TrainConfig':
+        """Read a YAML config (an empty file is the demo); see `from_dict` for the errors."""
+        data = _read_yaml(path)
+        return cls.from_dict({} if data is None else data, where=os.fspath(path))
+
+    def replace(self, **changes: Any) -> 'TrainConfig':
+        """A copy with `changes` (validated like any TrainConfig)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ---- validation helpers
+_HINTS: Dict[str, Any] = {}
+
+
+def _hints() -> Dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(get_type_hints(TrainConfig))
+    return _HINTS
+
+
+def _short(value: Any) -> str:
+    return reprlib.repr(value)
+
+
+_TYPE_WORDS = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false'}
+
+
+def _describe(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union:
+        return ' or '.join('null' if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f'a list of ({_describe(args[0])})'
+        return f'a list of {len(args)} ({_describe(args[0])})'
+    if origin is dict:
+        return 'a mapping'
+    return _TYPE_WORDS.get(tp, getattr(tp, '__name__', str(tp)))
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    """`value` if it is of type `tp` (lists become tuples, ints become floats); TypeError naming `name` otherwise."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(name, value, option)
+            except TypeError:
+                pass
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) == len(value):
+            return tuple(_check_type(f'{name}[{i}]', v, t) for i, (v, t) in enumerate(zip(value, items)))
+    elif origin is dict and isinstance(value, Mapping):
+        return dict(value)
+    elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    hint = ''
+    if isinstance(value, str) and tp in (float, Optional[float]):
+        hint = ' (YAML reads 1e-5 as text: write 1.0e-5)'
+    raise TypeError(f'{name}: expected {_describe(tp)}, got {_short(value)}{hint}')
+
+
+_INT_MIN = {'epochs': 1, 'batch_size': 1, 'validation_batch_size': 1, 'num_classes': 1, 'num_subnets': 2,
+            'lr_base_size': 1, 'workers': 0, 'log_interval': 1, 'checkpoint_interval': 0, 'checkpoint_hist': 1,
+            'max_nonfinite': 1, 'bn_calib_batches': 1, 'max_train_steps': 0, 'seed': 0}
+_INF = math.inf
+# name: (low, high, low_inclusive, high_inclusive)
+_FLOAT_RANGE = {
+    'lr': (0, _INF, False, False), 'lr_base': (0, _INF, False, False), 'min_lr': (0, _INF, True, False),
+    'warmup_lr': (0, _INF, True, False), 'warmup_epochs': (0, _INF, True, False), 'momentum': (0, 1, True, True),
+    'weight_decay': (0, _INF, True, False), 'clip_grad': (0, _INF, False, False), 'opt_eps': (0, _INF, False, False),
+    'drop': (0, 1, True, False), 'drop_path': (0, 1, True, False), 'bn_momentum': (0, 1, True, True),
+    'crop_pct': (0, 1, False, True), 'hflip': (0, 1, True, True), 'vflip': (0, 1, True, True),
+    'reprob': (0, 1, True, True), 'smoothing': (0, 1, True, False), 'color_jitter': (0, _INF, True, False),
+    'mixup': (0, _INF, True, False), 'cutmix': (0, _INF, True, False), 'mixup_prob': (0, 1, True, True),
+    'mixup_switch_prob': (0, 1, True, True), 'kd_temperature': (0, _INF, False, False),
+    'alpha_clip': (0, _INF, False, False), 'kd_weight': (0, _INF, True, False), 'task_weight': (0, _INF, True, False),
+    'model_ema_decay': (0, 1, False, False), 'alpha_min': (-_INF, _INF, False, False),
+    'alpha_max': (-_INF, _INF, False, False),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser; defaults are the demo run."""
-    p = argparse.ArgumentParser(description='AlphaNet supernet training / alpha-divergence KD (HF Accelerate)')
-    p.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of argument defaults')
-
-    g = p.add_argument_group('Dataset')
-    g.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (default: cache dir for sklearn/digits)')
-    g.add_argument('--dataset', default='sklearn/digits', help='timm create_dataset name ("" = image folder, '
-                   '"hfds/<name>", "torch/<name>", ...) or "sklearn/digits" (written once as an image folder)')
-    g.add_argument('--train-split', default='train')
-    g.add_argument('--val-split', default='validation')
-    g.add_argument('--dataset-download', action='store_true', default=False)
-    g.add_argument('--class-map', default='')
-    g.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N', help='KD student input size C H W')
-    g.add_argument('--interpolation', default='', help='eval interpolation (default: the model\'s)')
-    g.add_argument('--mean', type=float, nargs='+', default=None)
-    g.add_argument('--std', type=float, nargs='+', default=None)
-    g.add_argument('--crop-pct', default=None, type=float)
-
-    g = p.add_argument_group('Model')
-    g.add_argument('--model', default='alphanet_supernet', help='timm model name (alphanet_supernet = sandwich '
-                   'training of the supernet; any other model is the KD student, needs --teacher)')
-    g.add_argument('--space', default=DEMO_SPACE, help='search space: original-schema YAML path or dict (config)')
-    g.add_argument('--eval-archs', default=[], nargs='*', help='extra subnets to validate: names of '
-                   'ALPHANET_ARCHS (a0..a6) or arch dicts (config)')
-    g.add_argument('--pretrained', action='store_true', default=False)
-    g.add_argument('--initial-checkpoint', default='', metavar='PATH')
-    g.add_argument('--num-classes', type=int, default=None, help='default: the dataset\'s')
-    g.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout (supernet: max subnet only)')
-    g.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='drop path (supernet: max only)')
-    g.add_argument('--bn-momentum', type=float, default=None, help='BN momentum (paper supernet: 0)')
-    g.add_argument('--sync-bn', action='store_true', default=False,
-                   help='supernet: batch statistics over all processes (exactly equals one process x global batch)')
-    g.add_argument('-b', '--batch-size', type=int, default=64, metavar='N', help='per-process batch size')
-    g.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
-
-    g = p.add_argument_group('Teacher / distillation')
-    g.add_argument('--teacher', default='', help='KD teacher: timm name, hf-hub:..., local-dir:...')
-    g.add_argument('--teacher-pretrained-path', default=None, help='weights file for --teacher')
-    g.add_argument('--kd-loss', default='alpha', choices=('alpha', 'kl'))
-    g.add_argument('--alpha-min', type=float, default=-1.0)
-    g.add_argument('--alpha-max', type=float, default=1.0)
-    g.add_argument('--alpha-clip', type=float, default=5.0)
-    g.add_argument('--kd-temperature', type=float, default=1.0)
-    g.add_argument('--kd-weight', type=float, default=None, help='KD loss weight (teacher KD)')
-    g.add_argument('--task-weight', type=float, default=None, help='task loss weight (teacher KD)')
-    g.add_argument('--num-subnets', type=int, default=4, help='sandwich: max, num_subnets - 2 random, min')
-    g.add_argument('--val-teacher', action='store_true', default=False, help='validate the teacher once')
-
-    g = p.add_argument_group('Optimizer / schedule')
-    g.add_argument('--opt', default='sgd', help='timm optimizer name ("sgd" is nesterov)')
-    g.add_argument('--opt-eps', default=None, type=float)
-    g.add_argument('--momentum', type=float, default=0.9)
-    g.add_argument('--weight-decay', type=float, default=1e-5, help='not applied to BN and bias')
-    g.add_argument('--clip-grad', type=float, default=None)
-    g.add_argument('--clip-mode', default='norm', choices=('norm', 'value'))
-    g.add_argument('--sched', default='cosine')
-    g.add_argument('--sched-on-updates', action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument('--lr', type=float, default=None, help='default: lr-base * global batch / lr-base-size')
-    g.add_argument('--lr-base', type=float, default=0.1)
-    g.add_argument('--lr-base-size', type=int, default=256)
-    g.add_argument('--min-lr', type=float, default=0.0)
-    g.add_argument('--warmup-lr', type=float, default=1e-5)
-    g.add_argument('--warmup-epochs', type=float, default=1)
-    g.add_argument('--epochs', type=int, default=10)
-
-    g = p.add_argument_group('Augmentation')
-    g.add_argument('--no-aug', action='store_true', default=False)
-    g.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0])
-    g.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.])
-    g.add_argument('--hflip', type=float, default=0.5)
-    g.add_argument('--vflip', type=float, default=0.0)
-    g.add_argument('--color-jitter', type=float, default=0.4)
-    g.add_argument('--aa', default=None, help='auto-augment policy, e.g. "rand-m9-mstd0.5" or "v0"')
-    g.add_argument('--reprob', type=float, default=0.0)
-    g.add_argument('--train-interpolation', default='random')
-    g.add_argument('--smoothing', type=float, default=0.1)
-    g.add_argument('--mixup', type=float, default=0.0)
-    g.add_argument('--cutmix', type=float, default=0.0)
-    g.add_argument('--mixup-prob', type=float, default=1.0)
-    g.add_argument('--mixup-switch-prob', type=float, default=0.5)
-    g.add_argument('--mixup-mode', default='batch')
-
-    g = p.add_argument_group('EMA')
-    g.add_argument('--model-ema', action='store_true', default=False)
-    g.add_argument('--model-ema-decay', type=float, default=0.9998)
-    g.add_argument('--model-ema-warmup', action='store_true', default=False)
-
-    g = p.add_argument_group('Run')
-    g.add_argument('--mixed-precision', default='no', choices=('no', 'fp16', 'bf16'))
-    g.add_argument('--seed', type=int, default=42)
-    g.add_argument('-j', '--workers', type=int, default=2)
-    g.add_argument('--log-interval', type=int, default=20, help='steps between log lines')
-    g.add_argument('--output', default='output/train', metavar='DIR')
-    g.add_argument('--experiment', default='', help='run folder name under --output (default: time + model)')
-    g.add_argument('--resume', default='', metavar='PATH', help='checkpoint folder, or a run folder (its latest)')
-    g.add_argument('--checkpoint-interval', type=int, default=0, help='also save every N steps (0: epoch ends only)')
-    g.add_argument('--checkpoint-hist', type=int, default=3, help='keep the last K checkpoints (plus the best)')
-    g.add_argument('--max-nonfinite', type=int, default=5, help='stop after this many non-finite losses in a row')
-    g.add_argument('--bn-calib-batches', type=int, default=8, help='supernet: BN calibration batches per subnet')
-    g.add_argument('--max-train-steps', type=int, default=0, help='stop after this many steps in total (0: all)')
-    g.add_argument('--no-progress', action='store_true', default=False, help='no progress bars')
-    return p
+def _interval(lo: float, hi: float, lo_in: bool, hi_in: bool) -> str:
+    return f'{"[" if lo_in else "("}{lo}, {hi}{"]" if hi_in else ")"}'
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
-    """Parse ``argv`` with timm's YAML-defaults mechanism. Returns ``(args, args_text)`` (text for args.yaml)."""
-    parser = build_parser()
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument('-c', '--config', default='')
-    args_config, _ = config_parser.parse_known_args(argv)
-    if args_config.config:
-        with open(args_config.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        if not isinstance(cfg, dict):
-            raise SystemExit(f'{args_config.config}: expected a YAML mapping of argument defaults')
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise SystemExit(f'{args_config.config}: unknown keys {unknown}; keys are argument names with '
-                             f'underscores, e.g. batch_size')
-        parser.set_defaults(**cfg)
-    else:
-        parser.set_defaults(**DEMO_DEFAULTS)
-    args = parser.parse_args(argv)
-    _check(args)
-    args_text = yaml.safe_dump(vars(args), default_flow_style=False, sort_keys=False)
-    return args, args_text
+def _check_ranges(cfg: TrainConfig) -> None:
+    for name, low in _INT_MIN.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise ValueError(f'{name}: must be >= {low}, got {value}')
+    for name, (lo, hi, lo_in, hi_in) in _FLOAT_RANGE.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        inside = (lo <= value if lo_in else lo < value) and (value <= hi if hi_in else value < hi)
+        if not (math.isfinite(value) and inside):
+            raise ValueError(f'{name}: must be a finite number in {_interval(lo, hi, lo_in, hi_in)}, got {value}')
+    for name, (lo, hi) in (('scale', cfg.scale), ('ratio', cfg.ratio)):
+        if not (math.isfinite(hi) and 0 < lo <= hi and (name != 'scale' or hi <= 1)):
+            raise ValueError(f'{name}: needs 0 < low <= high{" <= 1" if name == "scale" else ""}, got [{lo}, {hi}]')
+    if cfg.input_size is not None and min(cfg.input_size) < 1:
+        raise ValueError(f'input_size: C H W must be positive, got {list(cfg.input_size)}')
+    for name in ('mean', 'std'):
+        value = getattr(cfg, name)
+        if value is not None and (len(value) not in (1, 3) or not all(map(math.isfinite, value))
+                                  or (name == 'std' and min(value) <= 0)):
+            raise ValueError(f'{name}: needs 1 or 3 finite values{" > 0" if name == "std" else ""}, '
+                             f'got {_short(list(value))}')
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.num_subnets < 2:
-        raise SystemExit(f'--num-subnets must be >= 2 (max and min), got {args.num_subnets}')
-    if args.max_nonfinite < 1:
-        raise SystemExit(f'--max-nonfinite must be >= 1, got {args.max_nonfinite}')
-    if not is_supernet(args) and not args.teacher:
-        raise SystemExit(f'--model {args.model} is not the supernet: teacher KD needs --teacher')
+def _canonical_arch(arch: Any, space: SearchSpace) -> Any:
+    """A validated eval arch: a known name stays a name (it labels the result), anything else becomes a dict."""
+    try:
+        config = resolve_arch(arch, space)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f'eval_archs: {e}') from None
+    if isinstance(arch, str) and arch.strip().removeprefix('alphanet_') in ARCH_NAMES:
+        return arch.strip().removeprefix('alphanet_')
+    return config.to_dict()
 
 
-def is_supernet(args: argparse.Namespace) -> bool:
-    return args.model == 'alphanet_supernet'
-
-
-def eval_arch_list(args: argparse.Namespace) -> List[Tuple[str, Any]]:
-    """(name, arch) of --eval-archs: ALPHANET_ARCHS names or arch dicts."""
-    from ..archs import ALPHANET_ARCHS
-    out = []
-    for i, a in enumerate(args.eval_archs or []):
-        if isinstance(a, str):
-            key = a[len('alphanet_'):] if a.startswith('alphanet_') else a
-            if key not in ALPHANET_ARCHS:
-                raise SystemExit(f'--eval-archs: unknown arch {a!r}; names: {sorted(ALPHANET_ARCHS)} or a dict')
-            out.append((key, ALPHANET_ARCHS[key]))
-        else:
-            out.append((f'arch{i}', a))
-    return out
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

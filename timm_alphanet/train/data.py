@@ -12,7 +12,8 @@ import torch
 from timm.data import Mixup, create_dataset, create_transform
 from torch.utils.data import DataLoader
 
-__all__ = ['DIGITS', 'build_digits_folder', 'create_datasets', 'create_loaders', 'create_mixup', 'default_cache_dir']
+__all__ = ['DIGITS', 'build_digits_folder', 'create_datasets', 'create_loaders', 'create_mixup', 'default_cache_dir',
+           'num_classes_of', 'set_transforms']
 
 DIGITS = 'sklearn/digits'
 
@@ -58,32 +59,40 @@ def build_digits_folder(root: Optional[os.PathLike] = None, size: int = 32) -> P
     return root
 
 
-def _dataset_root(args) -> Tuple[str, str]:
-    if args.dataset == DIGITS:
-        return '', str(build_digits_folder(args.data_dir))
-    if args.data_dir is None:
-        raise SystemExit(f'--dataset {args.dataset!r} needs --data-dir')
-    return args.dataset, args.data_dir
+def _dataset_root(cfg) -> Tuple[str, str]:
+    if cfg.dataset == DIGITS:
+        return '', str(build_digits_folder(cfg.data_dir))
+    if cfg.data_dir is None:
+        raise ValueError(f'dataset {cfg.dataset!r} needs data_dir (--data-dir); only {DIGITS!r} has a default')
+    if not os.path.isdir(cfg.data_dir) and not cfg.dataset_download and '/' not in cfg.dataset:
+        raise FileNotFoundError(f'data_dir {cfg.data_dir!r} is not a folder')
+    return cfg.dataset, cfg.data_dir
 
 
-def create_datasets(args, data_config: Dict[str, Any], train_size: int, eval_size: int):
-    """Train and validation datasets with timm's transforms (`train_size` / `eval_size`: square image size)."""
-    name, root = _dataset_root(args)
-    common = dict(root=root, download=args.dataset_download, class_map=args.class_map, seed=args.seed)
-    train = create_dataset(name, split=args.train_split, is_training=True, batch_size=args.batch_size, **common)
-    val = create_dataset(name, split=args.val_split, is_training=False, batch_size=args.batch_size, **common)
-    train.transform = create_transform(
-        (3, train_size, train_size), is_training=True, no_aug=args.no_aug, scale=tuple(args.scale),
-        ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        auto_augment=args.aa, interpolation=args.train_interpolation, mean=data_config['mean'],
-        std=data_config['std'], re_prob=args.reprob)
-    val.transform = create_transform(
-        (3, eval_size, eval_size), is_training=False, interpolation=data_config['interpolation'],
-        mean=data_config['mean'], std=data_config['std'], crop_pct=data_config['crop_pct'])
+def create_datasets(cfg) -> Tuple[Any, Any]:
+    """Train and validation datasets of `cfg` (a TrainConfig), without transforms yet (see `set_transforms`)."""
+    name, root = _dataset_root(cfg)
+    common = dict(root=root, download=cfg.dataset_download, class_map=cfg.class_map, seed=cfg.seed,
+                  batch_size=cfg.batch_size)
+    train = create_dataset(name, split=cfg.train_split, is_training=True, **common)
+    val = create_dataset(name, split=cfg.val_split, is_training=False, **common)
     return train, val
 
 
+def set_transforms(cfg, train, val, data_config: Dict[str, Any]) -> None:
+    """timm's train/eval transforms for the model's `data_config` (square ``input_size``) and `cfg`'s augmentation."""
+    size = data_config['input_size'][-1]
+    train.transform = create_transform(
+        (3, size, size), is_training=True, no_aug=cfg.no_aug, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip, vflip=cfg.vflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+        interpolation=cfg.train_interpolation, mean=data_config['mean'], std=data_config['std'], re_prob=cfg.reprob)
+    val.transform = create_transform(
+        (3, size, size), is_training=False, interpolation=data_config['interpolation'],
+        mean=data_config['mean'], std=data_config['std'], crop_pct=data_config['crop_pct'])
+
+
 def num_classes_of(dataset) -> int:
+    """Classes of a timm dataset (its class_to_idx or classes)."""
     reader = getattr(dataset, 'reader', None)
     class_to_idx = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None)
     if class_to_idx:
@@ -91,21 +100,24 @@ def num_classes_of(dataset) -> int:
     classes = getattr(dataset, 'classes', None)
     if classes:
         return len(classes)
-    raise SystemExit('cannot infer the number of classes of the dataset: pass --num-classes')
+    raise ValueError('cannot infer the number of classes of the dataset: set num_classes (--num-classes)')
 
 
-def create_loaders(args, train_ds, val_ds) -> Tuple[DataLoader, DataLoader]:
+def create_loaders(cfg, train_ds, val_ds) -> Tuple[DataLoader, DataLoader]:
     """Plain DataLoaders over the per-process batch size; `Accelerator.prepare` shards them."""
-    kw = dict(num_workers=args.workers, pin_memory=torch.cuda.is_available(),
-              persistent_workers=args.workers > 0)
-    train = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True, **kw)
-    val = DataLoader(val_ds, batch_size=args.validation_batch_size or args.batch_size, shuffle=False, **kw)
+    kw = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.workers > 0)
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **kw)
+    val = DataLoader(val_ds, batch_size=cfg.validation_batch_size or cfg.batch_size, shuffle=False, **kw)
+    if len(train) == 0:
+        raise ValueError(f'the training set has {len(train_ds)} images, fewer than one batch of {cfg.batch_size} '
+                         '(batch_size)')
     return train, val
 
 
-def create_mixup(args, num_classes: int) -> Optional[Mixup]:
-    if args.mixup <= 0 and args.cutmix <= 0:
+def create_mixup(cfg, num_classes: int) -> Optional[Mixup]:
+    """timm's Mixup/CutMix for `cfg`, or None when both are off."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
-    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                 switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                 switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
                  num_classes=num_classes)

@@ -1,0 +1,242 @@
+"""The pieces of a training run, each built from a `TrainConfig` (and the run's `Accelerator`), each testable alone.
+
+Nothing here checks model names: `build_model` creates the model and `is_supernet` (the runtime `Supernet`
+protocol) decides between sandwich training (`SandwichTask`) and teacher KD (`AlphaDistillationTask`).
+Datasets come first (they give the number of classes); their transforms follow from the model's data config.
+"""
+import difflib
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import is_tensorboard_available
+from timm.data import resolve_data_config
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, list_optimizers
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader
+
+from ..archs import resolve_arch
+from ..layers.sync_bn import convert_sync_dynamic_bn
+from ..models import is_supernet
+from ..task import AlphaDistillationTask, SandwichTask
+from .config import TrainConfig
+from .data import create_datasets, create_loaders, num_classes_of, set_transforms
+from .epoch import seed_step
+
+__all__ = ['TrainData', 'build_accelerator', 'build_data', 'build_ema', 'build_loaders', 'build_model',
+           'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'data_config_for',
+           'learning_rate', 'validation_archs']
+
+_HUB_PREFIXES = ('hf-hub:', 'local-dir:')
+
+
+def _has_accelerator_device() -> bool:
+    xpu = getattr(torch, 'xpu', None)
+    mps = getattr(torch.backends, 'mps', None)
+    return (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+            or (mps is not None and mps.is_available()))
+
+
+def build_accelerator(cfg: TrainConfig, project_dir: Optional[str] = None) -> Accelerator:
+    """The run's Accelerator: DDP with unused parameters, seedable sampler, TensorBoard when installed.
+
+    Without any accelerator device it is built with ``cpu=True``, which makes torchrun / ``accelerate launch
+    --multi_gpu`` processes on a CPU-only machine one gloo process group (otherwise each trains alone).
+
+    Raises:
+        ValueError: the launcher's WORLD_SIZE disagrees with the Accelerator's process count.
+    """
+    accelerator = Accelerator(
+        cpu=not _has_accelerator_device(),
+        mixed_precision=cfg.mixed_precision,
+        log_with='tensorboard' if is_tensorboard_available() else None,
+        project_dir=project_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # subnets skip blocks
+    )
+    check_world_size(accelerator.num_processes)
+    return accelerator
+
+
+def check_world_size(num_processes: int) -> None:
+    """Raise ValueError if the launcher's WORLD_SIZE differs from the Accelerator's count (each would train alone)."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world != num_processes:
+        raise ValueError(f'the launcher started {world} processes (WORLD_SIZE) but the Accelerator has '
+                         f'{num_processes}: each process would train alone. On CPU, launch with '
+                         '`torchrun --nproc_per_node N train.py ...` or `accelerate launch --multi_gpu '
+                         '--num_processes N train.py ...`.')
+
+
+class TrainData(NamedTuple):
+    """The run's datasets (transforms are set by `build_loaders`) and its number of classes."""
+    train: Any
+    val: Any
+    num_classes: int
+
+
+def build_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainData:
+    """Training and validation datasets of `cfg`, without transforms yet; the digits folder is written once."""
+    with accelerator.main_process_first():
+        train, val = create_datasets(cfg)
+    return TrainData(train, val, cfg.num_classes or num_classes_of(train))
+
+
+def _check_model_name(name: str, what: str) -> None:
+    if name.startswith(_HUB_PREFIXES) or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    raise ValueError(f'{what}: unknown timm model {name!r}' + (f'; did you mean {close}?' if close else '')
+                     + f'; allowed: a name from timm.list_models() or {" / ".join(_HUB_PREFIXES)}...')
+
+
+def _probe_is_supernet(name: str, num_classes: int) -> bool:
+    """Whether the model `name` is a supernet, from an instance on the meta device (no memory, no init cost)."""
+    try:
+        with torch.device('meta'):
+            return is_supernet(timm.create_model(name, num_classes=num_classes))
+    except (RuntimeError, NotImplementedError):  # a model that reads tensor values while it is built
+        return is_supernet(timm.create_model(name, num_classes=num_classes))
+
+
+def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) -> nn.Module:
+    """The timm model of `cfg` (a supernet gets `cfg.space`), with sync BN and channels-last as asked.
+
+    Raises:
+        ValueError: an unknown model name, or a model that is not a supernet without a teacher (teacher KD).
+    """
+    _check_model_name(cfg.model, 'model')
+    supernet = _probe_is_supernet(cfg.model, num_classes)
+    if not supernet and not cfg.teacher:
+        raise ValueError(f'model {cfg.model!r} is not a supernet (timm_alphanet.models.Supernet): teacher KD '
+                         'needs a teacher (--teacher, e.g. resnet50.a1_in1k or local-dir:<folder>)')
+    kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=cfg.drop, pretrained=cfg.pretrained)
+    for key, value in (('drop_path_rate', cfg.drop_path), ('bn_momentum', cfg.bn_momentum),
+                       ('checkpoint_path', cfg.initial_checkpoint or None)):
+        if value is not None:
+            kwargs[key] = value
+    if supernet:
+        kwargs['space'] = cfg.search_space()
+    seed_step(cfg.seed, 0, 0)  # the same initial weights on every process (DDP broadcasts them too)
+    model = timm.create_model(cfg.model, **kwargs)
+    if cfg.sync_bn:
+        if supernet:
+            convert_sync_dynamic_bn(model)
+        elif torch.cuda.is_available():
+            model = timm.layers.convert_sync_batchnorm(model)
+        else:
+            raise ValueError('sync_bn: a static model needs torch SyncBatchNorm, which runs on GPUs only; '
+                             'on CPU only supernets support it')
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def data_config_for(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
+    """timm's data config (input_size, interpolation, mean, std, crop_pct) of `model` with `cfg`'s overrides.
+
+    A supernet trains and evaluates at its largest resolution with no centre crop (crop_pct 1.0); each subnet
+    gets the batch resized to its own resolution inside the step.
+    """
+    overrides: Dict[str, Any] = dict(input_size=cfg.input_size, interpolation=cfg.interpolation or None,
+                                     mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct)
+    if is_supernet(model):
+        res = max(model.space.resolutions)
+        overrides['input_size'] = cfg.input_size or (3, res, res)
+        overrides['crop_pct'] = cfg.crop_pct or 1.0
+    return resolve_data_config({k: v for k, v in overrides.items() if v is not None}, model=model)
+
+
+def build_loaders(cfg: TrainConfig, data: TrainData, model: nn.Module) -> Tuple[DataLoader, DataLoader]:
+    """Train / validation loaders with the transforms of `model`'s data config (`data_config_for`).
+
+    The model's ``pretrained_cfg`` mean/std become the ones the data is normalised with, so a teacher's input
+    re-normalisation and the saved model see what training used.
+    """
+    data_config = data_config_for(cfg, model)
+    model.pretrained_cfg = {**model.pretrained_cfg, 'mean': data_config['mean'], 'std': data_config['std']}
+    set_transforms(cfg, data.train, data.val, data_config)
+    return create_loaders(cfg, data.train, data.val)
+
+
+def learning_rate(cfg: TrainConfig, num_processes: int) -> float:
+    """`cfg.lr`, or when None ``lr_base * global batch / lr_base_size`` (the global batch spans all processes)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return cfg.lr_base * cfg.batch_size * num_processes / cfg.lr_base_size
+
+
+def build_optimizer(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer `cfg.opt` at `learning_rate` (no weight decay on BN and bias)."""
+    known = list_optimizers()
+    if cfg.opt.lower().split('_')[-1] not in known:
+        close = difflib.get_close_matches(cfg.opt.lower(), known, n=3)
+        raise ValueError(f'opt: unknown optimizer {cfg.opt!r}' + (f'; did you mean {close}?' if close else '')
+                         + '; allowed: timm.optim.list_optimizers()')
+    extra = {} if cfg.opt_eps is None else {'eps': cfg.opt_eps}
+    return create_optimizer_v2(model, opt=cfg.opt, lr=learning_rate(cfg, accelerator.num_processes),
+                               weight_decay=cfg.weight_decay, momentum=cfg.momentum, **extra)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Tuple[Any, int]:
+    """timm's scheduler (per update unless ``sched_on_updates`` is off) and the number of epochs it spans."""
+    return create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
+        warmup_epochs=cfg.warmup_epochs, step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=steps_per_epoch)
+
+
+def build_ema(cfg: TrainConfig, model: nn.Module) -> Optional[ModelEmaV3]:
+    """timm's weight EMA when `cfg.model_ema` (else None)."""
+    if not cfg.model_ema:
+        return None
+    return ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
+
+
+def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The timm task that trains `model` (as `accelerator.prepare` returned it).
+
+    A supernet gets `SandwichTask` (max subnet on labels, the others distilled in place; `cfg.teacher`, if any,
+    also teaches the max subnet); any other model `AlphaDistillationTask` from `cfg.teacher`. With mixup/cutmix
+    the label loss takes soft targets; `cfg.torchcompile` compiles the model (and teacher) with timm's
+    `task.compile`.
+    """
+    kd = dict(kd_loss=cfg.kd_loss, alpha_min=cfg.alpha_min, alpha_max=cfg.alpha_max, clip=cfg.alpha_clip,
+              temperature=cfg.kd_temperature, teacher_pretrained_path=cfg.teacher_pretrained_path,
+              device=accelerator.device, verbose=False)
+    if cfg.teacher:
+        _check_model_name(cfg.teacher, 'teacher')
+    if is_supernet(accelerator.unwrap_model(model)):
+        task = SandwichTask(model, num_subnets=cfg.num_subnets, seed=cfg.seed, smoothing=cfg.smoothing,
+                            teacher=cfg.teacher or None, teacher_weight=1.0 if cfg.kd_weight is None else cfg.kd_weight,
+                            **kd)
+    elif cfg.teacher:
+        task = AlphaDistillationTask(model, cfg.teacher, criterion_kwargs=dict(smoothing=cfg.smoothing),
+                                     distill_loss_weight=cfg.kd_weight, task_loss_weight=cfg.task_weight, **kd)
+    else:
+        raise ValueError(f'model {cfg.model!r} is not a supernet: teacher KD needs a teacher (--teacher)')
+    if task.teacher is not None:
+        for p in task.teacher.parameters():
+            p.requires_grad = False
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        task.criterion = SoftTargetCrossEntropy()
+    task.to(accelerator.device)
+    if cfg.torchcompile:
+        task.compile(backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
+    return task
+
+
+def validation_archs(cfg: TrainConfig, model: nn.Module) -> List[Tuple[str, Any]]:
+    """(name, arch) validated each epoch: a supernet's max, min and `cfg.eval_archs`; [] for other models."""
+    if not is_supernet(model):
+        return []
+    space = model.space
+    named = [('max', space.max_config()), ('min', space.min_config())]
+    for i, arch in enumerate(cfg.eval_archs):
+        named.append((arch if isinstance(arch, str) else f'arch{i}', resolve_arch(arch, space)))
+    return named

@@ -1,0 +1,148 @@
+"""One training epoch on Accelerate: the step loop shared by sandwich training and teacher KD.
+
+Each step seeds the global RNGs (dropout, drop path, mixup) from ``(seed, step, rank)``, so a run resumed from
+any checkpoint continues bit-identically; a sandwich task gets the global step, which picks its subnets.
+"""
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from timm.utils import unwrap_model
+from tqdm.auto import tqdm
+
+from ..task import SandwichTask
+from .checkpoint import TrainState
+from .config import TrainConfig
+
+__all__ = ['EpochResult', 'NonFiniteLossError', 'seed_step', 'train_one_epoch']
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `TrainConfig.max_nonfinite` non-finite losses in a row."""
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What `train_one_epoch` did: mean task loss of the finite steps, steps taken, whether the epoch ended."""
+    train_loss: float
+    steps: int
+    completed: bool  # False when max_train_steps stopped it part-way
+    seconds: float
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed the global RNGs per (seed, step, rank): dropout, drop path and mixup continue exactly on resume."""
+    s = (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2 ** 31 - 1)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _scalars(result: Dict[str, Any]) -> Dict[str, float]:
+    return {k: float(v) for k, v in result.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+
+
+def train_one_epoch(
+        cfg: TrainConfig,
+        accelerator,
+        task: nn.Module,
+        loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        state: TrainState,
+        steps_per_epoch: int,
+        mixup: Optional[Callable] = None,
+        ema: Optional[nn.Module] = None,
+        save_checkpoint: Optional[Callable[[int], Any]] = None,
+) -> EpochResult:
+    """Train epoch ``state.epoch`` from batch ``state.batch_in_epoch`` on; `state` advances with every step.
+
+    Args:
+        cfg: clip_grad/clip_mode, max_nonfinite, seed, log_interval, checkpoint_interval, max_train_steps,
+            no_progress and channels_last are read.
+        accelerator: the run's Accelerator (backward, clipping, cross-process reduction, logging).
+        task: a `SandwichTask` (called with the global step and ``backward=``) or a timm task returning 'loss'.
+        loader: the epoch's batches (already positioned: a resumed epoch skips consumed batches beforehand).
+        optimizer: stepped once per batch, unless the loss is non-finite on any process (then skipped).
+        scheduler: timm scheduler, ``step_update`` after every step.
+        state: loop position; ``step``, ``batch_in_epoch``, ``nonfinite_in_row`` and ``subnet_digest`` advance.
+        steps_per_epoch: batches of a full epoch (progress bar and the last log line).
+        mixup: optional timm Mixup applied to each batch.
+        ema: optional weight EMA updated after each optimizer step.
+        save_checkpoint: called with the step every ``checkpoint_interval`` steps.
+
+    Raises:
+        NonFiniteLossError: after ``max_nonfinite`` non-finite losses in a row (the message says what to try).
+    """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    sandwich = isinstance(task, SandwichTask)
+    params = list(task.get_clip_parameters())
+    max_steps = cfg.max_train_steps or None
+    bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f'epoch {state.epoch}', leave=False,
+               disable=cfg.no_progress or not accelerator.is_main_process)
+    loss_sum, loss_n, steps, t0 = 0.0, 0, 0, time.time()
+    task.train()
+    seed_step(cfg.seed, state.step, rank)
+    for x, y in loader:
+        if mixup is not None:
+            x, y = mixup(x, y)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with accelerator.autocast():
+            if sandwich:
+                out = task(x, y, state.step, backward=accelerator.backward)
+            else:
+                out = task(x, y)
+                accelerator.backward(out['loss'])
+        loss = out['loss'].detach().float()
+        finite = accelerator.reduce(torch.isfinite(loss).float().reshape(1), reduction='sum').item() == world
+        if finite:
+            if cfg.clip_grad is not None:
+                clip = accelerator.clip_grad_value_ if cfg.clip_mode == 'value' else accelerator.clip_grad_norm_
+                clip(params, cfg.clip_grad)
+            optimizer.step()
+            if ema is not None:
+                ema.update(unwrap_model(task.get_trainable_module()), step=state.step)
+            state.nonfinite_in_row = 0
+            loss_sum += float(out.get('task_loss', loss))  # a sandwich's total also holds KD surrogates
+            loss_n += 1
+        else:
+            _skip_nonfinite(cfg, accelerator, optimizer, state)
+        if sandwich:
+            state.subnet_digest = hashlib.sha1((state.subnet_digest + repr(out['subnets'])).encode()).hexdigest()
+        state.step += 1
+        state.batch_in_epoch += 1
+        steps += 1
+        scheduler.step_update(num_updates=state.step)
+        seed_step(cfg.seed, state.step, rank)
+        bar.update(1)
+        if state.step % cfg.log_interval == 0 or state.batch_in_epoch == steps_per_epoch:
+            logs = {f'train/{k}': v for k, v in _scalars(out).items()}
+            logs['train/lr'] = optimizer.param_groups[0]['lr']
+            accelerator.log(logs, step=state.step)
+            bar.set_postfix(task_loss=f"{float(out.get('task_loss', loss)):.3f}")
+        if save_checkpoint is not None and cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
+            save_checkpoint(state.step)
+        if max_steps is not None and state.step >= max_steps:
+            break
+    bar.close()
+    return EpochResult(loss_sum / max(loss_n, 1), steps, state.batch_in_epoch >= steps_per_epoch, time.time() - t0)
+
+
+def _skip_nonfinite(cfg: TrainConfig, accelerator, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    state.nonfinite_in_row += 1
+    accelerator.print(f'WARNING: non-finite loss at step {state.step} (epoch {state.epoch}); step skipped '
+                      f'({state.nonfinite_in_row} in a row, stop at {cfg.max_nonfinite})')
+    accelerator.log({'train/nonfinite_skips': state.nonfinite_in_row}, step=state.step)
+    if state.nonfinite_in_row >= cfg.max_nonfinite:
+        raise NonFiniteLossError(
+            f'stopped: {state.nonfinite_in_row} non-finite losses in a row (last at step {state.step}, epoch '
+            f'{state.epoch}). Lower --lr, set --clip-grad, or use --mixed-precision bf16 instead of fp16; resume '
+            f'from the last checkpoint in the run folder\'s checkpoints/.')
