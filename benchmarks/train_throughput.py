@@ -1,86 +1,282 @@
-"""Training throughput on this machine: images/s of supernet sandwich training (with the per-subnet breakdown)
-and of teacher KD, single process, synthetic batches (no data loading).
+"""Training throughput on this machine, side by side: supernet sandwich steps and teacher-KD steps in the default
+(contiguous) layout vs channels-last, out-of-place SiLU and torch.compile, and this tree vs another checkout.
 
-    python benchmarks/train_throughput.py                       # demo space, 32 px, batch 64
-    python benchmarks/train_throughput.py --space paper --batch-size 32 --steps 5   # the paper's space (slow on CPU)
+Task level: synthetic batches, no data loading, each variant on its own copy of the same model, the same subnets
+(steps 0..steps-1 of the seed) for every variant, variants interleaved and repeated, medians reported.
+Trainer level (``--trainer-steps N``): wall time of ``train.py`` (the demo run) stopped after N steps minus the
+same run stopped after 2 steps, per step, so start-up and saving cancel out.
+
+    python benchmarks/train_throughput.py                                   # demo space, 32 px, batch 64
+    python benchmarks/train_throughput.py --space paper --batch-size 8 --threads 2 --steps 3
+    python benchmarks/train_throughput.py --trainer-steps 20                # also through train.py
+    python benchmarks/train_throughput.py --compare-with /tmp/before        # before/after: another checkout
 """
 import argparse
+import copy
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
 
-import timm
-import torch
-
-import timm_alphanet  # noqa: F401  (registers the models)
-from timm_alphanet import ALPHANET_SPACE, AlphaDistillationTask, SearchSpace
-from timm_alphanet.task import SandwichTask
-from timm_alphanet.train.config import DEMO_SPACE
+HERE = Path(__file__).resolve()
+ROOT = HERE.parent.parent
+VARIANTS = ('contiguous', 'channels_last', 'silu_out_of_place', 'compile')
 
 
-def _time(fn, steps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t) / steps
+def _median_times(fns: Dict[str, Callable[[], None]], steps: int, repeats: int, warmup: int = 1) -> Dict[str, float]:
+    """Median seconds per call of each fn: warm-up, then `repeats` rounds of `steps` calls, variants interleaved."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        order = list(fns) if r % 2 == 0 else list(reversed(fns))  # no variant always runs first
+        for name in order:
+            t = time.perf_counter()
+            for _ in range(steps):
+                fns[name]()
+            times[name].append((time.perf_counter() - t) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _variant_model(base, variant: str):
+    import torch
+    import torch.nn as nn
+    model = copy.deepcopy(base)
+    if variant == 'channels_last':
+        model = model.to(memory_format=torch.channels_last)
+    if variant == 'silu_out_of_place':  # autograd of an in-place SiLU must save a copy of its input
+        for m in model.modules():
+            if isinstance(m, nn.SiLU):
+                m.inplace = False
+    return model
+
+
+def worker(args: argparse.Namespace) -> Dict[str, float]:
+    """Task-level seconds per step for each workload x variant, with whichever timm_alphanet is importable."""
+    import timm
+    import torch
+
+    import timm_alphanet
+    from timm_alphanet import ALPHANET_SPACE, AlphaDistillationTask, SearchSpace
+    from timm_alphanet.train.config import DEMO_SPACE
+    try:
+        from timm_alphanet.task import SandwichTask
+    except ImportError:  # checkouts before the task/ package
+        from timm_alphanet.sandwich import SandwichTask
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    space = SearchSpace.from_dict(DEMO_SPACE) if args.space == 'demo' else ALPHANET_SPACE
+    res, b = max(space.resolutions), args.batch_size
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(b, 3, res, res, generator=gen), torch.randint(0, 10, (b,), generator=gen)
+    torch.manual_seed(0)
+    supernet = timm.create_model('alphanet_supernet', space=space, num_classes=10).train()
+    student = timm.create_model(args.student, num_classes=10).train()
+    teacher = timm.create_model(args.teacher, num_classes=10).eval()
+
+    fns: Dict[str, Callable[[], None]] = {}
+    for variant in args.variants:
+        xv = x.contiguous(memory_format=torch.channels_last) if variant == 'channels_last' else x
+        model = _variant_model(supernet, variant)
+        task = SandwichTask(model, num_subnets=args.num_subnets, seed=0, verbose=False)
+        kd = AlphaDistillationTask(_variant_model(student, variant), _variant_model(teacher, variant),
+                                   verbose=False).train()
+        if variant == 'compile':
+            task.compile()
+            kd.compile()
+        fns[f'sandwich/{variant}'] = _sandwich_step(task, model, xv, y, args.steps)
+        fns[f'kd/{variant}'] = _kd_step(kd, xv, y)
+    out = _median_times(fns, args.steps, args.repeats, warmup=args.steps)
+    if args.per_subnet:
+        out.update(_per_subnet(supernet, space, x, args))
+    out['_module'] = timm_alphanet.__file__
+    out['_threads'] = torch.get_num_threads()
+    return out
+
+
+def _sandwich_step(task, model, x, y, period: int) -> Callable[[], None]:
+    import torch
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    state = {'step': 0}
+
+    def step() -> None:  # steps cycle through 0..period-1: every variant and repeat trains the same subnets
+        opt.zero_grad()
+        task(x, y, state['step'] % period, backward=lambda loss: loss.backward())
+        opt.step()
+        state['step'] += 1
+    return step
+
+
+def _kd_step(kd, x, y) -> Callable[[], None]:
+    import torch
+    opt = torch.optim.SGD(kd.trainable_module.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad()
+        kd(x, y)['loss'].backward()
+        opt.step()
+    return step
+
+
+def _per_subnet(supernet, space, x, args) -> Dict[str, float]:
+    """Forward + backward of the max, one random and the min subnet alone, on the step's images."""
+    import torch.nn.functional as F
+    fns = {}
+    for name, arch in [('max', space.max_config()), ('random', space.sample(random.Random(0))),
+                       ('min', space.min_config())]:
+        model = copy.deepcopy(supernet)
+        model.set_subnet(arch)
+        xi = F.interpolate(x, size=(arch.resolution, arch.resolution), mode='bicubic', align_corners=False)
+
+        def one(model=model, xi=xi) -> None:
+            model.zero_grad()
+            model(xi).logsumexp(-1).mean().backward()
+        fns[f'subnet/{name}@{arch.resolution}'] = one
+    return _median_times(fns, args.steps, args.repeats)
+
+
+# ---- trainer level: train.py of a checkout, timed from outside
+def _trainer_step_seconds(tree: Path, extra: Sequence[str], steps: int, workdir: Path, env: Dict[str, str]) -> float:
+    """Seconds per step of ``tree/train.py`` (demo defaults + `extra`): a run of `steps` minus a run of 2 steps."""
+    def wall(n: int) -> float:
+        cmd = [sys.executable, str(tree / 'train.py'), '--epochs', '1', '--max-train-steps', str(n), '--no-progress',
+               '--output', str(workdir), '--experiment', f'{tree.name}-{n}-{len(os.listdir(workdir))}', *extra]
+        t = time.perf_counter()
+        p = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f'{" ".join(cmd)} failed:\n{p.stderr[-2000:]}')
+        return time.perf_counter() - t
+    return (wall(steps) - wall(2)) / (steps - 2)
+
+
+def _env_for(tree: Path, threads: int) -> Dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE='1', PYTHONWARNINGS='ignore')
+    env.pop('WORLD_SIZE', None)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    return env
+
+
+def _worker_in(tree: Path, argv: Sequence[str], threads: int) -> Dict[str, float]:
+    p = subprocess.run([sys.executable, str(HERE), '--worker', *argv], env=_env_for(tree, threads),
+                       cwd=tempfile.gettempdir(), capture_output=True, text=True)  # cwd: no tree shadows PYTHONPATH
+    if p.returncode != 0:
+        raise RuntimeError(f'worker in {tree} failed:\n{p.stderr[-3000:]}')
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _teacher_dir(workdir: Path) -> Path:
+    """A local-dir: teacher (random resnet10t) for KD through train.py, without the network."""
+    import timm
+    import timm_alphanet
+    folder = workdir / 'teacher'
+    timm_alphanet.save_pretrained(timm.create_model('resnet10t', num_classes=10), folder)
+    return folder
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--space', default='demo', choices=('demo', 'paper'))
     p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--steps', type=int, default=10)
+    p.add_argument('--steps', type=int, default=4, help='timed steps per round (cycling through the same subnets)')
+    p.add_argument('--repeats', type=int, default=5, help='rounds; medians are reported')
     p.add_argument('--num-subnets', type=int, default=4)
     p.add_argument('--student', default='mobilenetv2_050')
     p.add_argument('--teacher', default='resnet18')
-    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    p.add_argument('--variants', default='contiguous,channels_last,silu_out_of_place',
+                   help=f'comma-separated, from {",".join(VARIANTS)} (compile takes minutes per subnet on CPU)')
+    p.add_argument('--no-per-subnet', dest='per_subnet', action='store_false')
+    p.add_argument('--trainer-steps', type=int, default=0, help='also time train.py (demo) per step, N > 2 steps')
+    p.add_argument('--compare-with', type=Path, default=None, help='another checkout (e.g. git archive of a commit)')
+    p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    space = SearchSpace.from_dict(DEMO_SPACE) if args.space == 'demo' else ALPHANET_SPACE
-    res = max(space.resolutions)
-    b = args.batch_size
-    x, y = torch.randn(b, 3, res, res), torch.randint(0, 10, (b,))
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, batch {b}, {args.space} space at {res} px')
+    args.variants = [v.strip() for v in args.variants.split(',') if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f'unknown variants {bad}; choose from {list(VARIANTS)}')
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
 
-    model = timm.create_model('alphanet_supernet', space=space, num_classes=10).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    task = SandwichTask(model, num_subnets=args.num_subnets, seed=0, verbose=False)
-    state = {'step': 0}
+    sys.path.insert(0, str(ROOT))  # this process (the trainer-level helpers) uses this tree
+    trees = {'this': ROOT} if args.compare_with is None else {'before': args.compare_with.resolve(), 'after': ROOT}
+    print(f'{args.space} space, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, '
+          f'threads {args.threads or "default"}; trees: ' + ', '.join(f'{k}={v}' for k, v in trees.items()))
+    if args.compare_with is None:
+        results = {'this': worker(args)}
+    else:  # one worker per tree and repeat, trees alternating; medians over repeats
+        argv = ['--space', args.space, '--batch-size', str(args.batch_size), '--steps', str(args.steps),
+                '--repeats', '1', '--num-subnets', str(args.num_subnets), '--student', args.student,
+                '--teacher', args.teacher, '--threads', str(args.threads), '--variants', ','.join(args.variants),
+                *([] if args.per_subnet else ['--no-per-subnet'])]
+        runs: Dict[str, List[Dict[str, float]]] = {t: [] for t in trees}
+        for r in range(args.repeats):
+            for tree in (list(trees) if r % 2 == 0 else list(reversed(trees))):
+                runs[tree].append(_worker_in(trees[tree], argv, args.threads))
+        results = {t: {k: (statistics.median(x[k] for x in rs) if not k.startswith('_') else rs[0][k])
+                       for k in rs[0]} for t, rs in runs.items()}
+    for k, r in results.items():
+        print(f'  {k}: timm_alphanet from {r.pop("_module")}, {r.pop("_threads")} threads')
+    names = list(next(iter(results.values())))
+    if args.trainer_steps > 2:
+        names += _trainer_rows(args, trees, results)
+    _print_table(names, results, args.batch_size)
 
-    def sandwich_step():
-        opt.zero_grad()
-        task(x, y, state['step'], backward=lambda loss: loss.backward())
-        opt.step()
-        state['step'] += 1
-    dt = _time(sandwich_step, args.steps)
-    print(f'supernet sandwich ({args.num_subnets} subnets/step): {b / dt:8.1f} images/s ({dt * 1e3:.0f} ms/step)')
 
-    print('per subnet (forward + backward of one subnet, the images of one step):')
-    for name, arch in [('max', space.max_config()), ('random', space.sample(__import__('random').Random(0))),
-                       ('min', space.min_config())]:
-        model.set_subnet(arch)
-        xi = task.resize(x, arch.resolution)
+def _trainer_rows(args, trees: Dict[str, Path], results: Dict[str, Dict[str, float]]) -> List[str]:
+    """Per-step seconds through train.py, trees and variants interleaved, medians of `repeats`."""
+    workdir = Path(tempfile.mkdtemp(prefix='train_throughput_'))
+    teacher = _teacher_dir(workdir)
+    kd = ['--model', args.student, '--teacher', f'local-dir:{teacher}', '--input-size', '3', '32', '32']
+    runs = {'train.py supernet': [], 'train.py kd': kd}
+    if 'channels_last' in args.variants and args.compare_with is None:
+        runs.update({'train.py supernet channels_last': ['--channels-last'],
+                     'train.py kd channels_last': [*kd, '--channels-last']})
+    common = ['-b', str(args.batch_size)]
+    samples: Dict[str, Dict[str, List[float]]] = {t: {n: [] for n in runs} for t in trees}
+    for r in range(args.repeats):
+        for tree in (list(trees) if r % 2 == 0 else list(reversed(trees))):
+            for name, extra in runs.items():
+                env = _env_for(trees[tree], args.threads)
+                samples[tree][name].append(_trainer_step_seconds(trees[tree], [*common, *extra], args.trainer_steps,
+                                                                 workdir, env))
+    for tree in trees:
+        results[tree].update({n: statistics.median(v) for n, v in samples[tree].items()})
+    return list(runs)
 
-        def one():
-            opt.zero_grad()
-            model(xi).logsumexp(-1).mean().backward()
-        dt = _time(one, args.steps)
-        print(f'  {name:7s} res {arch.resolution:3d} {timm_alphanet.mflops(arch, space):8.2f} MFLOPs: '
-              f'{b / dt:8.1f} images/s')
-    model.set_subnet(space.max_config())
 
-    student = timm.create_model(args.student, num_classes=10).train()
-    teacher = timm.create_model(args.teacher, num_classes=10)
-    kd = AlphaDistillationTask(student, teacher, verbose=False).train()
-    kd_opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+def _print_table(names: List[str], results: Dict[str, Dict[str, float]], batch: int) -> None:
+    trees = list(results)
+    head = ' | '.join(f'{t} ms/step' for t in trees)
+    print(f'\n| measure | {head} | {"after/before" if len(trees) == 2 else "vs contiguous"} |')
+    print('|---|' + '---|' * (len(trees) + 1))
+    for name in names:
+        cells = ' | '.join(f'{results[t][name] * 1e3:.1f}' for t in trees)
+        if len(trees) == 2:
+            ratio = f'{results["after"][name] / results["before"][name]:.2f}x'
+        else:
+            ref = _reference(name, results[trees[0]])
+            ratio = f'{results[trees[0]][name] / results[trees[0]][ref]:.2f}x' if ref else ''
+        print(f'| {name} | {cells} | {ratio} |')
+    print(f'\n(images/s = {batch} / seconds per step; ratios < 1 are faster)')
 
-    def kd_step():
-        kd_opt.zero_grad()
-        kd(x, y)['loss'].backward()
-        kd_opt.step()
-    dt = _time(kd_step, args.steps)
-    print(f'teacher KD ({args.teacher} -> {args.student}, {res} px): {b / dt:8.1f} images/s ({dt * 1e3:.0f} ms/step)')
+
+def _reference(name: str, row: Dict[str, float]) -> str:
+    """The contiguous counterpart of a variant's measure ('' for measures without one)."""
+    for v in VARIANTS[1:]:
+        if name.endswith(f'/{v}') or name.endswith(f' {v}'):
+            ref = name[:-len(v) - 1] + ('/contiguous' if '/' in name else '')
+            return ref if ref in row else ''
+    return ''
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@
 ``alphanet-train`` / ``train.py`` (`timm_alphanet.cli.train`) is the command line.
 """
 from .build import (TrainData, build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
-                    build_scheduler, build_task, check_world_size, data_config_for, learning_rate, validation_archs)
+                    build_scheduler, build_task, check_world_size, data_config_for, learning_rate, model_is_supernet,
+                    validation_archs)
 from .checkpoint import CheckpointManager, TrainState, find_checkpoint
 from .config import DEMO_SPACE, TrainConfig
 from .data import build_digits_folder
@@ -17,4 +18,4 @@ from .run import run
 __all__ = ['CheckpointManager', 'DEMO_SPACE', 'EpochResult', 'NonFiniteLossError', 'TrainConfig', 'TrainData',
            'TrainState', 'build_accelerator', 'build_data', 'build_digits_folder', 'build_ema', 'build_loaders',
            'build_model', 'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'data_config_for',
-           'find_checkpoint', 'learning_rate', 'run', 'train_one_epoch', 'validation_archs']
+           'find_checkpoint', 'learning_rate', 'model_is_supernet', 'run', 'train_one_epoch', 'validation_archs']

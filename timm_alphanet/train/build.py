@@ -5,6 +5,7 @@ protocol) decides between sandwich training (`SandwichTask`) and teacher KD (`Al
 Datasets come first (they give the number of classes); their transforms follow from the model's data config.
 """
 import difflib
+import logging
 import os
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
@@ -30,9 +31,10 @@ from .epoch import seed_step
 
 __all__ = ['TrainData', 'build_accelerator', 'build_data', 'build_ema', 'build_loaders', 'build_model',
            'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'data_config_for',
-           'learning_rate', 'validation_archs']
+           'learning_rate', 'model_is_supernet', 'validation_archs']
 
 _HUB_PREFIXES = ('hf-hub:', 'local-dir:')
+_logger = logging.getLogger(__name__)
 
 
 def _has_accelerator_device() -> bool:
@@ -96,26 +98,37 @@ def _check_model_name(name: str, what: str) -> None:
                      + f'; allowed: a name from timm.list_models() or {" / ".join(_HUB_PREFIXES)}...')
 
 
-def _probe_is_supernet(name: str, num_classes: int) -> bool:
-    """Whether the model `name` is a supernet, from an instance on the meta device (no memory, no init cost)."""
+def model_is_supernet(cfg: TrainConfig) -> bool:
+    """Whether `cfg.model` is a supernet (sandwich training) rather than a KD student; builds nothing real.
+
+    Decided by `is_supernet` on an instance on the meta device (no memory, no init cost).
+
+    Raises:
+        ValueError: an unknown model name, a model that is not a supernet without a teacher (teacher KD), or
+            sync_bn for a static model without a GPU.
+    """
+    _check_model_name(cfg.model, 'model')
     try:
         with torch.device('meta'):
-            return is_supernet(timm.create_model(name, num_classes=num_classes))
+            supernet = is_supernet(timm.create_model(cfg.model))
     except (RuntimeError, NotImplementedError):  # a model that reads tensor values while it is built
-        return is_supernet(timm.create_model(name, num_classes=num_classes))
+        supernet = is_supernet(timm.create_model(cfg.model))
+    if not supernet and not cfg.teacher:
+        raise ValueError(f'model {cfg.model!r} is not a supernet (timm_alphanet.models.Supernet): teacher KD '
+                         'needs a teacher (--teacher, e.g. resnet50.a1_in1k or local-dir:<folder>)')
+    if cfg.sync_bn and not supernet and not torch.cuda.is_available():
+        raise ValueError(f'sync_bn: model {cfg.model!r} would need torch SyncBatchNorm, which runs on GPUs only; '
+                         'on CPU only supernets support it')
+    return supernet
 
 
 def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) -> nn.Module:
     """The timm model of `cfg` (a supernet gets `cfg.space`), with sync BN and channels-last as asked.
 
     Raises:
-        ValueError: an unknown model name, or a model that is not a supernet without a teacher (teacher KD).
+        ValueError: see `model_is_supernet`.
     """
-    _check_model_name(cfg.model, 'model')
-    supernet = _probe_is_supernet(cfg.model, num_classes)
-    if not supernet and not cfg.teacher:
-        raise ValueError(f'model {cfg.model!r} is not a supernet (timm_alphanet.models.Supernet): teacher KD '
-                         'needs a teacher (--teacher, e.g. resnet50.a1_in1k or local-dir:<folder>)')
+    supernet = model_is_supernet(cfg)
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=cfg.drop, pretrained=cfg.pretrained)
     for key, value in (('drop_path_rate', cfg.drop_path), ('bn_momentum', cfg.bn_momentum),
                        ('checkpoint_path', cfg.initial_checkpoint or None)):
@@ -125,17 +138,21 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) ->
         kwargs['space'] = cfg.search_space()
     seed_step(cfg.seed, 0, 0)  # the same initial weights on every process (DDP broadcasts them too)
     model = timm.create_model(cfg.model, **kwargs)
-    if cfg.sync_bn:
-        if supernet:
-            convert_sync_dynamic_bn(model)
-        elif torch.cuda.is_available():
-            model = timm.layers.convert_sync_batchnorm(model)
-        else:
-            raise ValueError('sync_bn: a static model needs torch SyncBatchNorm, which runs on GPUs only; '
-                             'on CPU only supernets support it')
+    if cfg.sync_bn and supernet:
+        convert_sync_dynamic_bn(model)  # in place
+    elif cfg.sync_bn:
+        model = timm.layers.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        model.register_state_dict_post_hook(_contiguous_state_dict)
     return model
+
+
+def _contiguous_state_dict(module: nn.Module, state_dict: Dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    # safetensors (Accelerate's checkpoints, save_pretrained) refuses channels-last tensors: save NCHW copies
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
 
 
 def data_config_for(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
@@ -227,6 +244,9 @@ def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> 
         task.criterion = SoftTargetCrossEntropy()
     task.to(accelerator.device)
     if cfg.torchcompile:
+        if isinstance(task, SandwichTask):
+            _logger.warning('torchcompile with a supernet: every new subnet shape recompiles (minutes on a CPU) '
+                            'until torch._dynamo\'s recompile limit, then runs eagerly')
         task.compile(backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
     return task
 

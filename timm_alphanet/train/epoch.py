@@ -68,7 +68,8 @@ def train_one_epoch(
         accelerator: the run's Accelerator (backward, clipping, cross-process reduction, logging).
         task: a `SandwichTask` (called with the global step and ``backward=``) or a timm task returning 'loss'.
         loader: the epoch's batches (already positioned: a resumed epoch skips consumed batches beforehand).
-        optimizer: stepped once per batch, unless the loss is non-finite on any process (then skipped).
+        optimizer: stepped once per batch, unless the loss is non-finite on any process (then the step is
+            skipped and the model's buffers, e.g. BN running statistics, are restored).
         scheduler: timm scheduler, ``step_update`` after every step.
         state: loop position; ``step``, ``batch_in_epoch``, ``nonfinite_in_row`` and ``subnet_digest`` advance.
         steps_per_epoch: batches of a full epoch (progress bar and the last log line).
@@ -82,6 +83,8 @@ def train_one_epoch(
     rank, world = accelerator.process_index, accelerator.num_processes
     sandwich = isinstance(task, SandwichTask)
     params = list(task.get_clip_parameters())
+    # a non-finite forward also writes NaN into BN running statistics: a skipped step restores them
+    buffers = list(task.get_trainable_module().buffers())
     max_steps = cfg.max_train_steps or None
     bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f'epoch {state.epoch}', leave=False,
                disable=cfg.no_progress or not accelerator.is_main_process)
@@ -94,6 +97,7 @@ def train_one_epoch(
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
+        saved = [b.clone() for b in buffers]
         with accelerator.autocast():
             if sandwich:
                 out = task(x, y, state.step, backward=accelerator.backward)
@@ -110,9 +114,12 @@ def train_one_epoch(
             if ema is not None:
                 ema.update(unwrap_model(task.get_trainable_module()), step=state.step)
             state.nonfinite_in_row = 0
-            loss_sum += float(out.get('task_loss', loss))  # a sandwich's total also holds KD surrogates
+            loss_sum += float(out.get('task_loss', loss).detach())  # a sandwich's total also holds KD surrogates
             loss_n += 1
         else:
+            with torch.no_grad():
+                for b, v in zip(buffers, saved):
+                    b.copy_(v)
             _skip_nonfinite(cfg, accelerator, optimizer, state)
         if sandwich:
             state.subnet_digest = hashlib.sha1((state.subnet_digest + repr(out['subnets'])).encode()).hexdigest()
@@ -126,7 +133,7 @@ def train_one_epoch(
             logs = {f'train/{k}': v for k, v in _scalars(out).items()}
             logs['train/lr'] = optimizer.param_groups[0]['lr']
             accelerator.log(logs, step=state.step)
-            bar.set_postfix(task_loss=f"{float(out.get('task_loss', loss)):.3f}")
+            bar.set_postfix(task_loss=f"{float(out.get('task_loss', loss).detach()):.3f}")
         if save_checkpoint is not None and cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
             save_checkpoint(state.step)
         if max_steps is not None and state.step >= max_steps:

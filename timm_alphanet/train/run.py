@@ -21,7 +21,7 @@ from ..evaluation import evaluate, format_table, validate_subnets
 from ..export import save_pretrained
 from ..models import is_supernet
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
-                    build_scheduler, build_task, learning_rate, validation_archs)
+                    build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
 from .checkpoint import CheckpointManager, TrainState, find_checkpoint
 from .config import TrainConfig
 from .data import create_mixup
@@ -35,6 +35,7 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
     acc = build_accelerator(cfg)
+    model_is_supernet(cfg)  # a config error fails here, before the dataset cache is written
     data = build_data(cfg, acc)
     model = build_model(cfg, acc, data.num_classes)
     train_loader, val_loader = build_loaders(cfg, data, model)
