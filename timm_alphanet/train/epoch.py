@@ -44,7 +44,7 @@ def seed_step(seed: int, step: int, rank: int) -> None:
 
 
 def _scalars(result: Dict[str, Any]) -> Dict[str, float]:
-    return {k: float(v) for k, v in result.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+    return {k: float(v.detach()) for k, v in result.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
 def train_one_epoch(
