@@ -35,7 +35,7 @@ def test_supernet_recipe_is_the_papers():
     assert (cfg.drop, cfg.drop_path, cfg.bn_momentum, cfg.aa) == (0.2, 0.2, 0.0, 'v0')
     # values the recipe used to inherit from the old (non-demo) parser defaults
     assert (cfg.hflip, cfg.scale, cfg.workers, cfg.bn_calib_batches) == (0.5, (0.08, 1.0), 8, 64)
-    assert cfg.mixed_precision == 'bf16' and not cfg.no_aug
+    assert cfg.mixed_precision == 'bf16' and not cfg.no_aug and cfg.channels_last
 
 
 def test_kd_recipe_keeps_its_values():
@@ -46,6 +46,7 @@ def test_kd_recipe_keeps_its_values():
     assert learning_rate(cfg, num_processes=8) == pytest.approx(0.1 * 128 * 8 / 256)
     assert (cfg.hflip, cfg.scale, cfg.aa, cfg.drop) == (0.5, (0.08, 1.0), 'rand-m9-mstd0.5', 0.2)
     assert (cfg.model_ema, cfg.model_ema_decay, cfg.workers, cfg.mixed_precision) == (True, 0.9998, 8, 'bf16')
+    assert cfg.channels_last
 
 
 def test_demo_defaults():
@@ -53,6 +54,7 @@ def test_demo_defaults():
     assert SearchSpace.from_dict(cfg.space) == SearchSpace.from_dict(DEMO_SPACE)
     assert (cfg.epochs, cfg.lr, cfg.hflip, cfg.scale, cfg.workers, cfg.dataset) == \
         (15, 0.2, 0.0, (0.5, 1.0), 0, 'sklearn/digits')
+    assert cfg.channels_last  # measured faster through the trainer (benchmarks/train_throughput.py)
     assert learning_rate(cfg, num_processes=4) == 0.2  # an explicit lr is not scaled
 
 
