@@ -2,6 +2,7 @@
 space and the digits (supernet and teacher KD)."""
 import copy
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from timm_alphanet import save_pretrained
+from timm_alphanet.archs import ALPHANET_ARCHS
 from timm_alphanet.layers.sync_bn import SyncDynamicBatchNormAct2d
 from timm_alphanet.models import is_supernet
 from timm_alphanet.spaces import SearchSpace
@@ -157,14 +159,22 @@ def test_build_task_follows_the_model(acc, digits, teacher_dir):
     assert all(p.requires_grad for p in kd.trainable_module.parameters())
 
 
-def test_validation_archs(acc, digits):
+def test_validation_archs_and_spaces(acc, digits, tmp_path):
     space = SearchSpace.from_dict(TINY_SPACE)
-    arch = space.sample(__import__('random').Random(3))
-    cfg = _cfg(digits, eval_archs=('max', arch.to_dict()))
+    arch = space.sample(random.Random(3))
+    cfg = _cfg(digits, eval_archs=('max', arch.to_dict(), 'alphanet_min'))
     named = validation_archs(cfg, build_model(cfg, acc, 10))
-    assert [n for n, _ in named] == ['max', 'min', 'max', 'arch1']
+    assert [n for n, _ in named] == ['max', 'min', 'max', 'arch1', 'min']
     assert named[0][1] == space.max_config() and named[1][1] == space.min_config() and named[3][1] == arch
     assert validation_archs(cfg, nn.Linear(2, 2)) == []
+    with pytest.raises(ValueError, match=r"eval_archs: arch 'a3' is not in this search space"):
+        validation_archs(TrainConfig(eval_archs=('a3',)), build_model(TrainConfig(), acc, 10))  # demo: too small
+    paper = TrainConfig(space=None, eval_archs=('a0',))
+    with torch.device('meta'):  # the paper's space, without allocating it
+        named = validation_archs(paper, build_model(paper, acc, 10))
+    assert named[2] == ('a0', ALPHANET_ARCHS['a0'])
+    with pytest.raises(ValueError, match=r"space: not a WidthSpace, the space of model 'slimmable_mobilenetv2_100'"):
+        build_model(_cfg(digits, model='slimmable_mobilenetv2_100'), acc, 10)  # the demo's AlphaNet space
 
 
 # ---- train_one_epoch with fake loaders

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from timm_alphanet.archs import ALPHANET_ARCHS, ALPHANET_SPACE
+from timm_alphanet.archs import ALPHANET_ARCHS
 from timm_alphanet.cli.train import build_parser, main, parse_args
 from timm_alphanet.spaces import SearchSpace
 from timm_alphanet.train import DEMO_SPACE, TrainConfig, learning_rate
@@ -25,7 +25,7 @@ def _yaml(tmp_path, text, name='c.yaml'):
 
 def test_supernet_recipe_is_the_papers():
     cfg = TrainConfig.from_yaml(CONFIGS / 'alphanet_supernet_in1k.yaml')
-    assert cfg.model == 'alphanet_supernet' and cfg.space is None and cfg.search_space() == ALPHANET_SPACE
+    assert cfg.model == 'alphanet_supernet' and cfg.space is None  # the model's own: the paper's space
     assert cfg.eval_archs == tuple(ALPHANET_ARCHS)  # a0 .. a6 by name
     assert (cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.lr) == (32, 360, 5.0, None)
     assert learning_rate(cfg, num_processes=64) == pytest.approx(0.1 * 32 * 64 / 256)  # 0.1 per 256 images
@@ -75,17 +75,14 @@ def test_frozen_and_replace_validates():
         cfg.replace(epochs=0)
 
 
-def test_space_file_and_eval_archs_are_resolved(tmp_path):
+def test_space_file_becomes_its_content(tmp_path):
     space_file = _yaml(tmp_path, yaml.safe_dump({'supernet_config': DEMO_SPACE}), 'space.yaml')
-    arch = ALPHANET_SPACE.min_config().to_dict()
-    cfg = TrainConfig(space=space_file, eval_archs=('max',))
-    assert isinstance(cfg.space, dict) and cfg.search_space() == SearchSpace.from_dict(DEMO_SPACE)
-    paper = TrainConfig(space=None, eval_archs=('alphanet_a0', json.dumps(arch)))
-    assert paper.eval_archs[0] == 'a0' and paper.eval_archs[1] == ALPHANET_SPACE.validate(arch).to_dict()
-    with pytest.raises(ValueError, match=r"eval_archs: arch 'a3' is not in this search space"):
-        TrainConfig(eval_archs=('a3',))  # the demo space is too small for a3
+    cfg = TrainConfig(space=space_file)
+    assert cfg.space == {'supernet_config': DEMO_SPACE}  # args.yaml holds the space, not a path
     with pytest.raises(FileNotFoundError, match='nope.yaml'):
         TrainConfig(space=str(tmp_path / 'nope.yaml'))
+    with pytest.raises(ValueError, match=r'space: .*list.yaml.* holds list, not a mapping'):
+        TrainConfig(space=_yaml(tmp_path, '- 1\n', 'list.yaml'))
 
 
 def test_unknown_key_suggests_the_close_one(tmp_path):
@@ -132,7 +129,7 @@ def test_out_of_range_values_are_refused(changes, match):
 def test_config_file_reads_are_bounded_and_checked(tmp_path):
     big = tmp_path / 'big.yaml'
     big.write_bytes(b'# ' + b'x' * MAX_CONFIG_BYTES + b'\n')
-    with pytest.raises(ValueError, match=r'big.yaml: larger than 1048576 bytes'):
+    with pytest.raises(ValueError, match=r'big.yaml: too large for a training config \(\d+ bytes; at most 1048576\)'):
         TrainConfig.from_yaml(big)
     with pytest.raises(FileNotFoundError, match='missing.yaml'):
         TrainConfig.from_yaml(tmp_path / 'missing.yaml')
@@ -140,7 +137,11 @@ def test_config_file_reads_are_bounded_and_checked(tmp_path):
         TrainConfig.from_yaml(_yaml(tmp_path, '- 1\n- 2\n', 'list.yaml'))
     with pytest.raises(ValueError, match=r'broken.yaml: not valid YAML'):
         TrainConfig.from_yaml(_yaml(tmp_path, 'epochs: [1\n', 'broken.yaml'))
-    with pytest.raises(ValueError, match=r'dir: not a file'):
+    bomb = 'a: &a [x, x, x, x, x, x, x, x, x, x]\n' + ''.join(
+        f'{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n' for p, n in zip('abcdefg', 'bcdefgh'))
+    with pytest.raises(ValueError, match='bomb.yaml'):  # a billion laughs: refused, not expanded
+        TrainConfig.from_yaml(_yaml(tmp_path, bomb, 'bomb.yaml'))
+    with pytest.raises(ValueError, match=r'dir: is a directory'):
         TrainConfig.from_yaml(tmp_path.joinpath('dir').mkdir() or tmp_path / 'dir')
     assert TrainConfig.from_yaml(_yaml(tmp_path, '', 'empty.yaml')) == TrainConfig()
 

@@ -21,9 +21,10 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from ..archs import resolve_arch
+from ..archs import ARCH_NAMES, resolve_arch
 from ..layers.sync_bn import convert_sync_dynamic_bn
 from ..models import is_supernet
+from ..spaces import SearchSpace
 from ..task import AlphaDistillationTask, SandwichTask
 from .config import TrainConfig
 from .data import create_datasets, create_loaders, num_classes_of, set_transforms
@@ -98,21 +99,28 @@ def _check_model_name(name: str, what: str) -> None:
                      + f'; allowed: a name from timm.list_models() or {" / ".join(_HUB_PREFIXES)}...')
 
 
+def _probe(cfg: TrainConfig) -> nn.Module:
+    """An instance of `cfg.model` on the meta device (no memory, no init cost), to see what kind of model it is."""
+    _check_model_name(cfg.model, 'model')
+    try:
+        with torch.device('meta'):
+            return timm.create_model(cfg.model)
+    except (RuntimeError, NotImplementedError):  # a model that reads tensor values while it is built
+        return timm.create_model(cfg.model)
+
+
 def model_is_supernet(cfg: TrainConfig) -> bool:
     """Whether `cfg.model` is a supernet (sandwich training) rather than a KD student; builds nothing real.
-
-    Decided by `is_supernet` on an instance on the meta device (no memory, no init cost).
 
     Raises:
         ValueError: an unknown model name, a model that is not a supernet without a teacher (teacher KD), or
             sync_bn for a static model without a GPU.
     """
-    _check_model_name(cfg.model, 'model')
-    try:
-        with torch.device('meta'):
-            supernet = is_supernet(timm.create_model(cfg.model))
-    except (RuntimeError, NotImplementedError):  # a model that reads tensor values while it is built
-        supernet = is_supernet(timm.create_model(cfg.model))
+    return _check_mode(cfg, _probe(cfg))
+
+
+def _check_mode(cfg: TrainConfig, probe: nn.Module) -> bool:
+    supernet = is_supernet(probe)
     if not supernet and not cfg.teacher:
         raise ValueError(f'model {cfg.model!r} is not a supernet (timm_alphanet.models.Supernet): teacher KD '
                          'needs a teacher (--teacher, e.g. resnet50.a1_in1k or local-dir:<folder>)')
@@ -122,20 +130,31 @@ def model_is_supernet(cfg: TrainConfig) -> bool:
     return supernet
 
 
+def _space_for(cfg: TrainConfig, probe: nn.Module) -> Any:
+    """`cfg.space` as the supernet's own space type (AlphaNet `SearchSpace`, slimmable `WidthSpace`, ...)."""
+    space_type = type(probe.space)
+    try:
+        return space_type.coerce(cfg.space)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f'space: not a {space_type.__name__}, the space of model {cfg.model!r} ({e}); give one '
+                         "in that form, or none for the model's own") from None
+
+
 def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) -> nn.Module:
-    """The timm model of `cfg` (a supernet gets `cfg.space`), with sync BN and channels-last as asked.
+    """The timm model of `cfg` (a supernet gets `cfg.space` unless None), with sync BN and channels-last as asked.
 
     Raises:
-        ValueError: see `model_is_supernet`.
+        ValueError: see `model_is_supernet`; a space that is not the supernet's kind.
     """
-    supernet = model_is_supernet(cfg)
+    probe = _probe(cfg)
+    supernet = _check_mode(cfg, probe)
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=cfg.drop, pretrained=cfg.pretrained)
     for key, value in (('drop_path_rate', cfg.drop_path), ('bn_momentum', cfg.bn_momentum),
                        ('checkpoint_path', cfg.initial_checkpoint or None)):
         if value is not None:
             kwargs[key] = value
-    if supernet:
-        kwargs['space'] = cfg.search_space()
+    if supernet and cfg.space is not None:
+        kwargs['space'] = _space_for(cfg, probe)
     seed_step(cfg.seed, 0, 0)  # the same initial weights on every process (DDP broadcasts them too)
     model = timm.create_model(cfg.model, **kwargs)
     if cfg.sync_bn and supernet:
@@ -252,11 +271,25 @@ def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> 
 
 
 def validation_archs(cfg: TrainConfig, model: nn.Module) -> List[Tuple[str, Any]]:
-    """(name, arch) validated each epoch: a supernet's max, min and `cfg.eval_archs`; [] for other models."""
+    """(name, arch) validated each epoch: a supernet's max, min and `cfg.eval_archs`; [] for other models.
+
+    Raises:
+        ValueError: an eval arch that is not in the supernet's space (naming it and what is allowed).
+    """
     if not is_supernet(model):
         return []
     space = model.space
     named = [('max', space.max_config()), ('min', space.min_config())]
     for i, arch in enumerate(cfg.eval_archs):
-        named.append((arch if isinstance(arch, str) else f'arch{i}', resolve_arch(arch, space)))
+        name = arch.strip().removeprefix('alphanet_') if isinstance(arch, str) and len(arch) < 40 else f'arch{i}'
+        try:
+            if isinstance(space, SearchSpace):  # names a0..a6, JSON text and arch files
+                resolved = resolve_arch(arch, space)
+            elif arch in ('max', 'min'):
+                resolved = space.max_config() if arch == 'max' else space.min_config()
+            else:
+                resolved = space.validate(arch)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'eval_archs: {e}') from None
+        named.append((name if name in ARCH_NAMES else f'arch{i}', resolved))
     return named

@@ -7,6 +7,7 @@ allowed choices; ``alphanet-train`` derives its command line from them. A config
 (``batch_size`` for ``--batch-size``); unknown keys, wrong types and out-of-range values raise `ValueError` /
 `TypeError` naming the key and what is allowed.
 """
+import copy
 import dataclasses
 import difflib
 import math
@@ -17,13 +18,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union, get_args, get_ori
 
 import yaml
 
-from ..archs import ALPHANET_SPACE, ARCH_NAMES, resolve_arch
 from ..loss import KD_LOSSES, create_kd_loss
-from ..spaces import SearchSpace
+from ..spaces._io import MAX_TEXT_BYTES, read_yaml_file
 
 __all__ = ['DEMO_SPACE', 'MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
 
-MAX_CONFIG_BYTES = 1 << 20  # a training config is a few KiB; refuse anything that is clearly not one
+MAX_CONFIG_BYTES = MAX_TEXT_BYTES  # 1 MiB: a training config is a few KiB; refuse anything that is clearly not one
 
 # A small AlphaNet-style space for 32x32 inputs: 4 stages, two resolutions; ~20-70k parameters.
 DEMO_SPACE: Dict[str, Any] = {
@@ -43,24 +43,15 @@ SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'constant', 'poly', 'wsd', 
 _INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')
 
 
-def _read_yaml(path: Union[str, os.PathLike]) -> Any:
-    """The trainer's one YAML reader (configs and search-space files): size-bounded, safe_load, one-line errors."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'config file not found: {path}')
-    if not os.path.isfile(path):
-        raise ValueError(f'{path}: not a file')
-    with open(path, 'rb') as f:
-        raw = f.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ValueError(f'{path}: larger than {MAX_CONFIG_BYTES} bytes, too large for a config file')
-    try:
-        return yaml.safe_load(raw.decode('utf-8'))
-    except UnicodeDecodeError:
-        raise ValueError(f'{path}: not a UTF-8 text file') from None
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ValueError(f'{path}: not valid YAML ({first})') from None
+def _read_yaml(path: Union[str, os.PathLike], what: str = 'training config') -> Any:
+    """The trainer's one YAML reader (configs and search-space files): size, alias and depth bounded, one-line errors.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, larger than `MAX_CONFIG_BYTES`, not UTF-8, not valid YAML, or too large
+            once aliases are expanded; the message names the file.
+    """
+    return read_yaml_file(path, max_bytes=MAX_CONFIG_BYTES, what=what)
 
 
 def _opt(default: Any, help: str, group: str, *, flags: Tuple[str, ...] = (), choices: Tuple[Any, ...] = (),
@@ -109,11 +100,12 @@ class TrainConfig:
                       'alphanet_supernet) trains with the sandwich rule, any other model is a KD student '
                       '(needs --teacher)', _MODEL)
     space: Optional[Union[str, Dict[str, Any]]] = _opt(
-        None, 'supernet search space: an original-schema YAML file (a config may give the dict); none = '
-        'AlphaNet\'s (the paper\'s) space', _MODEL, factory=lambda: dict(DEMO_SPACE))
+        None, 'supernet search space, in the form the model takes (AlphaNet: an original-schema supernet_config): a '
+        'YAML file (a config may give the dict); none = the model\'s own (alphanet_supernet: the paper\'s)', _MODEL,
+        factory=lambda: copy.deepcopy(DEMO_SPACE))
     eval_archs: Tuple[Union[str, Dict[str, Any]], ...] = _opt(
-        (), 'extra supernet subnets to validate: a0..a6 (ALPHANET_ARCHS), JSON/YAML arch files or JSON text '
-        '(a config may give dicts)', _MODEL)
+        (), 'extra supernet subnets to validate: max, min, a0..a6 (AlphaNet spaces), JSON/YAML arch files or JSON '
+        'text (a config may give dicts)', _MODEL)
     pretrained: bool = _opt(False, 'start from the model\'s pretrained weights', _MODEL)
     initial_checkpoint: str = _opt('', 'weights file to start from', _MODEL)
     num_classes: Optional[int] = _opt(None, 'classes (default: the dataset\'s)', _MODEL)
@@ -210,22 +202,11 @@ class TrainConfig:
             object.__setattr__(self, f.name, value)
         _check_ranges(self)
         create_kd_loss(self.kd_loss, self.alpha_min, self.alpha_max, self.alpha_clip, self.kd_temperature)
-        space = self.search_space()  # a YAML path becomes its dict: args.yaml then holds the space itself
-        if self.space is not None:
-            object.__setattr__(self, 'space', space.to_dict())
-        object.__setattr__(self, 'eval_archs', tuple(_canonical_arch(a, space) for a in self.eval_archs))
-
-    # ---- derived values
-    def search_space(self) -> SearchSpace:
-        """The supernet's search space (`space`; AlphaNet's when None)."""
-        if self.space is None:
-            return ALPHANET_SPACE
-        data = _read_yaml(self.space) if isinstance(self.space, str) else self.space
-        try:
-            return SearchSpace.from_dict(data)
-        except (ValueError, TypeError) as e:
-            where = self.space if isinstance(self.space, str) else 'space'
-            raise type(e)(f'{where}: {e}') from None
+        if isinstance(self.space, str):  # its content, so args.yaml holds the space itself; the model checks it
+            data = _read_yaml(self.space, what='search space YAML')
+            if not isinstance(data, Mapping):
+                raise ValueError(f'space: {_short(self.space)} holds {type(data).__name__}, not a mapping')
+            object.__setattr__(self, 'space', dict(data))
 
     # ---- dict / YAML round trip
     def to_dict(self) -> Dict[str, Any]:
@@ -373,17 +354,6 @@ def _check_ranges(cfg: TrainConfig) -> None:
                                   or (name == 'std' and min(value) <= 0)):
             raise ValueError(f'{name}: needs 1 or 3 finite values{" > 0" if name == "std" else ""}, '
                              f'got {_short(list(value))}')
-
-
-def _canonical_arch(arch: Any, space: SearchSpace) -> Any:
-    """A validated eval arch: a known name stays a name (it labels the result), anything else becomes a dict."""
-    try:
-        config = resolve_arch(arch, space)
-    except (ValueError, TypeError) as e:
-        raise type(e)(f'eval_archs: {e}') from None
-    if isinstance(arch, str) and arch.strip().removeprefix('alphanet_') in ARCH_NAMES:
-        return arch.strip().removeprefix('alphanet_')
-    return config.to_dict()
 
 
 def _plain(value: Any) -> Any:

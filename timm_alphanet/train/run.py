@@ -20,6 +20,7 @@ from ..cost.flops import mflops
 from ..evaluation import evaluate, format_table, validate_subnets
 from ..export import save_pretrained
 from ..models import is_supernet
+from ..spaces import SearchSpace
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
                     build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
 from .checkpoint import CheckpointManager, TrainState, find_checkpoint
@@ -45,7 +46,7 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
     scheduler, num_epochs = build_scheduler(cfg, optimizer, len(train_loader))
     task = build_task(cfg, acc, model)
     supernet, val_archs = is_supernet(unwrapped), validation_archs(cfg, unwrapped)
-    run_dir, state, ckpts = _start(cfg, acc, scheduler, ema)
+    run_dir, state, ckpts = _start(cfg, acc, scheduler, ema)  # the first write
     acc.print(f'{"supernet" if supernet else "KD"} training on {acc.num_processes} process(es), {acc.device}, '
               f'global batch {cfg.batch_size * acc.num_processes}, lr {learning_rate(cfg, acc.num_processes):.4g}, '
               f'{num_epochs} epochs x {len(train_loader)} steps, run folder {run_dir}')
@@ -138,10 +139,11 @@ def _record(acc, run_dir: Path, state: TrainState, epoch, optimizer, results) ->
 def _finish(acc, model: nn.Module, state: TrainState, run_dir: Path, results, val_archs) -> None:
     _check_processes_agree(acc, model, state)
     if acc.is_main_process:
-        save_pretrained(model, run_dir / 'final')
+        save_pretrained(model, run_dir / 'final', overwrite=True)  # a resumed run replaces its own
         if results:
             space = model.space if is_supernet(model) else None
-            info = {n: {'MFLOPs': round(mflops(a, space), 2), 'res': a.resolution} for n, a in val_archs}
+            info = {n: {'res': a.resolution, **({'MFLOPs': round(mflops(a, space), 2)}
+                                              if isinstance(space, SearchSpace) else {})} for n, a in val_archs}
             acc.print('\n' + format_table(results, info))
     acc.wait_for_everyone()
     acc.end_training()
