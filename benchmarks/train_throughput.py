@@ -157,6 +157,12 @@ def _trainer_step_seconds(tree: Path, extra: Sequence[str], steps: int, workdir:
     return (wall(steps) - wall(2)) / (steps - 2)
 
 
+def _help(tree: Path, threads: int) -> str:
+    p = subprocess.run([sys.executable, str(tree / 'train.py'), '--help'], env=_env_for(tree, threads), cwd=tree,
+                       capture_output=True, text=True)
+    return p.stdout
+
+
 def _env_for(tree: Path, threads: int) -> Dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE='1', PYTHONWARNINGS='ignore')
     env.pop('WORLD_SIZE', None)
@@ -242,13 +248,17 @@ def _trainer_rows(args, trees: Dict[str, Path], results: Dict[str, Dict[str, flo
         runs.update({'train.py supernet channels_last': ['--channels-last'],
                      'train.py kd channels_last': [*kd, '--channels-last']})
     common = ['-b', str(args.batch_size)]
+    # contiguous rows say so where the trainer has the switch (channels-last is its default since it exists)
+    contiguous = {t: ['--no-channels-last'] if '--no-channels-last' in _help(trees[t], args.threads) else []
+                  for t in trees}
     samples: Dict[str, Dict[str, List[float]]] = {t: {n: [] for n in runs} for t in trees}
     for r in range(args.repeats):
         for tree in (list(trees) if r % 2 == 0 else list(reversed(trees))):
             for name, extra in runs.items():
                 env = _env_for(trees[tree], args.threads)
-                samples[tree][name].append(_trainer_step_seconds(trees[tree], [*common, *extra], args.trainer_steps,
-                                                                 workdir, env))
+                layout = [] if name.endswith('channels_last') else contiguous[tree]
+                samples[tree][name].append(_trainer_step_seconds(
+                    trees[tree], [*common, *extra, *layout], args.trainer_steps, workdir, env))
     for tree in trees:
         results[tree].update({n: statistics.median(v) for n, v in samples[tree].items()})
     return list(runs)
