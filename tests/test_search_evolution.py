@@ -5,7 +5,7 @@ import math
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from timm_alphanet import SearchSpace, StageSpace
 from timm_alphanet.cost import count_macs_and_params
@@ -74,6 +74,7 @@ def test_evolution_recovers_the_known_front_of_a_toy_space(seed):
 
 
 @settings(max_examples=25, deadline=None)
+@example(seed=0, lo=0.53125, width=1.0, max_params=0.0078125, three=False)  # few admitted: random draws miss them
 @given(seed=st.integers(0, 10**6), lo=st.floats(0.0, 0.6), width=st.floats(0.05, 1.0),
        max_params=st.one_of(st.none(), st.floats(0.004, 0.02)), three=st.booleans())
 def test_front_is_non_dominated_and_within_limits(seed, lo, width, max_params, three):

@@ -102,3 +102,21 @@ def test_operators_refuse_bad_input():
         ALPHANET_SPACE.crossover(cfg, cfg, 3)
     with pytest.raises(ValueError, match=r'resolution 100 not allowed'):
         ALPHANET_SPACE.mutate({**cfg.to_dict(), 'resolution': 100}, random.Random(0), 0.1)
+
+
+def test_size_and_enumeration_list_every_arch_once():
+    import itertools
+    from timm_alphanet.spaces import WidthSpace
+    space = SearchSpace.from_dict({'resolutions': [16, 24], 'first_conv': {'c': [8, 16]},
+                                   'mb1': {'c': [8], 'd': [1, 2], 'k': [3, 5], 't': [1]},
+                                   'mb2': {'c': [8, 16], 'd': [1], 'k': [3], 't': [2, 3], 's': 2},
+                                   'last_conv': {'c': [32]}})
+    archs = list(space.enumerate_configs())
+    # resolution 2 x stem 2 x (mb1: c1 d2 k2 t1) x (mb2: c2 d1 k1 t2) x head 1, counted by hand
+    assert space.size == len(archs) == 2 * 2 * 4 * 4 and len(set(archs)) == len(archs)
+    assert all(space.contains(a) for a in archs)
+    rng = random.Random(0)
+    assert {space.sample(rng) for _ in range(2000)} <= set(archs)
+    widths = WidthSpace(widths=(0.5, 0.75, 1.0), resolutions=(160, 224))
+    assert widths.size == 6 and set(widths.enumerate_configs()) == {
+        widths.validate({'width': w, 'resolution': r}) for w, r in itertools.product((0.5, 0.75, 1.0), (160, 224))}

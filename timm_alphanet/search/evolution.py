@@ -92,6 +92,8 @@ class EvolutionConfig:
         generations: generations of children after the initial population.
         seed: seed of the one `random.Random` every draw comes from.
         sample_tries: random draws allowed per wanted subnet before giving up (bounds every sampling loop).
+        max_enumerate: a space of at most this many archs is listed in full when random draws find too few
+            initial subnets within the limits (narrow limits in a small space).
         predictor_keep: fraction of the children evaluated when a pre-ranker is given (the best predicted).
     """
     population: int = 100
@@ -102,6 +104,7 @@ class EvolutionConfig:
     generations: int = 20
     seed: int = 0
     sample_tries: int = 100
+    max_enumerate: int = 100_000
     predictor_keep: float = 1.0
 
     def __post_init__(self) -> None:
@@ -114,6 +117,7 @@ class EvolutionConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f'seed must be an integer, got {self.seed!r:.40}')
         _number('sample_tries', self.sample_tries, 1, integer=True)
+        _number('max_enumerate', self.max_enumerate, 0, integer=True)
         _number('predictor_keep', self.predictor_keep, 0.0, 1.0)
         if self.predictor_keep == 0:
             raise ValueError('predictor_keep must be > 0 (some children must be evaluated)')
@@ -236,6 +240,11 @@ def evolve(
         arch = space.sample(rng)
         if admissible(arch, initial):
             initial[arch] = None
+    if len(initial) < config.population and getattr(space, 'size', math.inf) <= config.max_enumerate:
+        # narrow limits in a small space: random draws can miss the few subnets inside; listing them all cannot
+        found = [a for a in space.enumerate_configs() if admissible(a, initial)]
+        rng.shuffle(found)
+        initial.update(dict.fromkeys(found[:config.population - len(initial)]))
     if not initial:
         raise ValueError(f'found no subnet within the limits {limits.bounds()} in {tries} random draws; '
                          'widen the limits')

@@ -6,10 +6,12 @@ original schema (`c/d/k/t/s/se/act_func`). Nothing here imports torch.
 """
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
@@ -338,6 +340,16 @@ class SearchSpace:
         for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
             out += list(zip(getattr(cfg, f), self._choices(f)))
         return out
+
+    @property
+    def size(self) -> int:
+        """The number of distinct archs in the space."""
+        return math.prod(len(choices) for _, choices in self._genes(self.min_config()))
+
+    def enumerate_configs(self) -> Iterator[SubnetConfig]:
+        """Every arch of the space, in a fixed order (check `size` first: it is astronomical for AlphaNet's)."""
+        for values in itertools.product(*(choices for _, choices in self._genes(self.min_config()))):
+            yield self._from_genes(list(values))
 
     def _from_genes(self, values: List[int]) -> SubnetConfig:
         n = self.num_stages

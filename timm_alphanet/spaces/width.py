@@ -12,7 +12,7 @@ import math
 import random
 import reprlib
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple, Union
 
 from ._checks import check_int
 
@@ -149,6 +149,17 @@ class WidthSpace:
     def min_config(self) -> WidthConfig:
         """The narrowest subnet at the smallest resolution."""
         return WidthConfig(self.widths[0], self.resolutions[0])
+
+    @property
+    def size(self) -> int:
+        """The number of distinct archs in the space."""
+        return len(self.widths) * len(self.resolutions)
+
+    def enumerate_configs(self) -> Iterator[WidthConfig]:
+        """Every arch of the space, widths first, in a fixed order."""
+        for resolution in self.resolutions:
+            for width in self.widths:
+                yield WidthConfig(width, resolution)
 
     def sample(self, rng: random.Random) -> WidthConfig:
         """A uniformly random subnet (width and resolution independent), drawn from the explicit `rng`."""
