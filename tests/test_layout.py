@@ -14,7 +14,7 @@ TIERS = {
     'layers': 1,
     'models': 2,
     'loss': 3, 'task': 3, 'calibration': 3, 'evaluation': 3, 'export': 3, 'original': 3, 'cost': 3, 'sources': 3,
-    'io_checks': 3,
+    'io_checks': 3, 'processes': 3,
     'train': 4, 'search': 4,
     'testing': 5,
     'cli': 6,

@@ -29,6 +29,7 @@ from ..calibration import CalibrationRecipe, calibrate_bn, disjoint_subsets, loa
 from ..cost.flops import count_macs_and_params
 from ..cost.slimmable import width_macs_and_params
 from ..models._supernet import is_supernet
+from ..processes import check_world_size, has_accelerator_device
 from ..spaces import SearchSpace, SubnetConfig
 from ..spaces._io import read_json_file
 from .evolution import EvolutionConfig, Generation, Limits, arch_key, check_limits, evolve
@@ -235,15 +236,8 @@ def process_state() -> Any:
     """
     from accelerate import PartialState
 
-    xpu, mps = getattr(torch, 'xpu', None), getattr(torch.backends, 'mps', None)
-    device = torch.cuda.is_available() or (xpu is not None and xpu.is_available()) or \
-        (mps is not None and mps.is_available())
-    state = PartialState(cpu=not device)
-    launched = int(os.environ.get('WORLD_SIZE', '1'))
-    if launched != state.num_processes:
-        raise ValueError(f'the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees '
-                         f'{state.num_processes}: each would search alone; on CPU launch with `torchrun '
-                         '--nproc_per_node N` or `accelerate launch --multi_gpu --num_processes N`')
+    state = PartialState(cpu=not has_accelerator_device())
+    check_world_size(state.num_processes, work='search')
     return state
 
 
