@@ -1,5 +1,7 @@
 """Unit tests of the training library pieces that need no training run."""
+import errno
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from timm_alphanet.train import CheckpointManager, TrainState, build_digits_fold
 
 class _FakeAccelerator:
     is_main_process = True
+    num_processes = 1
 
     def wait_for_everyone(self):
         pass
@@ -59,3 +62,58 @@ def test_world_size_mismatch_refuses_to_start(monkeypatch):
     check_world_size(2)
     monkeypatch.delenv('WORLD_SIZE')
     check_world_size(1)
+
+
+class _FullDisk(_FakeAccelerator):
+    """Writes part of a checkpoint, then fails the way torch.save does on a full disk (a bare RuntimeError)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def save_state(self, path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / 'model.safetensors').write_bytes(b'partial')
+        raise self.error
+
+
+@pytest.mark.parametrize('error', [OSError(errno.ENOSPC, 'No space left on device'),
+                                   RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos')])
+def test_full_disk_while_checkpointing_removes_the_partial_folder_and_names_it(tmp_path, monkeypatch, error):
+    from timm_alphanet.train import checkpoint
+    if isinstance(error, RuntimeError):  # torch's message says nothing: the free space tells
+        monkeypatch.setattr(checkpoint.shutil, 'disk_usage', lambda p: type('U', (), {'free': 0})())
+    m = CheckpointManager(_FullDisk(error), tmp_path / 'run' / 'checkpoints')
+    with pytest.raises(OSError) as e:
+        m.save(7)
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value.strerror).startswith(f'no space left on {tmp_path / "run" / "checkpoints"}: checkpoint '
+                                            'step_00000007 was not written')
+    assert f'--resume {tmp_path / "run"}' in e.value.strerror
+    assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == []  # no partial folder, no index
+
+
+def test_other_errors_while_checkpointing_stay_themselves(tmp_path):
+    m = CheckpointManager(_FullDisk(KeyError('bug')), tmp_path / 'checkpoints')
+    with pytest.raises(KeyError):
+        m.save(1)
+    assert not any((tmp_path / 'checkpoints').iterdir())
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    m = CheckpointManager(_FakeAccelerator(), tmp_path / 'checkpoints', keep=3)
+    for step in (1, 2, 3):
+        m.save(step)
+    latest = tmp_path / 'checkpoints' / 'step_00000003'
+    manifest = json.loads((latest / 'manifest.json').read_text())
+    assert manifest['num_processes'] == 1 and set(manifest['files']) == {'random_states_0.pkl'}
+    assert find_checkpoint(tmp_path) == latest
+    (latest / 'random_states_0.pkl').write_bytes(b'')  # truncated after it was written
+    with caplog.at_level(logging.WARNING):
+        assert find_checkpoint(tmp_path) == tmp_path / 'checkpoints' / 'step_00000002'
+    assert 'step_00000003 is damaged (random_states_0.pkl differs from what was saved)' in caplog.text
+    with pytest.raises(ValueError, match=r'damaged checkpoint \(random_states_0.pkl differs'):
+        find_checkpoint(latest)  # named directly: refused, not replaced
+    (tmp_path / 'checkpoints' / 'step_00000002' / 'random_states_0.pkl').unlink()
+    (tmp_path / 'checkpoints' / 'step_00000001' / 'manifest.json').write_text('{"files": 3}')
+    with pytest.raises(ValueError, match='every checkpoint is damaged'):
+        find_checkpoint(tmp_path)

@@ -1,18 +1,31 @@
-"""Checkpoints with ``Accelerator.save_state``: atomic (temp folder + rename), last K kept plus the best.
+"""Checkpoints with ``Accelerator.save_state``: atomic (temp folder + rename), verified, last K kept plus the best.
 
-Layout: ``<run>/checkpoints/step_00000120/`` (Accelerate's files: model, optimizer, scheduler, EMA, train
-state, RNG states, sampler) and ``<run>/checkpoints/index.json`` (names, steps, metrics, best), itself
-written atomically. A folder that exists under its final name is complete.
+Layout: ``<run>/checkpoints/step_00000120/`` (Accelerate's files: model, optimizer, EMA, train state, RNG states,
+sampler, plus ``manifest.json``: every file's size and sha256 and the number of processes that wrote it) and
+``<run>/checkpoints/index.json`` (names, steps, metrics, best), itself written atomically. A folder that exists under
+its final name is complete; `find_checkpoint` also checks it against its manifest and falls back to the previous
+complete checkpoint (with a warning) when the latest one was damaged after it was written. A full disk while saving
+removes the partial folder and raises ``OSError(ENOSPC)`` naming the folder.
 """
+import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-__all__ = ['CheckpointManager', 'TrainState', 'find_checkpoint']
+from ..sources import sha256_file
+from ..spaces._io import read_json_file
+
+__all__ = ['CheckpointManager', 'TrainState', 'find_checkpoint', 'checkpoint_processes', 'no_space_left']
 
 INDEX = 'index.json'
+MANIFEST = 'manifest.json'
+MANIFEST_FORMAT = 'timm_alphanet.checkpoint/1'
+_MAX_JSON_BYTES = 16 << 20
+_logger = logging.getLogger(__name__)
 
 
 class TrainState:
@@ -28,7 +41,8 @@ class TrainState:
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                    nonfinite_in_row=self.nonfinite_in_row, subnet_digest=self.subnet_digest, history=json.dumps(self.history))
+                    nonfinite_in_row=self.nonfinite_in_row, subnet_digest=self.subnet_digest,
+                    history=json.dumps(self.history))
 
     def load_state_dict(self, d: Dict[str, Any]) -> None:
         self.step, self.epoch, self.batch_in_epoch = int(d['step']), int(d['epoch']), int(d['batch_in_epoch'])
@@ -46,6 +60,70 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether `error` (raised while writing into `folder`) came from a full disk or quota.
+
+    torch.save reports a full disk as a bare RuntimeError and safetensors as its own error type, so besides the
+    errno the free space left on the file system is asked.
+    """
+    if getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(error):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def no_space_left(folder: os.PathLike, what: str, cleanup: Optional[os.PathLike] = None) -> Iterator[None]:
+    """Turn a full disk while writing into `folder` into ``OSError(ENOSPC, 'no space left on <folder>: ...')``.
+
+    Args:
+        folder: where the writing happens (named in the message, asked for free space).
+        what: what was not written, and what to do, for the message.
+        cleanup: a partial folder removed on any error.
+    """
+    try:
+        yield
+    except BaseException as e:
+        full = isinstance(e, Exception) and _disk_full(e, Path(folder))
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, f'no space left on {str(folder)[:300]}: {what}') from e
+        raise
+
+
+def _manifest(folder: Path, num_processes: int) -> Dict[str, Any]:
+    files = {p.name: {'bytes': p.stat().st_size, 'sha256': sha256_file(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    return {'format': MANIFEST_FORMAT, 'num_processes': num_processes, 'files': files}
+
+
+def _verify(folder: Path) -> Optional[str]:
+    """None if `folder`'s files match its manifest (or it has none: an older checkpoint), else what is wrong."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = read_json_file(path, max_bytes=_MAX_JSON_BYTES, what='checkpoint manifest')
+        files = manifest['files']
+        for name, entry in files.items():
+            f = folder / name
+            if '/' in name or name.startswith('.') or not f.is_file():
+                return f'{name[:100]} is missing'
+            if f.stat().st_size != entry['bytes'] or sha256_file(f) != entry['sha256']:
+                return f'{name[:100]} differs from what was saved'
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+        return f'unreadable manifest ({str(e)[:200]})'
+    return None
+
+
+def checkpoint_processes(folder: os.PathLike) -> int:
+    """How many processes wrote the checkpoint `folder` (one RNG state file each)."""
+    return max(1, len(list(Path(folder).glob('random_states_*.pkl'))))
+
+
 class CheckpointManager:
     """Saves/prunes checkpoints of one run; every process calls `save` (Accelerate writes per-process RNG)."""
 
@@ -61,31 +139,39 @@ class CheckpointManager:
     def _read_index(self) -> Dict[str, Any]:
         path = self.dir / INDEX
         if path.exists():
-            with open(path) as f:
-                return json.load(f)
+            return read_json_file(path, max_bytes=_MAX_JSON_BYTES, what='checkpoint index')
         return {'checkpoints': [], 'best': None}
 
+    def has(self, step: int) -> bool:
+        """Whether a checkpoint of `step` was saved (by this run)."""
+        return any(e['step'] == step for e in self.index['checkpoints'])
+
     def save(self, step: int, metric: Optional[float] = None) -> Path:
+        """Save the Accelerator's state as ``step_<step>``; raises OSError(ENOSPC) naming the folder on a full disk."""
         acc = self.accelerator
         name = f'step_{step:08d}'
         final, tmp = self.dir / name, self.dir / f'.tmp-{name}'
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            entries = [e for e in self.index['checkpoints'] if e['name'] != name]
-            entries.append({'name': name, 'step': step, self.metric_name: metric})
-            self.index['checkpoints'] = entries
-            best = self.index.get('best')
-            if metric is not None and (best is None or metric > best[self.metric_name]):
-                self.index['best'] = {'name': name, 'step': step, self.metric_name: metric}
-            self._prune()
-            _write_json_atomic(self.dir / INDEX, self.index)
+        what = (f'checkpoint {name} was not written (its partial folder was removed); free some space, then '
+                f'continue with --resume {self.dir.parent}')
+        with no_space_left(self.dir, what, cleanup=tmp):
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                _write_json_atomic(tmp / MANIFEST, _manifest(tmp, acc.num_processes))
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                entries = [e for e in self.index['checkpoints'] if e['name'] != name]
+                entries.append({'name': name, 'step': step, self.metric_name: metric})
+                self.index['checkpoints'] = entries
+                best = self.index.get('best')
+                if metric is not None and (best is None or metric > best[self.metric_name]):
+                    self.index['best'] = {'name': name, 'step': step, self.metric_name: metric}
+                self._prune()
+                _write_json_atomic(self.dir / INDEX, self.index)
         acc.wait_for_everyone()
         return final
 
@@ -99,14 +185,40 @@ class CheckpointManager:
         self.index['checkpoints'] = [e for e in entries if e['name'] in keep]
 
 
+def _is_checkpoint(path: Path) -> bool:
+    return (path / MANIFEST).exists() or any(path.glob('random_states_*.pkl')) or any(path.glob('custom_checkpoint_*'))
+
+
 def find_checkpoint(path: os.PathLike) -> Path:
-    """`path` itself if it is a checkpoint folder, else the latest complete checkpoint under a run folder."""
+    """`path` itself if it is a checkpoint folder, else the latest complete checkpoint under a run folder.
+
+    A checkpoint whose files no longer match its manifest (truncated, overwritten) is skipped with a warning for the
+    previous one; a damaged checkpoint named directly is refused.
+
+    Raises:
+        FileNotFoundError: no checkpoint folder under `path`.
+        ValueError: a damaged checkpoint named directly, or only damaged checkpoints under a run folder.
+    """
     path = Path(path)
-    if (path / 'train_state.json').exists() or any(path.glob('random_states_*.pkl')):
+    if _is_checkpoint(path):
+        problem = _verify(path)
+        if problem:
+            raise ValueError(f'resume {str(path)[:300]!r}: damaged checkpoint ({problem}); resume from its run folder '
+                             'to fall back to the previous complete checkpoint')
         return path
     ckpt_dir = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
-    candidates = sorted(p for p in ckpt_dir.glob('step_*') if p.is_dir())
+    candidates = sorted((p for p in ckpt_dir.glob('step_*') if p.is_dir()), reverse=True)
     if not candidates:
-        raise FileNotFoundError(f'resume {str(path)!r}: no checkpoint folder (step_*) found; give a run folder or '
-                                'one of its checkpoints/step_* folders')
-    return candidates[-1]
+        raise FileNotFoundError(f'resume {str(path)[:300]!r}: no checkpoint folder (step_*) found; give a run folder '
+                                'or one of its checkpoints/step_* folders')
+    damaged: List[Tuple[Path, str]] = []
+    for candidate in candidates:
+        problem = _verify(candidate)
+        if problem is None:
+            for bad, why in damaged:
+                _logger.warning(f'WARNING: checkpoint {bad} is damaged ({why}); resuming from the previous complete '
+                                f'one, {candidate.name}')
+            return candidate
+        damaged.append((candidate, problem))
+    raise ValueError(f'resume {str(path)[:300]!r}: every checkpoint is damaged (latest: {damaged[0][0].name}: '
+                     f'{damaged[0][1]})')
