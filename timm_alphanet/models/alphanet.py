@@ -27,7 +27,7 @@ from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
 from ._checkpoint import checkpoint_filter_fn
 
-__all__ = ['AlphaNet', 'HF_HUB_ORG', 'WEIGHTS_HELP']
+__all__ = ['AlphaNet', 'HF_HUB_ORG', 'PretrainedWeightsError', 'WEIGHTS_HELP']
 
 # every published weight lives under this Hugging Face organisation; mirrors and forks set TIMM_ALPHANET_HF_ORG
 # before the import (read once: the registry's hf_hub_ids are fixed when the models register)
@@ -36,9 +36,16 @@ if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]{0,95}', HF_HUB_ORG):
     raise ValueError(f'TIMM_ALPHANET_HF_ORG={HF_HUB_ORG[:100]!r} is not a Hugging Face organisation name '
                      '(letters, digits, ".", "_", "-")')
 WEIGHTS_HELP = (
-    'AlphaNet weights are published on the Hugging Face Hub under https://huggingface.co/' + HF_HUB_ORG +
-    ' (converted from the original release with `alphanet-convert`); see the "Pretrained weights" section '
-    'of the timm_alphanet README.')
+    'AlphaNet weights are to be published on the Hugging Face Hub under https://huggingface.co/' + HF_HUB_ORG +
+    ' and are not there yet. To get working weights, convert the original release: `alphanet-convert '
+    '<original alphanet .pth.tar> --out converted` writes converted/supernet and converted/alphanet_a0 ... a6, which '
+    "load with timm.create_model('local-dir:converted/alphanet_a0', pretrained=True) (a mirror of your own: set "
+    'TIMM_ALPHANET_HF_ORG); see the "Pretrained weights" section of the timm_alphanet README.')
+
+
+class PretrainedWeightsError(RuntimeError, ValueError):
+    """The pretrained weights of an AlphaNet model could not be loaded; the message names the Hub repository
+    tried and how to get working weights. A ValueError too, so command-line tools report it in one line."""
 
 
 @register_notrace_function  # an fx leaf; it returns `x` so that traced graphs keep the check
@@ -317,8 +324,21 @@ def build_alphanet(cls: type, variant: str, pretrained: bool = False, **kwargs) 
     except (OSError, HfHubHTTPError) as e:
         if not pretrained:
             raise
-        # the hub error alone names a cache path, not where AlphaNet weights come from
-        raise RuntimeError(f'could not load pretrained weights for {variant!r}: {e}\n{WEIGHTS_HELP}') from e
+        raise PretrainedWeightsError(_weights_error(variant, kwargs.get('pretrained_cfg_overlay'), e)) from e
+
+
+def _weights_error(variant: str, overlay: Optional[Mapping[str, Any]], error: BaseException) -> str:
+    """Why `variant`'s weights did not load, without the hub's generic "check your connection"."""
+    from huggingface_hub import constants
+    from timm.models import get_pretrained_cfg
+
+    reason = ' '.join(str(error).split())[:200]
+    if overlay and any(overlay.get(k) for k in ('file', 'url', 'state_dict')):  # the caller's own weights
+        return f'could not load pretrained weights for {variant!r}: {reason}'
+    repo = getattr(get_pretrained_cfg(variant, allow_unregistered=True), 'hf_hub_id', None) or 'none'
+    how = ('HF_HUB_OFFLINE is set, so only the local cache was searched' if constants.HF_HUB_OFFLINE else
+           f'the Hub answered: {reason}')
+    return f'no pretrained weights for {variant!r} in the Hugging Face Hub repository {repo!r} ({how}). {WEIGHTS_HELP}'
 
 
 def _cfg(name: str = '', **kwargs) -> Dict[str, Any]:

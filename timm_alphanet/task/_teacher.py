@@ -6,13 +6,16 @@ timm's `DistillationTeacher` does the creation (timm name, ``hf-hub:``, ``local-
 """
 from typing import Any, Dict, Optional, Tuple, Union
 
+import timm
 import torch
 import torch.nn as nn
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import HfHubHTTPError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
-from ..io_checks import check_model_spec
+from ..io_checks import check_model_spec, check_safetensors
 
 __all__ = ['TeacherSpec', 'create_teacher', 'student_normalization', 'teacher_logits']
 
@@ -27,7 +30,11 @@ def create_teacher(
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
 ) -> DistillationTeacher:
-    """`teacher` as a frozen, eval-mode `DistillationTeacher` with the student's `num_classes` and `in_chans`.
+    """`teacher` as a frozen, eval-mode `DistillationTeacher` with the student's `in_chans`.
+
+    A teacher given by name keeps its own pretrained classifier: one whose number of classes differs from the
+    student's is refused instead of distilling from a randomly initialised head (timm's `DistillationTeacher`
+    would silently re-create the head with the student's classes).
 
     Args:
         teacher: a timm model name (pretrained weights are loaded; ``hf-hub:``/``local-dir:`` work), an
@@ -36,17 +43,87 @@ def create_teacher(
         pretrained_path: weights file for a teacher given by name.
         pretrained_cfg_overlay: pretrained cfg overrides for a teacher given by name.
         device, dtype: where the teacher is created.
+
+    Raises:
+        ValueError: the teacher's weights cannot be loaded (the message says how to give them locally), or its
+            number of classes differs from the student's (naming both).
     """
+    plain = unwrap_model(student)
     if isinstance(teacher, str):
         check_model_spec(teacher)  # a corrupt local-dir: folder is named here, not deep inside timm
+        teacher = _pretrained(teacher, plain, pretrained_path, pretrained_cfg_overlay, device, dtype)
     if not isinstance(teacher, DistillationTeacher):
-        plain = unwrap_model(student)
-        teacher = DistillationTeacher(
-            teacher, num_classes=plain.num_classes, in_chans=getattr(plain, 'in_chans', 3),
-            pretrained_path=pretrained_path, pretrained_cfg_overlay=pretrained_cfg_overlay, device=device, dtype=dtype)
+        _check_classes(teacher, plain, repr(type(teacher).__name__))
+        teacher = DistillationTeacher(teacher, device=device, dtype=dtype)
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher.eval()
+
+
+def _classes(model: nn.Module) -> Optional[int]:
+    classes = getattr(model, 'num_classes', None)
+    if isinstance(classes, int):
+        return classes
+    head = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    return getattr(head, 'out_features', None)
+
+
+def _check_classes(teacher: nn.Module, student: nn.Module, name: str) -> None:
+    theirs, ours = _classes(unwrap_model(teacher)), _classes(student)
+    if theirs is not None and ours is not None and theirs != ours:
+        raise ValueError(f'teacher {name[:200]} has {theirs} classes, the student (and the data) {ours}: its '
+                         'predictions cannot teach these classes, and a new head would be random. Give a teacher '
+                         'trained on this data (--teacher local-dir:<model folder>, or a timm name with '
+                         '--teacher-pretrained-path <weights>)')
+
+
+def _pretrained(name: str, student: nn.Module, pretrained_path: Optional[str],
+                overlay: Optional[Dict[str, Any]], device: Optional[torch.device],
+                dtype: Optional[torch.dtype]) -> nn.Module:
+    """The named teacher with its pretrained weights and its own classifier (a weights file: the student's classes,
+    loaded strictly, so a file with another head fails)."""
+    kwargs: Dict[str, Any] = dict(pretrained=True, in_chans=getattr(student, 'in_chans', 3), device=device,
+                                  dtype=dtype)
+    overlay = dict(overlay or {})
+    if pretrained_path:
+        overlay = {'file': pretrained_path, 'num_classes': _classes(student), **overlay}
+        kwargs['num_classes'] = _classes(student)
+    if overlay:
+        kwargs['pretrained_cfg_overlay'] = overlay
+    try:
+        model = timm.create_model(name, **kwargs)
+    except (OSError, RuntimeError, ValueError, HfHubHTTPError) as e:
+        reason = ' '.join(str(e).split())[:300]
+        if hf_constants.HF_HUB_OFFLINE and not pretrained_path and not name.startswith('local-dir:'):
+            reason = 'HF_HUB_OFFLINE is set and they are not in the local cache'  # not the hub's "check your connection"
+        if pretrained_path:
+            rows = _file_classes(pretrained_path, name)
+            if rows is not None and rows != _classes(student):
+                raise ValueError(f'teacher weights {pretrained_path[:200]} have a {rows}-class head, the student (and '
+                                 f'the data) {_classes(student)} classes: give weights trained on this data') from None
+            raise ValueError(f'teacher {name[:100]!r}: could not load --teacher-pretrained-path '
+                             f'{pretrained_path[:200]} ({reason})') from None
+        if name.startswith('local-dir:'):
+            raise ValueError(f'teacher {name[:200]}: could not load it ({reason})') from None
+        raise ValueError(f'teacher {name[:100]!r}: its pretrained weights could not be loaded ({reason}). Give them '
+                         'locally: --teacher local-dir:<model folder> (e.g. a saved timm model or a run\'s final/), '
+                         f'or --teacher {name[:100]} --teacher-pretrained-path <weights file>') from None
+    _check_classes(model, student, repr(name))
+    return model
+
+
+def _file_classes(path: str, name: str) -> Optional[int]:
+    """Rows of the classifier weight in a safetensors weights file (header only), or None when unknown."""
+    classifier = getattr(timm.models.get_pretrained_cfg(name.split('.')[0], allow_unregistered=True) or {},
+                         'classifier', None)
+    if not isinstance(classifier, str) or not path.endswith('.safetensors'):
+        return None
+    try:
+        shapes = check_safetensors(path)
+    except (OSError, ValueError):
+        return None
+    shape = shapes.get(f'{classifier}.weight', (None, ()))[1]
+    return shape[0] if shape else None
 
 
 def student_normalization(student: nn.Module, device: Optional[torch.device] = None,
