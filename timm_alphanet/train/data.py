@@ -5,15 +5,17 @@ image folder (``train/`` and ``validation/``, 80/20 per class) in a cache direct
 other image folder.
 """
 import os
+import random
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 from timm.data import Mixup, create_dataset, create_transform
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ['DIGITS', 'build_digits_folder', 'create_datasets', 'create_loaders', 'create_mixup', 'default_cache_dir',
-           'num_classes_of', 'set_transforms']
+__all__ = ['DIGITS', 'SeededAugmentation', 'build_digits_folder', 'create_datasets', 'create_loaders', 'create_mixup',
+           'default_cache_dir', 'num_classes_of', 'set_transforms']
 
 DIGITS = 'sklearn/digits'
 
@@ -61,6 +63,11 @@ def build_digits_folder(root: Optional[os.PathLike] = None, size: int = 32) -> P
 
 def _dataset_root(cfg) -> Tuple[str, str]:
     if cfg.dataset == DIGITS:
+        if cfg.data_dir is not None and os.path.isdir(cfg.data_dir) and any(os.scandir(cfg.data_dir)) and not (
+                os.path.isdir(os.path.join(cfg.data_dir, 'train'))
+                and os.path.isdir(os.path.join(cfg.data_dir, 'validation'))):
+            raise ValueError(f'data_dir {cfg.data_dir[:300]!r} is not a {DIGITS} folder (no train/ and validation/) '
+                             f'and not empty; for your own image folders pass --dataset "" (dataset: "")')
         return '', str(build_digits_folder(cfg.data_dir))
     if cfg.data_dir is None:
         raise ValueError(f'dataset {cfg.dataset!r} needs data_dir (--data-dir); only {DIGITS!r} has a default')
@@ -70,13 +77,25 @@ def _dataset_root(cfg) -> Tuple[str, str]:
 
 
 def create_datasets(cfg) -> Tuple[Any, Any]:
-    """Train and validation datasets of `cfg` (a TrainConfig), without transforms yet (see `set_transforms`)."""
+    """Train and validation datasets of `cfg` (a TrainConfig), without transforms yet (see `set_transforms`).
+
+    Raises:
+        ValueError: a split without images (naming the folder and split), or a data_dir that is not a digits folder.
+        FileNotFoundError: a data_dir that does not exist.
+    """
     name, root = _dataset_root(cfg)
     common = dict(root=root, download=cfg.dataset_download, class_map=cfg.class_map, seed=cfg.seed,
                   batch_size=cfg.batch_size)
-    train = create_dataset(name, split=cfg.train_split, is_training=True, **common)
-    val = create_dataset(name, split=cfg.val_split, is_training=False, **common)
-    return train, val
+    out = []
+    for split, training in ((cfg.train_split, True), (cfg.val_split, False)):
+        try:
+            dataset = create_dataset(name, split=split, is_training=training, **common)
+        except RuntimeError as e:  # timm's image folder reader: 'Found 0 images in subfolders of ...'
+            raise ValueError(f'no images for split {split[:40]!r} in {root[:300]}: {str(e)[:200]}') from None
+        if hasattr(dataset, '__len__') and len(dataset) == 0:
+            raise ValueError(f'no images for split {split[:40]!r} in {root[:300]}')
+        out.append(dataset)
+    return out[0], out[1]
 
 
 def set_transforms(cfg, train, val, data_config: Dict[str, Any]) -> None:
@@ -103,11 +122,49 @@ def num_classes_of(dataset) -> int:
     raise ValueError('cannot infer the number of classes of the dataset: set num_classes (--num-classes)')
 
 
+class SeededAugmentation(Dataset):
+    """`dataset` whose transform draws every random number from (seed, epoch, sample index) alone.
+
+    Each item is transformed with Python's, NumPy's and torch's CPU generators seeded from those three numbers
+    (`numpy.random.SeedSequence` mixes them) and then put back, so augmentation does not depend on the number of
+    loader processes, on the order batches are fetched (Accelerate prefetches one), or on where a run resumed, and
+    it leaves the step's own seeding (dropout, drop path, mixup) untouched. `set_epoch` must be called before each
+    epoch's loader starts its workers (the training loader's workers are not persistent, so they see it).
+    """
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        seed = int(np.random.SeedSequence((self.seed, self.epoch, int(index))).generate_state(1, np.uint64)[0])
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only; no device generator is touched
+            torch.random.default_generator.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
 def create_loaders(cfg, train_ds, val_ds) -> Tuple[DataLoader, DataLoader]:
-    """Plain DataLoaders over the per-process batch size; `Accelerator.prepare` shards them."""
-    kw = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.workers > 0)
-    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **kw)
-    val = DataLoader(val_ds, batch_size=cfg.validation_batch_size or cfg.batch_size, shuffle=False, **kw)
+    """DataLoaders over the per-process batch size (`Accelerator.prepare` shards them); the training set's
+    augmentation is seeded per sample (`SeededAugmentation`)."""
+    kw = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available())
+    train = DataLoader(SeededAugmentation(train_ds, cfg.seed), batch_size=cfg.batch_size, shuffle=True,
+                       drop_last=True, **kw)
+    val = DataLoader(val_ds, batch_size=cfg.validation_batch_size or cfg.batch_size, shuffle=False,
+                     persistent_workers=cfg.workers > 0, **kw)
     if len(train) == 0:
         raise ValueError(f'the training set has {len(train_ds)} images, fewer than one batch of {cfg.batch_size} '
                          '(batch_size)')
