@@ -289,7 +289,7 @@ def test_run_supernet_writes_a_run_folder_that_round_trips(tmp_path, digits):
     assert [row['step'] for row in summary] == [11]  # 1442 training images // 128
     assert summary[0]['max_top1'] == results['max']['top1']
     assert sorted(p.name for p in (folder / 'checkpoints').iterdir()) == ['index.json', 'step_00000011']
-    weights = load_file(str(folder / 'final' / 'model.safetensors'))
+    weights = load_file(str(folder / 'final' / 'supernet' / 'model.safetensors'))
     assert weights['conv_stem.weight'].shape == (8, 3, 3, 3)
 
 

@@ -48,7 +48,8 @@ def _train(args, env, launcher=(sys.executable,), check=True, timeout=240):
 
 
 def _weights(run_dir):
-    return load_file(str(Path(run_dir) / 'final' / 'model.safetensors'))
+    final = Path(run_dir) / 'final'
+    return load_file(str((final / 'supernet' if (final / 'supernet').is_dir() else final) / 'model.safetensors'))
 
 
 def _assert_same_weights(a, b, atol=0.0):

@@ -16,7 +16,7 @@ from .archs import SpaceSpec
 from .io_checks import check_model_dir
 from .models._supernet import is_supernet
 
-__all__ = ['SupernetSource', 'load_supernet', 'sha256_file', 'ORIGINAL_SUFFIXES']
+__all__ = ['SupernetSource', 'load_supernet', 'sha256_file', 'training_data', 'ORIGINAL_SUFFIXES']
 
 ORIGINAL_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 _ACCEPTED = ('a training run folder (with final/ or checkpoints/), a model folder with config.json, '
@@ -64,6 +64,8 @@ def load_supernet(spec: str, space: SpaceSpec = None) -> Tuple[nn.Module, Supern
         model = timm.create_model(text, pretrained=True)
         return _checked(model, text), SupernetSource(text, 'hf-hub', text[len('hf-hub:'):], _hub_sha256(text))
     path = Path(text[len('local-dir:'):] if text.startswith('local-dir:') else text)
+    if os.path.realpath(path) != os.path.abspath(path):  # via output/train/latest: record the run it points at now
+        path = Path(os.path.realpath(path))
     if not path.exists():
         raise FileNotFoundError(f'supernet not found: {text[:300]}; expected {_ACCEPTED}')
     if path.is_file():
@@ -103,3 +105,26 @@ def _hub_sha256(spec: str) -> str:
 
     repo, revision = hf_split(spec[len('hf-hub:'):])
     return sha256_file(hf_hub_download(repo, 'model.safetensors', revision=revision))
+
+
+RUN_DATA_KEYS = ('dataset', 'data_dir', 'train_split', 'val_split', 'class_map')
+
+
+def training_data(path: os.PathLike) -> Dict[str, str]:
+    """The data settings a training run recorded in its args.yaml (dataset, data_dir, splits, class_map; the ones
+    set), for a run folder or a supernet folder inside one (``final/supernet``, ``final``); {} when there is none.
+
+    Raises:
+        ValueError: an args.yaml that is unreadable, too large or not a mapping (naming the file).
+    """
+    from .spaces._io import read_yaml_file
+
+    path = Path(os.path.realpath(path))
+    for run in (path, path.parent, path.parent.parent):
+        args = run / 'args.yaml'
+        if args.is_file() and ((run / 'final').is_dir() or (run / 'checkpoints').is_dir()):
+            data = read_yaml_file(args, what='training run args.yaml')
+            if not isinstance(data, dict):
+                raise ValueError(f'{str(args)[:300]}: not a training run config (a mapping of option values)')
+            return {k: data[k] for k in RUN_DATA_KEYS if isinstance(data.get(k), str)}
+    return {}

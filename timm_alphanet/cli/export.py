@@ -8,7 +8,7 @@ import argparse
 import os
 import re
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                     'timm model, metrics and a model card, in OUTPUT/<name>/ (load with '
                     "timm.create_model('local-dir:OUTPUT/<name>', pretrained=True)).",
         epilog='Without --pareto the calibration recipe comes from the --calib-* options; with it, from pareto.json '
-               '(the recipe the search used). The Hub token comes from `hf auth login` or HF_TOKEN.')
+               '(the recipe the search used). Without --calib-data the images are those of the supernet\'s training '
+               'run (its args.yaml), when it records an image folder or sklearn/digits. The Hub token comes from '
+               '`hf auth login` or HF_TOKEN.')
     parser.add_argument('supernet', help="a training run folder, a supernet model folder, local-dir:FOLDER, "
                                          "hf-hub:ORG/NAME, or an original AlphaNet .pth.tar checkpoint")
     what = parser.add_mutually_exclusive_group(required=True)
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                              'with (default: the one stored in the checkpoint, else the AlphaNet space)')
     calib = parser.add_argument_group('BN calibration')
     calib.add_argument('--calib-data', default=None,
-                       help='image folder (with the recipe\'s split as a sub-folder, e.g. train/) or sklearn/digits')
+                       help='image folder (with the recipe\'s split as a sub-folder, e.g. train/) or sklearn/digits '
+                            '(default: the data of the supernet\'s training run)')
     calib.add_argument('--no-calib', action='store_true',
                        help='export with the supernet\'s BN statistics (the cards say UNCALIBRATED)')
     calib.add_argument('--calib-split', default=None, help='recipe split (default train); not with --pareto')
@@ -85,6 +88,30 @@ def _recipe(args, space, front) -> CalibrationRecipe:
     return CalibrationRecipe(**given)
 
 
+def _recorded_calib_data(supernet: str, pareto: Optional[str]) -> Optional[Tuple[str, str]]:
+    """(images, the run folder that recorded them): the data of the supernet's training run (its args.yaml, found
+    from SUPERNET or from the supernet path pareto.json records) when it is an image folder or sklearn/digits."""
+    from ..sources import training_data
+    from ..spaces._io import read_json_file
+    from ..train.data import DIGITS
+
+    folders = [supernet[len('local-dir:'):] if supernet.startswith('local-dir:') else supernet]
+    if pareto is not None:
+        try:
+            folders.append(str(read_json_file(pareto, what='pareto.json')['supernet']['path']))
+        except (ValueError, TypeError, KeyError, OSError):
+            pass  # read_pareto names what is wrong with it later
+    for folder in folders:
+        try:
+            data = training_data(folder) if os.path.isdir(folder) else {}
+        except ValueError:  # an unreadable args.yaml records nothing; the message then asks for --calib-data
+            continue
+        dataset, root = data.get('dataset'), data.get('data_dir')
+        if dataset == DIGITS or (dataset == '' and root):
+            return root or DIGITS, folder
+    return None
+
+
 def _prefix(supernet) -> str:
     """Exported models are named after their family: alphanet_..., or e.g. slimmable_mobilenetv2_... ."""
     arch = str((getattr(supernet, 'pretrained_cfg', None) or {}).get('architecture', 'alphanet_supernet'))
@@ -95,8 +122,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``alphanet-export``; exits with status 2 and a one-line message on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    recorded = None
     if args.calib_data is None and not args.no_calib:
-        parser.error('give --calib-data (BN calibration images) or --no-calib (export uncalibrated)')
+        recorded = _recorded_calib_data(args.supernet, args.pareto)
+        if recorded is None:
+            parser.error('give --calib-data (BN calibration images) or --no-calib (export uncalibrated): the '
+                         'supernet comes with no training run that records an image folder or sklearn/digits')
     if args.calib_data is not None and args.no_calib:
         parser.error('--calib-data and --no-calib exclude each other')
     if args.pareto is None and args.points != 'all':
@@ -114,10 +145,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         requests = resolve_requests(supernet.space, args.arch or (), front, args.points, prefix=_prefix(supernet))
         recipe = _recipe(args, supernet.space, front)
         images = None
+        calib_data = args.calib_data
+        if recorded is not None:
+            calib_data = recorded[0]
+            print(f'calibration data: {calib_data} (recorded by the training run of {recorded[1]}; --calib-data '
+                  'overrides)', flush=True)
         if not args.no_calib:
-            dataset = open_image_dataset(args.calib_data, recipe.split)
+            dataset = open_image_dataset(calib_data, recipe.split)
             images = calibration_images(dataset, recipe, workers=args.workers, progress=not args.no_progress)
-        calib_name = None if args.calib_data is None else os.path.basename(os.path.normpath(args.calib_data))
+        calib_name = None if calib_data is None else os.path.basename(os.path.normpath(calib_data))
         folders = export_subnets(
             supernet, requests, args.output, source=source.to_dict(), calib_images=images, recipe=recipe,
             calib_data=calib_name, front=front, onnx=args.onnx, overwrite=args.overwrite,

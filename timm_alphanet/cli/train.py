@@ -7,6 +7,7 @@ which flags on the command line override); with no config the defaults are the d
 """
 import argparse
 import dataclasses
+import errno
 import reprlib
 import sys
 from typing import Any, Callable, Optional, Sequence, Union, get_args, get_origin, get_type_hints
@@ -117,13 +118,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse, train; a user error exits 2 with one line, a run stopped by non-finite losses exits 1."""
+    """Parse, train; a user error exits 2 with one line, a run stopped by non-finite losses or a full disk exits 1."""
     def train() -> int:
         cfg = parse_args(argv)
         try:
             run(cfg)
         except NonFiniteLossError as e:
             print(f'{PROG}: error: {e}', file=sys.stderr, flush=True)
+            return 1
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            print(f'{PROG}: error: {e.strerror}', file=sys.stderr, flush=True)  # names the folder
             return 1
         return 0
     return user_errors_exit(PROG, train)

@@ -6,7 +6,6 @@ Datasets come first (they give the number of classes); their transforms follow f
 """
 import difflib
 import logging
-import os
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import timm
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from ..archs import ARCH_NAMES, resolve_arch
 from ..layers.sync_bn import convert_sync_dynamic_bn
 from ..models import is_supernet
+from ..processes import check_world_size, has_accelerator_device
 from ..spaces import SearchSpace
 from ..task import AlphaDistillationTask, SandwichTask
 from .config import TrainConfig
@@ -35,14 +35,8 @@ __all__ = ['TrainData', 'build_accelerator', 'build_data', 'build_ema', 'build_l
            'learning_rate', 'model_is_supernet', 'validation_archs']
 
 _HUB_PREFIXES = ('hf-hub:', 'local-dir:')
+PREPROCESSING = ('input_size', 'interpolation', 'crop_pct', 'mean', 'std')  # what timm's eval pipeline reads
 _logger = logging.getLogger(__name__)
-
-
-def _has_accelerator_device() -> bool:
-    xpu = getattr(torch, 'xpu', None)
-    mps = getattr(torch.backends, 'mps', None)
-    return (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
-            or (mps is not None and mps.is_available()))
 
 
 def build_accelerator(cfg: TrainConfig, project_dir: Optional[str] = None) -> Accelerator:
@@ -52,10 +46,15 @@ def build_accelerator(cfg: TrainConfig, project_dir: Optional[str] = None) -> Ac
     --multi_gpu`` processes on a CPU-only machine one gloo process group (otherwise each trains alone).
 
     Raises:
-        ValueError: the launcher's WORLD_SIZE disagrees with the Accelerator's process count.
+        ValueError: the launcher's WORLD_SIZE disagrees with the Accelerator's process count, or fp16 mixed
+            precision without a GPU (Accelerate would silently train in float32).
     """
+    device = has_accelerator_device()
+    if cfg.mixed_precision == 'fp16' and not device:
+        raise ValueError('mixed_precision: fp16 needs a GPU; on this machine Accelerate would silently train in '
+                         'float32. Use --mixed-precision bf16 (CPU autocast) or no')
     accelerator = Accelerator(
-        cpu=not _has_accelerator_device(),
+        cpu=not device,
         mixed_precision=cfg.mixed_precision,
         log_with='tensorboard' if is_tensorboard_available() else None,
         project_dir=project_dir,
@@ -65,16 +64,6 @@ def build_accelerator(cfg: TrainConfig, project_dir: Optional[str] = None) -> Ac
     )
     check_world_size(accelerator.num_processes)
     return accelerator
-
-
-def check_world_size(num_processes: int) -> None:
-    """Raise ValueError if the launcher's WORLD_SIZE differs from the Accelerator's count (each would train alone)."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world != num_processes:
-        raise ValueError(f'the launcher started {world} processes (WORLD_SIZE) but the Accelerator has '
-                         f'{num_processes}: each process would train alone. On CPU, launch with '
-                         '`torchrun --nproc_per_node N train.py ...` or `accelerate launch --multi_gpu '
-                         '--num_processes N train.py ...`.')
 
 
 class TrainData(NamedTuple):
@@ -156,7 +145,12 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) ->
     if supernet and cfg.space is not None:
         kwargs['space'] = _space_for(cfg, probe)
     seed_step(cfg.seed, 0, 0)  # the same initial weights on every process (DDP broadcasts them too)
-    model = timm.create_model(cfg.model, **kwargs)
+    try:
+        model = timm.create_model(cfg.model, **kwargs)
+    except RuntimeError as e:
+        if not cfg.pretrained or 'pretrained' not in str(e):
+            raise
+        raise ValueError(f'pretrained: {" ".join(str(e).split())[:300]}') from None  # "No pretrained weights exist"
     if cfg.sync_bn and supernet:
         convert_sync_dynamic_bn(model)  # in place
     elif cfg.sync_bn:
@@ -192,11 +186,12 @@ def data_config_for(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
 def build_loaders(cfg: TrainConfig, data: TrainData, model: nn.Module) -> Tuple[DataLoader, DataLoader]:
     """Train / validation loaders with the transforms of `model`'s data config (`data_config_for`).
 
-    The model's ``pretrained_cfg`` mean/std become the ones the data is normalised with, so a teacher's input
-    re-normalisation and the saved model see what training used.
+    The model's ``pretrained_cfg`` takes the preprocessing the run uses (input size, interpolation, crop_pct, mean,
+    std), so a teacher's input re-normalisation, the saved model and timm's eval pipeline of a reloaded model all
+    see what training used.
     """
     data_config = data_config_for(cfg, model)
-    model.pretrained_cfg = {**model.pretrained_cfg, 'mean': data_config['mean'], 'std': data_config['std']}
+    model.pretrained_cfg = {**model.pretrained_cfg, **{k: data_config[k] for k in PREPROCESSING}}
     set_transforms(cfg, data.train, data.val, data_config)
     return create_loaders(cfg, data.train, data.val)
 

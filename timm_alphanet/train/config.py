@@ -183,8 +183,11 @@ class TrainConfig:
     workers: int = _opt(0, 'data loader processes per training process', _RUN, flags=('-j', '--workers'))
     log_interval: int = _opt(20, 'steps between logged training metrics', _RUN)
     output: str = _opt('output/train', 'folder of the run folders', _RUN)
-    experiment: str = _opt('', 'run folder name under --output (default: time + model)', _RUN)
-    resume: str = _opt('', 'checkpoint folder, or a run folder (its latest checkpoint)', _RUN)
+    experiment: str = _opt('', 'run folder name under --output; refused when it holds another run (default: time '
+                           '+ model, made unique; <output>/latest links to the newest run)', _RUN)
+    resume: str = _opt('', 'checkpoint folder, or a run folder (its latest complete checkpoint)', _RUN)
+    allow_resume_changes: bool = _opt(False, 'resume even if the model, space, batch size or number of processes '
+                                      'differ from the checkpoint\'s run (the run is then not exact)', _RUN)
     checkpoint_interval: int = _opt(0, 'also save every N steps (0: epoch ends only)', _RUN)
     checkpoint_hist: int = _opt(3, 'keep the last K checkpoints (plus the best)', _RUN)
     max_nonfinite: int = _opt(5, 'stop after this many non-finite losses in a row', _RUN)

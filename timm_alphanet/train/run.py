@@ -2,59 +2,85 @@
 
 A supernet (any model following the `Supernet` protocol) trains a sandwich of subnets per step, keyed by the
 global step so every process and every resume agree; any other model is a student distilled from the teacher.
-Every builder runs before anything is written, so a bad config fails without leaving a run folder.
+Every builder runs, and the run folder and a resumed checkpoint are checked, before anything is written, so a bad
+config fails without leaving a run folder. A run folder holds one run: a non-empty one is only continued with
+``--resume`` (and the same model, space, batch size and number of processes, unless ``allow_resume_changes``);
+default names are unique, and ``<output>/latest`` links to the newest. The last lines say where the models are
+and what to run next (`final.next_steps`).
 """
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import os
+import re
+import reprlib
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch.nn as nn
 from accelerate.utils import broadcast_object_list, gather_object
 
-from ..cost.flops import mflops
-from ..evaluation import evaluate, format_table, validate_subnets
-from ..export import save_pretrained
+from ..evaluation import evaluate, validate_subnets
 from ..models import is_supernet
-from ..spaces import SearchSpace
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
                     build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
-from .checkpoint import CheckpointManager, TrainState, find_checkpoint
-from .config import TrainConfig
+from .checkpoint import CheckpointManager, TrainState, checkpoint_processes, find_checkpoint
+from .config import TrainConfig, _read_yaml
 from .data import create_mixup
 from .epoch import NonFiniteLossError, train_one_epoch
+from .final import final_recipe, final_report, next_steps, read_final, write_final
 
-__all__ = ['run']
+__all__ = ['RunPlan', 'plan_run', 'run']
+
+ESSENTIALS = ('model', 'space', 'batch_size')  # with the process count: what a resumed run must keep
+LATEST = 'latest'
+
+
+class RunPlan(NamedTuple):
+    """Where a run goes and what it continues, decided before anything is written."""
+    run_dir: Optional[Path]  # None: a new folder, named uniquely when the run starts
+    resume_from: Optional[Path]  # the verified checkpoint to continue
+    previous: Optional[Dict[str, Any]]  # the args.yaml of the checkpoint's run, when it has one
 
 
 def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
-    """Train as `cfg` says; returns the last validation results ({name: {top1, top5, loss}})."""
+    """Train as `cfg` says; returns the last per-epoch validation results ({name: {top1, top5, loss}}; {} when
+    nothing was validated, e.g. a finished run resumed again). The final models' results are in their folders."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
     acc = build_accelerator(cfg)
     model_is_supernet(cfg)  # a config error fails here, before the dataset cache is written
+    plan = plan_run(cfg, acc.num_processes)
     data = build_data(cfg, acc)
     model = build_model(cfg, acc, data.num_classes)
     train_loader, val_loader = build_loaders(cfg, data, model)
+    supernet = is_supernet(model)
+    recipe = final_recipe(cfg, model, len(data.train)) if supernet else None  # a bad recipe fails before writing
     optimizer, ema, mixup = build_optimizer(cfg, acc, model), build_ema(cfg, model), create_mixup(cfg, data.num_classes)
     model, optimizer, train_loader, val_loader = acc.prepare(model, optimizer, train_loader, val_loader)
     unwrapped = acc.unwrap_model(model)
     scheduler, num_epochs = build_scheduler(cfg, optimizer, len(train_loader))
     task = build_task(cfg, acc, model)
-    supernet, val_archs = is_supernet(unwrapped), validation_archs(cfg, unwrapped)
-    run_dir, state, ckpts = _start(cfg, acc, scheduler, ema)  # the first write
+    val_archs = validation_archs(cfg, unwrapped)
+    state = _load(cfg, acc, plan, scheduler, optimizer, ema, num_epochs)
+    finished = state.epoch >= num_epochs or bool(cfg.max_train_steps and state.step >= cfg.max_train_steps)
+    if finished and plan.run_dir is not None and (plan.run_dir / 'final').is_dir():
+        _say_finished(cfg, acc, plan.run_dir, state, num_epochs)
+        return {}
+    run_dir = _start(cfg, acc, plan)  # the first write
+    ckpts = CheckpointManager(acc, run_dir / 'checkpoints', keep=cfg.checkpoint_hist)
     acc.print(f'{"supernet" if supernet else "KD"} training on {acc.num_processes} process(es), {acc.device}, '
               f'global batch {cfg.batch_size * acc.num_processes}, lr {learning_rate(cfg, acc.num_processes):.4g}, '
               f'{num_epochs} epochs x {len(train_loader)} steps, run folder {run_dir}')
     if cfg.val_teacher and not supernet and state.step == 0:
         state.history.append({'epoch': -1, 'teacher': _validate_teacher(cfg, acc, task, val_loader)})
     results: Dict[str, Dict[str, float]] = {}
-    while state.epoch < num_epochs and not (cfg.max_train_steps and state.step >= cfg.max_train_steps):
+    while not finished:
         train_loader.set_epoch(state.epoch)
+        train_loader.dataset.set_epoch(state.epoch)  # seeds augmentation (Accelerate only reaches the sampler)
         skip = state.batch_in_epoch
         loader = acc.skip_first_batches(train_loader, skip) if skip else train_loader
         try:
@@ -63,49 +89,164 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
         except NonFiniteLossError as e:
             acc.end_training()
             raise NonFiniteLossError(f'{e} Run folder: {run_dir}') from None
-        if not epoch.completed:
+        if not epoch.completed:  # max_train_steps: a checkpoint, so that --resume can continue from here
+            path = ckpts.dir / f'step_{state.step:08d}' if ckpts.has(state.step) else ckpts.save(state.step)
+            acc.print(f'stopped at max_train_steps {cfg.max_train_steps} (epoch {state.epoch}, batch '
+                      f'{state.batch_in_epoch} of {len(train_loader)}); checkpoint {path}')
             break
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         scheduler.step(state.epoch)
         results = _validate(cfg, acc, unwrapped, val_archs, train_loader, val_loader)
         _record(acc, run_dir, state, epoch, optimizer, results)
         ckpts.save(state.step, metric=results['max' if supernet else 'student']['top1'])
-    _finish(acc, unwrapped, state, run_dir, results, val_archs)
+        finished = state.epoch >= num_epochs or bool(cfg.max_train_steps and state.step >= cfg.max_train_steps)
+    _finish(cfg, acc, unwrapped, state, run_dir, data, val_archs, recipe)
     return results
 
 
-def _start(cfg: TrainConfig, acc, scheduler, ema):
-    """The run folder (with args.yaml), the train state and checkpoints; resumes when `cfg.resume` says so."""
-    resume_from = find_checkpoint(cfg.resume) if cfg.resume else None  # a bad path fails before any write
-    run_dir = resume_from.parent.parent if resume_from and not cfg.experiment else _run_dir(cfg)
-    acc.project_configuration.project_dir = acc.project_configuration.logging_dir = str(run_dir)
+def plan_run(cfg: TrainConfig, num_processes: int) -> RunPlan:
+    """Check where `cfg` trains and what it resumes, writing nothing.
+
+    Raises:
+        ValueError: an ``experiment`` folder that holds another run (without ``resume`` of it), a reserved or hidden
+            experiment name, a damaged checkpoint, or a resume whose essentials (model, space, batch size, number
+            of processes) differ from the checkpoint's run without ``allow_resume_changes``.
+        FileNotFoundError: ``resume`` names no checkpoint.
+    """
+    resume_from = find_checkpoint(cfg.resume) if cfg.resume else None
+    source = None
+    if resume_from is not None and resume_from.parent.name == 'checkpoints':
+        source = Path(os.path.realpath(resume_from)).parent.parent
+    run_dir = source
+    if cfg.experiment:
+        parts = Path(cfg.experiment).parts
+        if parts[-1:] == (LATEST,) or any(p.startswith('.') for p in parts) or Path(cfg.experiment).is_absolute():
+            raise ValueError(f'experiment: {cfg.experiment[:100]!r} is not allowed (a relative folder name, not '
+                             f'{LATEST!r}, which links to the newest run, and not hidden)')
+        run_dir = Path(cfg.output) / cfg.experiment
+        same = source is not None and run_dir.is_dir() and os.path.samefile(run_dir, source)
+        if not same and run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(f'run folder {str(run_dir)[:300]} already holds a run; continue it with --resume '
+                             f'{str(run_dir)[:300]}, or choose another --experiment (a new run never mixes into '
+                             'another one\'s checkpoints)')
+    previous = None
+    if resume_from is not None:
+        args = source / 'args.yaml' if source is not None else None
+        previous = _read_yaml(args, what='run config') if args is not None and args.is_file() else None
+        if previous is not None and not isinstance(previous, dict):
+            raise ValueError(f'{args}: not a run config (a mapping of option values)')
+        changes = _essential_changes(cfg, previous, num_processes, checkpoint_processes(resume_from))
+        if changes and not cfg.allow_resume_changes:
+            raise ValueError(f'resume {str(resume_from)[:300]}: this run differs from the checkpoint\'s in '
+                             f'{"; ".join(changes)}. Resume with the same model, space, batch size and number of '
+                             'processes, or pass --allow-resume-changes to continue anyway (then not exactly)')
+        if changes:
+            logging.getLogger(__name__).warning(f'WARNING: resuming with changes ({"; ".join(changes)}): the run '
+                                                'will not be what an uninterrupted one would have been')
+    return RunPlan(run_dir, resume_from, previous)
+
+
+def _essential_changes(cfg: TrainConfig, previous: Optional[Dict[str, Any]], num_processes: int,
+                       saved_processes: int) -> List[str]:
+    now = cfg.to_dict()
+    changes = [f'{key} {reprlib.repr(previous[key])} -> {reprlib.repr(now[key])}' for key in ESSENTIALS
+               if previous is not None and key in previous and previous[key] != now[key]]
+    if saved_processes != num_processes:
+        changes.append(f'processes {saved_processes} -> {num_processes}')
+    return changes
+
+
+def _load(cfg: TrainConfig, acc, plan: RunPlan, scheduler, optimizer, ema, num_epochs: int) -> TrainState:
+    """The train state: fresh, or loaded from the plan's checkpoint; the schedule is positioned to it.
+
+    The schedule is not restored from the checkpoint but recomputed from `cfg` (timm schedules are functions of the
+    epoch and update count), so a run resumed with more epochs follows a schedule over the new total instead of
+    staying at the end of the old one.
+    """
+    state = TrainState()
+    acc.register_for_checkpointing(state)
+    if ema is not None:
+        acc.register_for_checkpointing(ema)
+    if plan.resume_from is not None:
+        acc.load_state(str(plan.resume_from))
+    reached = optimizer.param_groups[0]['lr']
+    scheduler.step(state.epoch)
+    scheduler.step_update(num_updates=state.step)
+    if plan.resume_from is None:
+        return state
+    lr = optimizer.param_groups[0]['lr']
+    msg = f'resumed from {plan.resume_from}: epoch {state.epoch}, step {state.step}, lr {lr:.4g}'
+    planned = (plan.previous or {}).get('epochs')
+    if isinstance(planned, int) and planned != cfg.epochs and state.epoch < num_epochs:
+        msg += (f'; the run was planned for {planned} epochs, now {cfg.epochs}: the {cfg.sched} schedule is '
+                f'recomputed over {num_epochs} epochs, so lr continues at {lr:.4g} (the {planned}-epoch schedule '
+                f'had reached {reached:.4g})')
+    acc.print(msg)
+    return state
+
+
+def _say_finished(cfg: TrainConfig, acc, run_dir: Path, state: TrainState, num_epochs: int) -> None:
+    models = read_final(run_dir)
+    stop = (f'max_train_steps {cfg.max_train_steps}' if cfg.max_train_steps and state.step >= cfg.max_train_steps
+            else f'{num_epochs} epochs')
+    acc.print(f'run {run_dir} is already finished (epoch {state.epoch}, step {state.step}: {stop}); nothing to '
+              'train. To train longer, resume it with a larger --epochs (the schedule is then recomputed over the '
+              'new total).')
     if acc.is_main_process:
+        print('\n'.join(['', final_report(models), '', *next_steps(cfg, run_dir, models)]), flush=True)
+    acc.end_training()
+
+
+def _start(cfg: TrainConfig, acc, plan: RunPlan) -> Path:
+    """Create the run folder (a new one is named uniquely), write args.yaml, point ``latest`` at it."""
+    run_dir = plan.run_dir
+    if acc.is_main_process:
+        run_dir = _new_run_dir(cfg) if run_dir is None else run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / '.args.yaml.tmp'
         tmp.write_text(cfg.to_yaml())
         os.replace(tmp, run_dir / 'args.yaml')
+        _link_latest(run_dir)
+    names = [str(run_dir) if run_dir is not None else None]
+    broadcast_object_list(names)  # the same folder on every process
+    run_dir = Path(names[0])
     acc.wait_for_everyone()
-    state = TrainState()
-    acc.register_for_checkpointing(state, scheduler)
-    if ema is not None:
-        acc.register_for_checkpointing(ema)
-    ckpts = CheckpointManager(acc, run_dir / 'checkpoints', keep=cfg.checkpoint_hist)
-    if resume_from is not None:
-        acc.load_state(str(resume_from))
-        acc.print(f'resumed from {resume_from}: epoch {state.epoch}, step {state.step}')
+    acc.project_configuration.project_dir = acc.project_configuration.logging_dir = str(run_dir)
     if acc.log_with and not acc.trackers:
         acc.init_trackers('train', config={k: v for k, v in cfg.to_dict().items()
                                            if isinstance(v, (int, float, str, bool))})
-    return run_dir, state, ckpts
+    return run_dir
 
 
-def _run_dir(cfg: TrainConfig) -> Path:
-    name = cfg.experiment
-    if not name:
-        names = [f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"]
-        broadcast_object_list(names)  # the same folder on every process
-        name = names[0]
-    return Path(cfg.output) / name
+def _new_run_dir(cfg: TrainConfig) -> Path:
+    """``<output>/<time>-<model>``, with ``-2``, ``-3``, ... when runs start in the same second (mkdir is atomic)."""
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9._-]+', '_', cfg.model).strip('._')[:80]}"
+    for i in itertools.count(1):
+        path = output / (base if i == 1 else f'{base}-{i}')
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError('unreachable')
+
+
+def _link_latest(run_dir: Path) -> None:
+    """Point ``<run_dir's parent>/latest`` at `run_dir` (relative), replacing the old link atomically."""
+    link = run_dir.parent / LATEST
+    if link.exists() and not link.is_symlink():
+        logging.getLogger(__name__).warning(f'WARNING: {link} is not a link; not pointing it at the new run')
+        return
+    tmp = run_dir.parent / f'.{LATEST}.{os.getpid()}.tmp'
+    try:
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    except OSError as e:  # a file system without symbolic links
+        logging.getLogger(__name__).warning(f'WARNING: could not link {link} to the run ({e})')
 
 
 def _validate_teacher(cfg: TrainConfig, acc, task, val_loader) -> Dict[str, float]:
@@ -136,15 +277,14 @@ def _record(acc, run_dir: Path, state: TrainState, epoch, optimizer, results) ->
         _write_summary(run_dir, state.history)
 
 
-def _finish(acc, model: nn.Module, state: TrainState, run_dir: Path, results, val_archs) -> None:
+def _finish(cfg: TrainConfig, acc, model: nn.Module, state: TrainState, run_dir: Path, data, val_archs,
+            recipe) -> None:
+    """Check the processes agree, write final/ (models measured as saved), print the table and what is next."""
     _check_processes_agree(acc, model, state)
+    training = {'run': str(run_dir), 'epochs': state.epoch, 'steps': state.step}
+    models = write_final(acc, cfg, model, run_dir, data.train, data.val, val_archs, recipe, training)
     if acc.is_main_process:
-        save_pretrained(model, run_dir / 'final', overwrite=True)  # a resumed run replaces its own
-        if results:
-            space = model.space if is_supernet(model) else None
-            info = {n: {'res': a.resolution, **({'MFLOPs': round(mflops(a, space), 2)}
-                                              if isinstance(space, SearchSpace) else {})} for n, a in val_archs}
-            acc.print('\n' + format_table(results, info))
+        print('\n'.join(['', final_report(models), '', *next_steps(cfg, run_dir, models)]), flush=True)
     acc.wait_for_everyone()
     acc.end_training()
 
