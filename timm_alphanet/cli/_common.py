@@ -9,11 +9,22 @@ import pickle
 import sys
 from typing import Callable, NoReturn, Tuple, Type
 
-__all__ = ['USER_ERRORS', 'MAX_MESSAGE', 'int_at_least', 'fail', 'user_errors_exit']
+__all__ = ['USER_ERRORS', 'MAX_MESSAGE', 'HelpFormatter', 'int_at_least', 'fail', 'user_errors_exit']
 
 USER_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                                                 PermissionError, TypeError, pickle.UnpicklingError)
 MAX_MESSAGE = 2000  # a backstop: library messages are bounded already, a console line should be too
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, minus "(default: None)" / "(default: False)" and minus a second default where
+    the help already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if action.default in (None, False, argparse.SUPPRESS) or 'default' in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def fail(prog: str, message: str) -> NoReturn:

@@ -11,7 +11,7 @@ import torch
 
 from ..original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
 from ..export.hub import push_converted
-from ._common import int_at_least, user_errors_exit
+from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ._publish import Publishing
 
 __all__ = ['build_parser', 'main']
@@ -21,7 +21,7 @@ PROG = 'alphanet-convert'
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description='Convert an original AlphaNet/AttentiveNAS checkpoint into timm model directories: '
                     'OUT/supernet and OUT/alphanet_<name> per subnet (load with '
                     "timm.create_model('local-dir:OUT/alphanet_a0', pretrained=True)).",

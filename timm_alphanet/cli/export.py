@@ -17,7 +17,7 @@ from ..export.hub import push_folders
 from ..export.pareto import read_pareto
 from ..export.subnets import calibration_images, export_subnets, resolve_requests
 from ..export.folder import check_output_folder
-from ._common import int_at_least, user_errors_exit
+from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ._datasets import open_image_dataset
 from ._publish import Publishing
 
@@ -28,7 +28,7 @@ PROG = 'alphanet-export'
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description='Export subnets of a supernet: per arch, BN calibration with the deterministic recipe, the static '
                     'timm model, metrics and a model card, in OUTPUT/<name>/ (load with '
                     "timm.create_model('local-dir:OUTPUT/<name>', pretrained=True)).",

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Optional, Sequence, Tuple
 
-from ._common import int_at_least, user_errors_exit
+from ._common import HelpFormatter, int_at_least, user_errors_exit
 
 __all__ = ['build_parser', 'main']
 
@@ -18,12 +18,12 @@ SPACE_NAMES = ('alphanet', 'demo')
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description='Per-layer latency tables for latency-aware search: `build` times every distinct layer of a '
                     'search space on this device; `validate` compares a table\'s predictions with end-to-end '
                     'measurements of random subnets (MAPE, Kendall tau).')
     sub = parser.add_subparsers(dest='command', required=True)
-    b = sub.add_parser('build', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    b = sub.add_parser('build', formatter_class=HelpFormatter,
                        help='time every distinct layer signature of a space')
     b.add_argument('--space', default='alphanet',
                    help="'alphanet' (the paper's space), 'demo' (the demo training space), an original-schema YAML "
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _timing_args(b, defaults=True)
     b.add_argument('--output', required=True, help='the table to write (JSON)')
     b.add_argument('--no-progress', action='store_true', help='no progress bar')
-    v = sub.add_parser('validate', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    v = sub.add_parser('validate', formatter_class=HelpFormatter,
                        help='measure random subnets end to end and compare with the predictions')
     v.add_argument('table', help='a table written by `build`, on this device')
     v.add_argument('--samples', type=int_at_least(2), default=30, help='random subnets to measure')

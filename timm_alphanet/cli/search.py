@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
-from ._common import int_at_least, user_errors_exit
+from ._common import HelpFormatter, int_at_least, user_errors_exit
 
 __all__ = ['build_parser', 'main']
 
@@ -56,7 +56,7 @@ def _mflops_range(text: str) -> Tuple[Optional[float], Optional[float]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description='Evolutionary search of a trained supernet: a non-dominated Pareto front of top-1 against '
                     'MFLOPs / params / latency, scored on held-out training images after BN calibration on other '
                     'training images; the validation split is used only for the final points. Writes pareto.json, '

@@ -14,7 +14,7 @@ import torch
 from ..evaluation import PIPELINES, validate_model
 from ..export.folder import record_evaluation
 from ..io_checks import check_model_spec
-from ._common import int_at_least, user_errors_exit
+from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ..train.data import DIGITS
 from ._datasets import open_image_dataset
 
@@ -25,7 +25,7 @@ PROG = 'alphanet-validate'
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description='Validate a model (top-1, top-5, loss) on an image folder, on any number of Accelerate '
                     'processes; with --write-to, record the result in that model folder\'s config.json and card.')
     parser.add_argument('--model', required=True,
