@@ -45,6 +45,7 @@ KD = ['--model', 'mobilenetv2_050', '--input-size', '3', '16', '16']
     ([*KD, '--teacher', '{teacher}'], 'has 5 classes, the student (and the data) 10'),
     (['--pretrained'], 'pretrained: No pretrained weights exist for alphanet_supernet'),
     (['--experiment', 'latest'], "experiment: 'latest' is not allowed"),
+    (['--model-ema'], "model_ema: model 'alphanet_supernet' is a supernet"),
 ])
 def test_bad_runs_are_refused_in_one_line_before_anything_is_written(tmp_path, capsys, digits, small_teacher,  # noqa
                                                                      args, message):

@@ -4,6 +4,7 @@ refused naming them, resume is exact with augmentation on and any number of load
 stop leaves a checkpoint, more epochs continue on a recomputed schedule, a finished run says so, and two KD runs
 with equal seeds are bit-identical."""
 import importlib
+import json
 import os
 import shutil
 
@@ -43,6 +44,10 @@ def test_resume_with_augmentation_is_exact_whatever_the_workers(tmp_path, digits
     assert full.keys() == resumed.keys()
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
+    # ... and so is what each epoch recorded: the resumed epoch's mean loss and its BN-calibrated validation
+    rows = [[{k: v for k, v in r.items() if k != 'time_s'} for r in json.loads((tmp_path / name / 'summary.json')
+             .read_text())] for name in ('full', 'cut')]
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
 
 
 def test_more_epochs_continue_on_a_recomputed_schedule_and_a_finished_run_says_so(tmp_path, digits, capsys):  # noqa
@@ -114,3 +119,20 @@ def test_two_kd_runs_are_bit_identical_and_final_is_the_student_as_trained(tmp_p
     [recorded] = json.loads((tmp_path / 'a' / 'final' / 'config.json').read_text())['timm_alphanet']['results']
     again = validate_model(Accelerator(cpu=True), model, open_image_dataset(digits, 'validation'), 'timm')
     assert again['top1'] == pytest.approx(recorded['top1'], abs=1e-5)  # the same images right, any batch size
+
+
+def test_kd_with_ema_validates_it_writes_it_to_final_and_resumes_it(tmp_path, digits, teacher_dir):  # noqa: F811
+    cfg = _cfg(digits, model='mobilenetv2_050', teacher=teacher_dir, input_size=(3, 16, 16), batch_size=128,
+               epochs=1, model_ema=True, model_ema_decay=0.5, output=str(tmp_path), experiment='e')
+    run(cfg)
+    folder = tmp_path / 'e'
+    [row] = json.loads((folder / 'summary.json').read_text())
+    assert {'student_top1', 'ema_top1'} <= row.keys()
+    [ckpt] = sorted((folder / 'checkpoints').glob('step_*'))
+    ema, final = load_file(str(ckpt / 'ema.safetensors')), load_file(str(folder / 'final' / 'model.safetensors'))
+    assert ema.keys() == final.keys() and all(torch.equal(ema[k], final[k]) for k in ema)
+    raw = load_file(str(ckpt / 'model.safetensors'))
+    assert not torch.equal(raw['conv_stem.weight'], final['conv_stem.weight'])  # the EMA, not the raw weights
+    shutil.rmtree(folder / 'final')
+    run(cfg.replace(resume=str(folder), epochs=2))
+    assert len(json.loads((folder / 'summary.json').read_text())) == 2

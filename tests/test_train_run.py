@@ -141,3 +141,13 @@ def test_two_processes_equal_one_with_double_batch(tmp_path, env, tiny_cfg, laun
     if launcher == 'torchrun':  # the reference run once is enough
         _train([*args, '-b', '32', '--experiment', 'one'], env)
         _assert_same_weights(_weights(tmp_path / 'one'), _weights(tmp_path / 'two'), atol=1e-5)
+
+
+def test_two_processes_stopped_mid_epoch_with_checkpoints_agree_without_sync_bn(tmp_path, env, tiny_cfg):
+    """A max_train_steps stop that falls on a checkpoint step: every process must decide alike whether to save
+    (a collective call), and the BN statistics each process updated from its own batches are made equal."""
+    args = ['-c', tiny_cfg, *COMMON, '--epochs', '1', '--max-train-steps', '4', '--checkpoint-interval', '2', '-b',
+            '16', '--output', str(tmp_path), '--experiment', 'two']
+    p = _train(args, env, launcher=[sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2'])
+    assert '2 processes agree: same subnet sequence' in p.stdout and 'stopped at max_train_steps 4' in p.stdout
+    assert (tmp_path / 'two' / 'checkpoints' / 'step_00000004').is_dir()

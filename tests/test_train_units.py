@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from timm_alphanet.train import CheckpointManager, TrainState, build_digits_folder, find_checkpoint
+from timm_alphanet.train.checkpoint import load_checkpoint_extras
 
 
 class _FakeAccelerator:
@@ -117,3 +118,52 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     (tmp_path / 'checkpoints' / 'step_00000001' / 'manifest.json').write_text('{"files": 3}')
     with pytest.raises(ValueError, match='every checkpoint is damaged'):
         find_checkpoint(tmp_path)
+
+
+class _OtherProcess(_FakeAccelerator):
+    is_main_process = False
+
+    def save_state(self, path):  # the main process writes the folder; the others only their RNG files
+        pass
+
+
+def test_every_process_knows_which_checkpoints_exist(tmp_path):
+    """`has` decides whether a max_train_steps stop saves (a collective call): every process must answer alike."""
+    main = CheckpointManager(_FakeAccelerator(), tmp_path / 'checkpoints', keep=2)
+    other = CheckpointManager(_OtherProcess(), tmp_path / 'checkpoints', keep=2)
+    for step in (2, 4, 6):
+        main.save(step)
+        other.save(step)
+        assert main.has(step) and other.has(step)
+    assert main.index == other.index and not other.has(2)  # pruned alike (keep 2)
+
+
+def test_checkpoints_hold_the_train_state_as_json_and_a_forged_one_is_refused(tmp_path):
+    state = TrainState()
+    state.step, state.epoch, state.loss_sum, state.loss_steps = 7, 1, 3.5, 2
+    m = CheckpointManager(_FakeAccelerator(), tmp_path / 'checkpoints', state=state)
+    folder = m.save(7)
+    assert not list(folder.glob('custom_checkpoint_*'))  # Accelerate would unpickle those with weights_only=False
+    again = TrainState()
+    load_checkpoint_extras(folder, again)
+    assert again.state_dict() == state.state_dict()
+    for forged in ('[]', '{"step": -1, "epoch": 0, "batch_in_epoch": 0, "nonfinite_in_row": 0, "history": []}',
+                   '{"step": "x"}', '[' * 100000):
+        (folder / 'train_state.json').write_text(forged)
+        with pytest.raises(ValueError, match='train_state.json'):
+            load_checkpoint_extras(folder, TrainState())
+    (folder / 'train_state.json').unlink()
+    with pytest.raises(ValueError, match='no train_state.json'):
+        load_checkpoint_extras(folder, TrainState())
+
+
+def test_resuming_an_older_checkpoint_forgets_the_later_ones(tmp_path):
+    m = CheckpointManager(_FakeAccelerator(), tmp_path / 'checkpoints', keep=5)
+    for step, metric in [(1, 10.0), (2, 30.0), (3, 20.0)]:
+        m.save(step, metric)
+    assert m.forget_after(1) == ['step_00000002', 'step_00000003']
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').glob('step_*')) == ['step_00000001']
+    assert m.index['best']['name'] == 'step_00000001'
+    reread = CheckpointManager(_FakeAccelerator(), tmp_path / 'checkpoints', keep=5)
+    assert [e['name'] for e in reread.index['checkpoints']] == ['step_00000001']
+    assert find_checkpoint(tmp_path).name == 'step_00000001'

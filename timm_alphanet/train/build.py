@@ -113,6 +113,10 @@ def _check_mode(cfg: TrainConfig, probe: nn.Module) -> bool:
     if not supernet and not cfg.teacher:
         raise ValueError(f'model {cfg.model!r} is not a supernet (timm_alphanet.models.Supernet): teacher KD '
                          'needs a teacher (--teacher, e.g. resnet50.a1_in1k or local-dir:<folder>)')
+    if cfg.model_ema and supernet:
+        raise ValueError(f'model_ema: model {cfg.model!r} is a supernet, whose subnets need BN calibration each; a '
+                         'weight EMA is supported for KD students (validated each epoch, its weights written to '
+                         'final/)')
     if cfg.sync_bn and not supernet and not torch.cuda.is_available():
         raise ValueError(f'sync_bn: model {cfg.model!r} would need torch SyncBatchNorm, which runs on GPUs only; '
                          'on CPU only supernets support it')
@@ -222,11 +226,11 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
         warmup_epochs=cfg.warmup_epochs, step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=steps_per_epoch)
 
 
-def build_ema(cfg: TrainConfig, model: nn.Module) -> Optional[ModelEmaV3]:
-    """timm's weight EMA when `cfg.model_ema` (else None)."""
+def build_ema(cfg: TrainConfig, model: nn.Module, device: Optional[torch.device] = None) -> Optional[ModelEmaV3]:
+    """timm's weight EMA of the (unwrapped, prepared) student on `device` when `cfg.model_ema`, else None."""
     if not cfg.model_ema:
         return None
-    return ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
+    return ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup, device=device)
 
 
 def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> nn.Module:

@@ -1,27 +1,37 @@
 """Checkpoints with ``Accelerator.save_state``: atomic (temp folder + rename), verified, last K kept plus the best.
 
-Layout: ``<run>/checkpoints/step_00000120/`` (Accelerate's files: model, optimizer, EMA, train state, RNG states,
-sampler, plus ``manifest.json``: every file's size and sha256 and the number of processes that wrote it) and
+Layout: ``<run>/checkpoints/step_00000120/`` (Accelerate's files: model, optimizer, scheduler, RNG states, sampler;
+ours: ``train_state.json`` and, with a weight EMA, ``ema.safetensors``; and ``manifest.json``: every file's size and
+sha256 and the number of processes that wrote it) and
 ``<run>/checkpoints/index.json`` (names, steps, metrics, best), itself written atomically. A folder that exists under
 its final name is complete; `find_checkpoint` also checks it against its manifest and falls back to the previous
 complete checkpoint (with a warning) when the latest one was damaged after it was written. A full disk while saving
 removes the partial folder and raises ``OSError(ENOSPC)`` naming the folder.
+
+The train state and the EMA are not registered with Accelerate (`register_for_checkpointing`), because Accelerate
+loads registered objects with full pickle (``weights_only=False``); ours are JSON and safetensors, read bounded.
 """
 import contextlib
 import errno
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from safetensors.torch import load_file, save_file
+
 from ..sources import sha256_file
 from ..spaces._io import read_json_file
 
-__all__ = ['CheckpointManager', 'TrainState', 'find_checkpoint', 'checkpoint_processes', 'no_space_left']
+__all__ = ['CheckpointManager', 'TrainState', 'find_checkpoint', 'checkpoint_processes', 'load_checkpoint_extras',
+           'no_space_left']
 
 INDEX = 'index.json'
+STATE = 'train_state.json'
+EMA = 'ema.safetensors'
 MANIFEST = 'manifest.json'
 MANIFEST_FORMAT = 'timm_alphanet.checkpoint/1'
 _MAX_JSON_BYTES = 16 << 20
@@ -37,18 +47,29 @@ class TrainState:
         self.batch_in_epoch = 0  # batches of `epoch` already consumed
         self.nonfinite_in_row = 0
         self.subnet_digest = ''  # hash chain of the subnets trained so far (compared across processes)
+        self.loss_sum = 0.0  # this process's task loss summed over the epoch's finite steps (kept across a resume)
+        self.loss_steps = 0
         self.history: List[Dict[str, Any]] = []
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                     nonfinite_in_row=self.nonfinite_in_row, subnet_digest=self.subnet_digest,
-                    history=json.dumps(self.history))
+                    loss_sum=self.loss_sum, loss_steps=self.loss_steps, history=self.history)
 
     def load_state_dict(self, d: Dict[str, Any]) -> None:
-        self.step, self.epoch, self.batch_in_epoch = int(d['step']), int(d['epoch']), int(d['batch_in_epoch'])
-        self.nonfinite_in_row = int(d['nonfinite_in_row'])
-        self.subnet_digest = d.get('subnet_digest', '')
-        self.history = json.loads(d['history'])
+        """Raises ValueError on a state that is not one (a forged or damaged ``train_state.json``)."""
+        try:
+            self.step, self.epoch, self.batch_in_epoch = int(d['step']), int(d['epoch']), int(d['batch_in_epoch'])
+            self.nonfinite_in_row = int(d['nonfinite_in_row'])
+            self.subnet_digest = str(d.get('subnet_digest', ''))[:64]
+            self.loss_sum, self.loss_steps = float(d.get('loss_sum', 0.0)), int(d.get('loss_steps', 0))
+            history = d['history']
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f'not a train state ({str(e)[:100]})') from None
+        if min(self.step, self.epoch, self.batch_in_epoch, self.nonfinite_in_row, self.loss_steps) < 0 or not (
+                isinstance(history, list) and all(isinstance(r, dict) for r in history)):
+            raise ValueError('not a train state (negative counters, or a history that is not a list of rows)')
+        self.history = history
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -127,8 +148,10 @@ def checkpoint_processes(folder: os.PathLike) -> int:
 class CheckpointManager:
     """Saves/prunes checkpoints of one run; every process calls `save` (Accelerate writes per-process RNG)."""
 
-    def __init__(self, accelerator, ckpt_dir: os.PathLike, keep: int = 3, metric_name: str = 'top1') -> None:
+    def __init__(self, accelerator, ckpt_dir: os.PathLike, keep: int = 3, metric_name: str = 'top1',
+                 state: Optional[TrainState] = None, ema: Optional[Any] = None) -> None:
         self.accelerator = accelerator
+        self.state, self.ema = state, ema  # written by us next to Accelerate's files
         self.dir = Path(ckpt_dir)
         self.keep = max(1, keep)
         self.metric_name = metric_name
@@ -160,33 +183,86 @@ class CheckpointManager:
             acc.save_state(str(tmp))
             acc.wait_for_everyone()
             if acc.is_main_process:
+                if self.state is not None:
+                    _write_json_atomic(tmp / STATE, self.state.state_dict())
+                if self.ema is not None:
+                    save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
+                              str(tmp / EMA))
                 _write_json_atomic(tmp / MANIFEST, _manifest(tmp, acc.num_processes))
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
-                entries = [e for e in self.index['checkpoints'] if e['name'] != name]
-                entries.append({'name': name, 'step': step, self.metric_name: metric})
-                self.index['checkpoints'] = entries
-                best = self.index.get('best')
-                if metric is not None and (best is None or metric > best[self.metric_name]):
-                    self.index['best'] = {'name': name, 'step': step, self.metric_name: metric}
-                self._prune()
+        # every process keeps the same index (so `has` answers alike everywhere); the main one writes and prunes
+        entries = [e for e in self.index['checkpoints'] if e['name'] != name]
+        entries.append({'name': name, 'step': step, self.metric_name: metric})
+        self.index['checkpoints'] = entries
+        best = self.index.get('best')
+        if metric is not None and (best is None or metric > best[self.metric_name]):
+            self.index['best'] = {'name': name, 'step': step, self.metric_name: metric}
+        removed = self._prune()
+        if acc.is_main_process:
+            with no_space_left(self.dir, what):
+                for gone in removed:
+                    shutil.rmtree(self.dir / gone, ignore_errors=True)
                 _write_json_atomic(self.dir / INDEX, self.index)
         acc.wait_for_everyone()
         return final
 
-    def _prune(self) -> None:
+    def forget_after(self, step: int) -> List[str]:
+        """Drop checkpoints later than `step` (a resume from an older checkpoint abandons them, so that a later
+        ``--resume <run>`` cannot pick them up); the main process removes their folders. Returns their names."""
+        later = [e['name'] for e in self.index['checkpoints'] if e['step'] > step]
+        later += sorted(p.name for p in self.dir.glob('step_*') if p.is_dir() and p.name not in later
+                        and re.fullmatch(r'step_\d{1,12}', p.name) and int(p.name[5:]) > step)
+        self.index['checkpoints'] = [e for e in self.index['checkpoints'] if e['step'] <= step]
+        if (self.index.get('best') or {}).get('step', -1) > step:
+            kept = [e for e in self.index['checkpoints'] if e.get(self.metric_name) is not None]
+            self.index['best'] = max(kept, key=lambda e: e[self.metric_name]) if kept else None
+        if later and self.accelerator.is_main_process:
+            for name in later:
+                shutil.rmtree(self.dir / name, ignore_errors=True)
+            _write_json_atomic(self.dir / INDEX, self.index)
+        self.accelerator.wait_for_everyone()
+        return later
+
+    def _prune(self) -> List[str]:
+        """Keep the last `keep` and the best in the index; returns the names dropped."""
         best = (self.index.get('best') or {}).get('name')
         entries = sorted(self.index['checkpoints'], key=lambda e: e['step'])
         keep = {e['name'] for e in entries[-self.keep:]} | ({best} if best else set())
-        for e in entries:
-            if e['name'] not in keep:
-                shutil.rmtree(self.dir / e['name'], ignore_errors=True)
         self.index['checkpoints'] = [e for e in entries if e['name'] in keep]
+        return [e['name'] for e in entries if e['name'] not in keep]
+
+
+def load_checkpoint_extras(folder: os.PathLike, state: TrainState, ema: Optional[Any] = None) -> None:
+    """Load ``train_state.json`` (and ``ema.safetensors`` when `ema` is given) of a checkpoint folder.
+
+    Raises:
+        ValueError: a checkpoint without them (written by an older version) or with damaged ones, naming the file.
+    """
+    folder = Path(folder)
+    path = folder / STATE
+    if not path.is_file():
+        raise ValueError(f'resume {str(folder)[:300]}: no {STATE} (a checkpoint of an older version, or not one of '
+                         'a timm_alphanet run)')
+    try:
+        state.load_state_dict(read_json_file(path, max_bytes=_MAX_JSON_BYTES, what='train state'))
+    except ValueError as e:
+        raise ValueError(f'{str(path)[:300]}: {str(e)[:300]}') from None
+    if ema is None:
+        return
+    if not (folder / EMA).is_file():
+        raise ValueError(f'resume {str(folder)[:300]}: no {EMA}, but this run keeps a weight EMA (--model-ema); the '
+                         'checkpoint was saved without one')
+    try:
+        ema.module.load_state_dict(load_file(str(folder / EMA), device=str(next(ema.module.parameters()).device)))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f'{str(folder / EMA)[:300]}: not the EMA of this model ({str(e)[:200]})') from None
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return (path / MANIFEST).exists() or any(path.glob('random_states_*.pkl')) or any(path.glob('custom_checkpoint_*'))
+    return ((path / MANIFEST).exists() or (path / STATE).exists() or any(path.glob('random_states_*.pkl'))
+            or any(path.glob('custom_checkpoint_*')))
 
 
 def find_checkpoint(path: os.PathLike) -> Path:

@@ -173,7 +173,8 @@ class TrainConfig:
     mixup_mode: str = _opt('batch', 'mixup/cutmix per batch, pair or element', _AUG, choices=('batch', 'pair', 'elem'))
 
     # ---- EMA
-    model_ema: bool = _opt(False, 'keep an EMA of the weights', _EMA)
+    model_ema: bool = _opt(False, 'KD students: keep an EMA of the weights, validate it each epoch and write it '
+                           'to final/', _EMA)
     model_ema_decay: float = _opt(0.9998, 'EMA decay', _EMA)
     model_ema_warmup: bool = _opt(False, 'EMA decay warm-up', _EMA)
 

@@ -88,7 +88,7 @@ def train_one_epoch(
     max_steps = cfg.max_train_steps or None
     bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f'epoch {state.epoch}', leave=False,
                disable=cfg.no_progress or not accelerator.is_main_process)
-    loss_sum, loss_n, steps, t0 = 0.0, 0, 0, time.time()
+    steps, t0 = 0, time.time()
     task.train()
     seed_step(cfg.seed, state.step, rank)
     for x, y in loader:
@@ -114,8 +114,9 @@ def train_one_epoch(
             if ema is not None:
                 ema.update(unwrap_model(task.get_trainable_module()), step=state.step)
             state.nonfinite_in_row = 0
-            loss_sum += float(out.get('task_loss', loss).detach())  # a sandwich's total also holds KD surrogates
-            loss_n += 1
+            # a sandwich's total also holds KD surrogates; the sums live in `state` so a resumed epoch keeps them
+            state.loss_sum += float(out.get('task_loss', loss).detach())
+            state.loss_steps += 1
         else:
             with torch.no_grad():
                 for b, v in zip(buffers, saved):
@@ -139,7 +140,8 @@ def train_one_epoch(
         if max_steps is not None and state.step >= max_steps:
             break
     bar.close()
-    return EpochResult(loss_sum / max(loss_n, 1), steps, state.batch_in_epoch >= steps_per_epoch, time.time() - t0)
+    mean = state.loss_sum / state.loss_steps if state.loss_steps else float('nan')  # nan: no finite step
+    return EpochResult(mean, steps, state.batch_in_epoch >= steps_per_epoch, time.time() - t0)
 
 
 def _skip_nonfinite(cfg: TrainConfig, accelerator, optimizer: torch.optim.Optimizer, state: TrainState) -> None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
 
+import torch
 import torch.nn as nn
 from accelerate.utils import broadcast_object_list, gather_object
 
@@ -27,7 +28,7 @@ from ..evaluation import evaluate, validate_subnets
 from ..models import is_supernet
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
                     build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
-from .checkpoint import CheckpointManager, TrainState, checkpoint_processes, find_checkpoint
+from .checkpoint import CheckpointManager, TrainState, checkpoint_processes, find_checkpoint, load_checkpoint_extras
 from .config import TrainConfig, _read_yaml
 from .data import create_mixup
 from .epoch import NonFiniteLossError, train_one_epoch
@@ -59,9 +60,10 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
     train_loader, val_loader = build_loaders(cfg, data, model)
     supernet = is_supernet(model)
     recipe = final_recipe(cfg, model, len(data.train)) if supernet else None  # a bad recipe fails before writing
-    optimizer, ema, mixup = build_optimizer(cfg, acc, model), build_ema(cfg, model), create_mixup(cfg, data.num_classes)
+    optimizer, mixup = build_optimizer(cfg, acc, model), create_mixup(cfg, data.num_classes)
     model, optimizer, train_loader, val_loader = acc.prepare(model, optimizer, train_loader, val_loader)
     unwrapped = acc.unwrap_model(model)
+    ema = build_ema(cfg, unwrapped, acc.device)  # after prepare: on the model's device
     scheduler, num_epochs = build_scheduler(cfg, optimizer, len(train_loader))
     task = build_task(cfg, acc, model)
     val_archs = validation_archs(cfg, unwrapped)
@@ -71,7 +73,10 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
         _say_finished(cfg, acc, plan.run_dir, state, num_epochs)
         return {}
     run_dir = _start(cfg, acc, plan)  # the first write
-    ckpts = CheckpointManager(acc, run_dir / 'checkpoints', keep=cfg.checkpoint_hist)
+    ckpts = CheckpointManager(acc, run_dir / 'checkpoints', keep=cfg.checkpoint_hist, state=state, ema=ema)
+    if plan.resume_from is not None and ckpts.forget_after(state.step):
+        acc.print(f'resumed from step {state.step}: the run\'s later checkpoints were removed (they belong to the '
+                  'abandoned continuation)')
     acc.print(f'{"supernet" if supernet else "KD"} training on {acc.num_processes} process(es), {acc.device}, '
               f'global batch {cfg.batch_size * acc.num_processes}, lr {learning_rate(cfg, acc.num_processes):.4g}, '
               f'{num_epochs} epochs x {len(train_loader)} steps, run folder {run_dir}')
@@ -94,13 +99,16 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
             acc.print(f'stopped at max_train_steps {cfg.max_train_steps} (epoch {state.epoch}, batch '
                       f'{state.batch_in_epoch} of {len(train_loader)}); checkpoint {path}')
             break
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        state.epoch, state.batch_in_epoch, state.loss_sum, state.loss_steps = state.epoch + 1, 0, 0.0, 0
         scheduler.step(state.epoch)
-        results = _validate(cfg, acc, unwrapped, val_archs, train_loader, val_loader)
+        # BN calibration draws from train_loader: position it as an uninterrupted epoch leaves it (a resumed epoch
+        # iterated a skip-loader copy instead), so a resumed run validates on the same batches
+        train_loader.set_epoch(state.epoch)
+        results = _validate(cfg, acc, unwrapped, val_archs, train_loader, val_loader, ema)
         _record(acc, run_dir, state, epoch, optimizer, results)
         ckpts.save(state.step, metric=results['max' if supernet else 'student']['top1'])
         finished = state.epoch >= num_epochs or bool(cfg.max_train_steps and state.step >= cfg.max_train_steps)
-    _finish(cfg, acc, unwrapped, state, run_dir, data, val_archs, recipe)
+    _finish(cfg, acc, unwrapped, state, run_dir, data, val_archs, recipe, ema)
     return results
 
 
@@ -164,10 +172,8 @@ def _load(cfg: TrainConfig, acc, plan: RunPlan, scheduler, optimizer, ema, num_e
     staying at the end of the old one.
     """
     state = TrainState()
-    acc.register_for_checkpointing(state)
-    if ema is not None:
-        acc.register_for_checkpointing(ema)
     if plan.resume_from is not None:
+        load_checkpoint_extras(plan.resume_from, state, ema)  # ours first: a foreign folder fails before Accelerate
         acc.load_state(str(plan.resume_from))
     reached = optimizer.param_groups[0]['lr']
     scheduler.step(state.epoch)
@@ -255,12 +261,14 @@ def _validate_teacher(cfg: TrainConfig, acc, task, val_loader) -> Dict[str, floa
     return res
 
 
-def _validate(cfg: TrainConfig, acc, model: nn.Module, val_archs, train_loader, val_loader):
-    """Supernet: BN-calibrated max, min and eval_archs; otherwise the student."""
+def _validate(cfg: TrainConfig, acc, model: nn.Module, val_archs, train_loader, val_loader, ema=None):
+    """Supernet: BN-calibrated max, min and eval_archs; otherwise the student (and its weight EMA)."""
     progress = not cfg.no_progress
     if val_archs:
         return validate_subnets(acc, model, val_archs, train_loader, val_loader, cfg.bn_calib_batches, progress)
     results = {'student': evaluate(acc, model, val_loader, desc='eval', progress=progress)}
+    if ema is not None:
+        results['ema'] = evaluate(acc, ema.module, val_loader, desc='eval ema', progress=progress)
     model.train()
     return results
 
@@ -278,15 +286,30 @@ def _record(acc, run_dir: Path, state: TrainState, epoch, optimizer, results) ->
 
 
 def _finish(cfg: TrainConfig, acc, model: nn.Module, state: TrainState, run_dir: Path, data, val_archs,
-            recipe) -> None:
+            recipe, ema=None) -> None:
     """Check the processes agree, write final/ (models measured as saved), print the table and what is next."""
+    _sync_buffers(acc, model)
     _check_processes_agree(acc, model, state)
     training = {'run': str(run_dir), 'epochs': state.epoch, 'steps': state.step}
+    if ema is not None:  # a KD student with --model-ema: final/ holds the EMA weights (timm's deployable ones)
+        model = ema.module
+        training['weights'] = f'EMA (decay {cfg.model_ema_decay})'
     models = write_final(acc, cfg, model, run_dir, data.train, data.val, val_archs, recipe, training)
     if acc.is_main_process:
         print('\n'.join(['', final_report(models), '', *next_steps(cfg, run_dir, models)]), flush=True)
     acc.wait_for_everyone()
     acc.end_training()
+
+
+def _sync_buffers(acc, model: nn.Module) -> None:
+    """Give every process the main one's buffers (BN running statistics), as DDP does before each forward: a run
+    stopped mid-epoch (max_train_steps) ends without the validation that recalibrates them on every process."""
+    if acc.num_processes == 1:
+        return
+    import torch.distributed as dist
+    with torch.no_grad():
+        for b in model.buffers():
+            dist.broadcast(b.data, src=0)
 
 
 def _check_processes_agree(acc, model: nn.Module, state: TrainState) -> None:
