@@ -101,8 +101,12 @@ def test_default_run_names_are_unique_and_latest_links_the_newest(tmp_path, monk
     a, b = run_module._new_run_dir(cfg), run_module._new_run_dir(cfg)
     assert (a.name, b.name) == ('20250101-000000-hf-hub_org_x', '20250101-000000-hf-hub_org_x-2')
     for folder in (a, b):
-        run_module._link_latest(folder)
+        run_module._link_latest(folder, tmp_path)
         assert os.readlink(tmp_path / 'latest') == folder.name and (tmp_path / 'latest').resolve() == folder
+    nested = tmp_path / 'group' / 'exp'  # --experiment group/exp: latest is still <output>/latest
+    nested.mkdir(parents=True)
+    run_module._link_latest(nested, tmp_path)
+    assert (tmp_path / 'latest').resolve() == nested and not (tmp_path / 'group' / 'latest').exists()
 
 
 def test_two_kd_runs_are_bit_identical_and_final_is_the_student_as_trained(tmp_path, digits, teacher_dir):  # noqa

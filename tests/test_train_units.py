@@ -93,7 +93,11 @@ def test_full_disk_while_checkpointing_removes_the_partial_folder_and_names_it(t
     assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == []  # no partial folder, no index
 
 
-def test_other_errors_while_checkpointing_stay_themselves(tmp_path):
+@pytest.mark.parametrize('low_space', [False, True])
+def test_other_errors_while_checkpointing_stay_themselves(tmp_path, monkeypatch, low_space):
+    from timm_alphanet.train import checkpoint
+    if low_space:  # a nearly full disk does not turn every error into 'no space left'
+        monkeypatch.setattr(checkpoint.shutil, 'disk_usage', lambda p: type('U', (), {'free': 0})())
     m = CheckpointManager(_FullDisk(KeyError('bug')), tmp_path / 'checkpoints')
     with pytest.raises(KeyError):
         m.save(1)

@@ -89,6 +89,8 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
     """
     if getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(error):
         return True
+    if not isinstance(error, (OSError, RuntimeError)) and type(error).__module__.split('.')[0] != 'safetensors':
+        return False  # e.g. a ValueError or KeyboardInterrupt is itself, whatever the free space
     try:
         return shutil.disk_usage(folder).free < (1 << 20)
     except OSError:

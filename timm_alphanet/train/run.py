@@ -212,7 +212,7 @@ def _start(cfg: TrainConfig, acc, plan: RunPlan) -> Path:
         tmp = run_dir / '.args.yaml.tmp'
         tmp.write_text(cfg.to_yaml())
         os.replace(tmp, run_dir / 'args.yaml')
-        _link_latest(run_dir)
+        _link_latest(run_dir, Path(cfg.output))
     names = [str(run_dir) if run_dir is not None else None]
     broadcast_object_list(names)  # the same folder on every process
     run_dir = Path(names[0])
@@ -239,17 +239,18 @@ def _new_run_dir(cfg: TrainConfig) -> Path:
     raise AssertionError('unreachable')
 
 
-def _link_latest(run_dir: Path) -> None:
-    """Point ``<run_dir's parent>/latest`` at `run_dir` (relative), replacing the old link atomically."""
-    link = run_dir.parent / LATEST
+def _link_latest(run_dir: Path, output: Path) -> None:
+    """Point ``<output>/latest`` at `run_dir` (relative, also for ``--experiment a/b``), replacing the old link
+    atomically."""
+    link = output / LATEST
     if link.exists() and not link.is_symlink():
         logging.getLogger(__name__).warning(f'WARNING: {link} is not a link; not pointing it at the new run')
         return
-    tmp = run_dir.parent / f'.{LATEST}.{os.getpid()}.tmp'
+    tmp = output / f'.{LATEST}.{os.getpid()}.tmp'
     try:
         if tmp.is_symlink():
             tmp.unlink()
-        os.symlink(run_dir.name, tmp)
+        os.symlink(os.path.relpath(run_dir, output), tmp)
         os.replace(tmp, link)
     except OSError as e:  # a file system without symbolic links
         logging.getLogger(__name__).warning(f'WARNING: could not link {link} to the run ({e})')
