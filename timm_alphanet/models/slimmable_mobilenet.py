@@ -85,10 +85,12 @@ def _shapes(model: nn.Module) -> Shapes:
 def width_shapes(family: str, width: float) -> Shapes:
     """(key, shape) of every state-dict entry of timm's static `family` model at `width` (1000 classes, RGB).
 
-    Built on the meta device (no memory, no init), so the channel counts are timm's own rounding.
+    Built on the meta device (no memory, no init), so the channel counts are timm's own rounding; the global RNG is
+    left as it was (a cached and an uncached call must not give the next model different initial weights).
     """
     fam = _family(family)
-    return _shapes(fam.generator(fam.full, check_width(width), device='meta'))
+    with torch.random.fork_rng(devices=[]):  # timm's init draws from the CPU RNG even on meta: leave it untouched
+        return _shapes(fam.generator(fam.full, check_width(width), device='meta'))
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,7 +103,9 @@ def timm_model_name(family: str, width: float) -> Optional[str]:
     name = f'{family}_{round(check_width(width) * 100):03d}'
     if not is_model(name):
         return None
-    return name if _shapes(timm.create_model(name, device='meta')) == width_shapes(family, width) else None
+    with torch.random.fork_rng(devices=[]):  # as in width_shapes: a cached call must not move the CPU RNG
+        shapes = _shapes(timm.create_model(name, device='meta'))
+    return name if shapes == width_shapes(family, width) else None
 
 
 def _width_channels(family: str, space: WidthSpace) -> Dict[float, Dict[str, int]]:
