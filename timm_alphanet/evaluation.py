@@ -47,15 +47,22 @@ def evaluate(accelerator, model: Callable[[torch.Tensor], torch.Tensor], loader:
 
 def validate_subnets(accelerator, supernet: nn.Module, archs: List[Tuple[str, object]], calib_loader: Iterable,
                      val_loader: Iterable, calib_batches: int, progress: bool = False) -> Dict[str, Dict[str, float]]:
-    """BN-calibrate then evaluate each (name, arch) of the supernet; the active subnet is restored."""
+    """BN-calibrate then evaluate each (name, arch) of the supernet; the active subnet is restored.
+
+    An arch listed under several names (e.g. ``min`` and the width it is) is calibrated and evaluated once.
+    """
     previous = supernet.active_subnet
-    results = {}
+    results: Dict[str, Dict[str, float]] = {}
+    done: Dict[Any, Dict[str, float]] = {}
     try:
         for name, arch in archs:
             supernet.set_subnet(arch)
-            calibrate_bn(supernet, calib_loader, calib_batches, progress=False)
-            results[name] = evaluate(accelerator, supernet, val_loader, supernet.active_subnet.resolution,
-                                     desc=f'eval {name}', progress=progress)
+            key = supernet.active_subnet  # the validated arch: a hashable frozen config
+            if key not in done:
+                calibrate_bn(supernet, calib_loader, calib_batches, progress=False)
+                done[key] = evaluate(accelerator, supernet, val_loader, key.resolution, desc=f'eval {name}',
+                                     progress=progress)
+            results[name] = dict(done[key])
     finally:
         supernet.set_subnet(previous)
         supernet.train()

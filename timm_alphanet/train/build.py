@@ -24,9 +24,10 @@ from ..archs import ARCH_NAMES, resolve_arch
 from ..layers.sync_bn import convert_sync_dynamic_bn
 from ..models import is_supernet
 from ..processes import check_world_size, has_accelerator_device
-from ..spaces import SearchSpace
+from ..spaces import SearchSpace, WidthConfig
+from ..spaces._io import MAX_TEXT_BYTES, bounded_repr, parse_yaml
 from ..task import AlphaDistillationTask, SandwichTask
-from .config import TrainConfig
+from .config import DEMO_SPACE, TrainConfig
 from .data import create_datasets, create_loaders, num_classes_of, set_transforms
 from .epoch import seed_step
 
@@ -117,18 +118,26 @@ def _check_mode(cfg: TrainConfig, probe: nn.Module) -> bool:
         raise ValueError(f'model_ema: model {cfg.model!r} is a supernet, whose subnets need BN calibration each; a '
                          'weight EMA is supported for KD students (validated each epoch, its weights written to '
                          'final/)')
+    if not supernet and not cfg.inplace_kd:
+        raise ValueError(f'inplace_kd: off (--no-inplace-kd) is for supernets; model {cfg.model!r} is a KD student of '
+                         'the teacher')
     if cfg.sync_bn and not supernet and not torch.cuda.is_available():
         raise ValueError(f'sync_bn: model {cfg.model!r} would need torch SyncBatchNorm, which runs on GPUs only; '
                          'on CPU only supernets support it')
     return supernet
 
 
-def _space_for(cfg: TrainConfig, probe: nn.Module) -> Any:
-    """`cfg.space` as the supernet's own space type (AlphaNet `SearchSpace`, slimmable `WidthSpace`, ...)."""
+def _space_for(cfg: TrainConfig, probe: nn.Module) -> Optional[Any]:
+    """`cfg.space` as the supernet's own space type (AlphaNet `SearchSpace`, slimmable `WidthSpace`, ...); None (the
+    model's own space) when `cfg.space` is the demo default and the model's space is of another kind."""
     space_type = type(probe.space)
     try:
         return space_type.coerce(cfg.space)
     except (ValueError, TypeError) as e:
+        if cfg.space == DEMO_SPACE:  # the default belongs to the demo's AlphaNet supernet, not to other kinds
+            _logger.info(f'space: the demo AlphaNet space is not a {space_type.__name__}; {cfg.model} trains its own '
+                         f'({bounded_repr(probe.space.to_dict())})')
+            return None
         raise ValueError(f'space: not a {space_type.__name__}, the space of model {cfg.model!r} ({e}); give one '
                          "in that form, or none for the model's own") from None
 
@@ -146,8 +155,9 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) ->
                        ('checkpoint_path', cfg.initial_checkpoint or None)):
         if value is not None:
             kwargs[key] = value
-    if supernet and cfg.space is not None:
-        kwargs['space'] = _space_for(cfg, probe)
+    space = _space_for(cfg, probe) if supernet and cfg.space is not None else None
+    if space is not None:
+        kwargs['space'] = space
     seed_step(cfg.seed, 0, 0)  # the same initial weights on every process (DDP broadcasts them too)
     try:
         model = timm.create_model(cfg.model, **kwargs)
@@ -248,6 +258,7 @@ def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> 
         _check_model_name(cfg.teacher, 'teacher')
     if is_supernet(accelerator.unwrap_model(model)):
         task = SandwichTask(model, num_subnets=cfg.num_subnets, seed=cfg.seed, smoothing=cfg.smoothing,
+                            inplace_kd=cfg.inplace_kd,
                             teacher=cfg.teacher or None, teacher_weight=1.0 if cfg.kd_weight is None else cfg.kd_weight,
                             **kd)
     elif cfg.teacher:
@@ -272,6 +283,12 @@ def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> 
 def validation_archs(cfg: TrainConfig, model: nn.Module) -> List[Tuple[str, Any]]:
     """(name, arch) validated each epoch: a supernet's max, min and `cfg.eval_archs`; [] for other models.
 
+    The eval archs are resolved by the model's space: an AlphaNet `SearchSpace` takes `resolve_arch`'s names, files
+    and JSON text; any other space takes max, min and what its ``validate`` takes, given as a value or as YAML/JSON
+    text (a slimmable `WidthSpace`: a width such as ``0.35`` or ``{width: 0.5, resolution: 160}``). A width is named
+    ``w<width>`` (``w0.35``, ``w1.0``; ``@<resolution>`` added when the space has several), a paper arch by its name,
+    any other arch ``arch<i>``.
+
     Raises:
         ValueError: an eval arch that is not in the supernet's space (naming it and what is allowed).
     """
@@ -282,13 +299,27 @@ def validation_archs(cfg: TrainConfig, model: nn.Module) -> List[Tuple[str, Any]
     for i, arch in enumerate(cfg.eval_archs):
         name = arch.strip().removeprefix('alphanet_') if isinstance(arch, str) and len(arch) < 40 else f'arch{i}'
         try:
-            if isinstance(space, SearchSpace):  # names a0..a6, JSON text and arch files
-                resolved = resolve_arch(arch, space)
-            elif arch in ('max', 'min'):
-                resolved = space.max_config() if arch == 'max' else space.min_config()
-            else:
-                resolved = space.validate(arch)
+            resolved = _resolve_eval_arch(arch, space)
         except (ValueError, TypeError) as e:
             raise ValueError(f'eval_archs: {e}') from None
-        named.append((name if name in ARCH_NAMES else f'arch{i}', resolved))
+        if isinstance(resolved, WidthConfig) and name not in ('max', 'min'):
+            name = f'w{resolved.width}' + (f'@{resolved.resolution}' if len(space.resolutions) > 1 else '')
+        elif name not in ARCH_NAMES:
+            name = f'arch{i}'
+        named.append((name, resolved))
     return named
+
+
+def _resolve_eval_arch(arch: Any, space: Any) -> Any:
+    if isinstance(space, SearchSpace):  # names a0..a6, JSON text and arch files
+        return resolve_arch(arch, space)
+    if isinstance(arch, str):
+        if len(arch) > MAX_TEXT_BYTES:
+            raise ValueError(f'an eval arch of {len(arch)} characters is too long (at most {MAX_TEXT_BYTES})')
+        arch = parse_yaml(arch, 'eval arch')  # '0.35' is a number, '{width: 0.5, resolution: 32}' a mapping
+    if isinstance(arch, str):
+        if arch.strip() in ('max', 'min'):
+            return space.max_config() if arch.strip() == 'max' else space.min_config()
+        raise ValueError(f'unknown arch {arch[:80]!r} for a {type(space).__name__}; allowed: max, min, or a subnet '
+                         'of the space (a slimmable width such as 0.35, or {width: 0.5, resolution: 224})')
+    return space.validate(arch)

@@ -100,12 +100,14 @@ class TrainConfig:
                       'alphanet_supernet) trains with the sandwich rule, any other model is a KD student '
                       '(needs --teacher)', _MODEL)
     space: Optional[Union[str, Dict[str, Any]]] = _opt(
-        None, 'supernet search space, in the form the model takes (AlphaNet: an original-schema supernet_config): a '
-        'YAML file (a config may give the dict); none = the model\'s own (alphanet_supernet: the paper\'s)', _MODEL,
-        factory=lambda: copy.deepcopy(DEMO_SPACE))
-    eval_archs: Tuple[Union[str, Dict[str, Any]], ...] = _opt(
-        (), 'extra supernet subnets to validate: max, min, a0..a6 (AlphaNet spaces), JSON/YAML arch files or JSON '
-        'text (a config may give dicts)', _MODEL)
+        None, 'supernet search space, in the form the model takes (AlphaNet: an original-schema supernet_config; '
+        'slimmable: {widths: [...], resolutions: [...]}): a YAML file (a config may give the dict); none = the '
+        'model\'s own (alphanet_supernet: the paper\'s) (default: the demo AlphaNet space; a supernet of another '
+        'kind uses its own)', _MODEL, factory=lambda: copy.deepcopy(DEMO_SPACE))
+    eval_archs: Tuple[Union[str, float, Dict[str, Any]], ...] = _opt(
+        (), 'extra supernet subnets to validate (after BN calibration), resolved by the model\'s space: max, min; '
+        'AlphaNet: a0..a6, JSON/YAML arch files or JSON text; slimmable: widths such as 0.35 (a config may give '
+        'numbers and dicts)', _MODEL)
     pretrained: bool = _opt(False, 'start from the model\'s pretrained weights', _MODEL)
     initial_checkpoint: str = _opt('', 'weights file to start from', _MODEL)
     num_classes: Optional[int] = _opt(None, 'classes (default: the dataset\'s)', _MODEL)
@@ -135,6 +137,8 @@ class TrainConfig:
     kd_weight: Optional[float] = _opt(None, 'KD loss weight (default 1)', _KD)
     task_weight: Optional[float] = _opt(None, 'task loss weight of teacher KD (default 1)', _KD)
     num_subnets: int = _opt(4, 'sandwich: max, num_subnets - 2 random, min', _KD)
+    inplace_kd: bool = _opt(True, 'supernet: the random and min subnets learn from the max subnet\'s logits '
+                            '(--kd-loss); --no-inplace-kd: from the labels instead (the slimmable "w/o KD" row)', _KD)
     val_teacher: bool = _opt(False, 'validate the teacher once before training', _KD)
 
     # ---- optimizer / schedule
