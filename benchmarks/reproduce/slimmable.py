@@ -1,0 +1,379 @@
+"""Miniature of the AlphaNet paper's slimmable table: MobileNet-V1/V2 trained with the sandwich rule w/o KD, with
+in-place KL-KD and with in-place adaptive alpha-KD, then top-1 per width after BN calibration.
+
+Each run is ``train.py`` on a miniature of the recipe ``train_configs/slimmable_mobilenetv{1,2}_in1k.yaml`` (its
+width space, KD hyper-parameters and label loss; the data, resolution, schedule and batch of `MINIATURE` plus the
+flags), so the three KD settings differ only in ``inplace_kd`` / ``kd_loss``: same seeds (initial weights, data
+order, the widths of every step), same budget. Afterwards every run's final weights are BN-calibrated per width on the
+same fixed training images (eval transform) and evaluated on the validation split. Writes ``slimmable.md`` (the
+table, mean +- std over seeds, next to the paper's ImageNet numbers), ``slimmable.json`` (every run) and, with
+matplotlib, ``slimmable.png`` into ``--out``. Finished runs are reused and interrupted ones resumed, so a killed
+benchmark continues where it stopped.
+
+    python benchmarks/reproduce/slimmable.py                         # digits at 64 px: ~12 min on 2 idle CPU cores
+    python benchmarks/reproduce/slimmable.py --seeds 0 1 2 3 --epochs 30 --jobs 4 --threads 4
+    python benchmarks/reproduce/slimmable.py --dataset '' --data-dir /data/imagenet --image-size 224 --epochs 250 \\
+        --batch-size 128 --lr 0.5 --launcher 'accelerate launch --multi_gpu --num_processes 8' --jobs 1 --threads 8
+
+Digits are 8x8 images (written at 32 px): at 32 px a MobileNet's stride-32 features are 1x1, so the miniature runs at
+64 px (2x2 features), which costs ~2.3x the CPU time of 32 px (measured, batch 64).
+
+The default budget (2 seeds x 8 epochs, 12 runs, ~25 CPU-minutes: ~14 s per MobileNet-V2 epoch, ~12 s per V1 epoch
+and ~18 s start-up and evaluation per run, measured with one thread) is sized to finish in about 12 minutes on an idle
+2-core machine. Two seeds rather than more epochs: one seed cannot tell a KD gain from the noise of 355 validation
+images (one image is 0.28 points), and at 8 epochs the max width is past ~90 % top-1 (~88 % after 4).
+"""
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's timm_alphanet, also when run from elsewhere
+
+NETS = {'mobilenetv1': 'MobileNet-V1', 'mobilenetv2': 'MobileNet-V2'}
+# the paper's row names -> what differs between the runs (nothing else does)
+SETTINGS: Dict[str, Dict[str, Any]] = {
+    'w/o KD': {'inplace_kd': False},
+    'KL-KD': {'inplace_kd': True, 'kd_loss': 'kl'},
+    'adaptive-KD': {'inplace_kd': True, 'kd_loss': 'alpha'},
+}
+# The paper's ImageNet top-1 (AlphaNet, arXiv:2102.07954), one value per column; the columns' widths are the recipe's
+# eval_archs, which are a GUESS (see the recipe files).
+PAPER: Dict[str, Dict[str, List[float]]] = {
+    'mobilenetv1': {
+        'w/o KD': [53.9, 55.3, 57.1, 59.1, 61.1, 62.9, 64.0, 65.8, 66.9, 67.9, 68.8],
+        'KL-KD': [56.4, 57.8, 59.5, 61.0, 63.0, 64.4, 65.5, 67.1, 68.3, 69.1, 69.8],
+        'adaptive-KD': [56.4, 57.9, 59.7, 61.7, 63.4, 65.0, 66.2, 67.7, 68.8, 69.5, 70.1],
+    },
+    'mobilenetv2': {
+        'w/o KD': [61.9, 62.8, 63.7, 64.5, 65.1, 67.2, 67.7, 68.3, 69.0],
+        'KL-KD': [63.2, 64.4, 65.1, 66.0, 66.5, 68.4, 69.2, 69.5, 70.1],
+        'adaptive-KD': [63.7, 64.6, 65.6, 66.3, 66.9, 68.7, 69.3, 69.9, 70.5],
+    },
+}
+# What the miniature changes in the recipe besides the flags (the KD settings, label loss, optimizer and width
+# space stay the recipe's). No horizontal flips: a mirrored digit is another digit (or none).
+MINIATURE: Dict[str, Any] = dict(
+    dataset='sklearn/digits', data_dir=None, train_split='train', val_split='validation', eval_archs=(),
+    hflip=0.0, scale=(0.5, 1.0), crop_pct=1.0, warmup_epochs=1.0, warmup_lr=1e-4, mixed_precision='no', workers=0,
+    checkpoint_interval=0, checkpoint_hist=1, log_interval=1000, no_progress=True, bn_calib_batches=4,
+)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--out', default='output/reproduce/slimmable', help='output folder (runs, table, JSON)')
+    p.add_argument('--nets', nargs='+', default=list(NETS), choices=list(NETS))
+    p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1], help='one run per seed and setting')
+    p.add_argument('--epochs', type=int, default=8)
+    p.add_argument('--batch-size', type=int, default=64, help='per process')
+    p.add_argument('--lr', type=float, default=None,
+                   help="default: the recipe's rule, lr_base 0.125 x global batch / 256 (0.03125 at 64)")
+    p.add_argument('--image-size', type=int, default=64, help='training and evaluation resolution')
+    p.add_argument('--dataset', default=None, help="timm dataset name ('' = image folder); default: sklearn/digits")
+    p.add_argument('--data-dir', default=None)
+    p.add_argument('--mixed-precision', default=None, choices=('no', 'fp16', 'bf16'))
+    p.add_argument('--workers', type=int, default=None, help='data loader processes per training process')
+    p.add_argument('--widths', nargs='+', type=float, default=None,
+                   help="widths to report (default: the recipe's eval_archs, the paper's columns)")
+    p.add_argument('--calib-images', type=int, default=512, help='training images (eval transform) for BN calibration')
+    p.add_argument('--jobs', type=int, default=2, help='training runs at once')
+    p.add_argument('--threads', type=int, default=1, help='torch threads per run (OMP_NUM_THREADS)')
+    p.add_argument('--launcher', default='', help="e.g. 'accelerate launch --multi_gpu --num_processes 8' (default: "
+                                                 'this python)')
+    p.add_argument('--in-process', action='store_true',
+                   help='train in this process (timm_alphanet.train.run) instead of a train.py process per run: '
+                        'no interpreter start-up per run (the smoke test); needs --jobs 1 and no --launcher')
+    p.add_argument('--max-train-steps', type=int, default=None, help='stop each run after this many steps (smoke test)')
+    p.add_argument('--no-plot', action='store_true')
+    args = p.parse_args(argv)
+    if min(args.epochs, args.batch_size, args.image_size, args.jobs, args.threads, args.calib_images) < 1:
+        p.error('--epochs, --batch-size, --image-size, --jobs, --threads and --calib-images must be >= 1')
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        p.error(f'--lr must be a positive number, got {args.lr}')
+    if args.in_process and (args.jobs != 1 or args.launcher):
+        p.error('--in-process trains one run at a time in this process: give --jobs 1 and no --launcher')
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        p.error(f'--max-train-steps must be >= 1, got {args.max_train_steps}')
+    return args
+
+
+# ---- configs
+def recipe(net: str):
+    from timm_alphanet.train import TrainConfig
+    return TrainConfig.from_yaml(ROOT / 'train_configs' / f'slimmable_{net}_in1k.yaml')
+
+
+def run_config(net: str, setting: str, seed: int, args: argparse.Namespace, runs_dir: Path):
+    """The TrainConfig of one run: the recipe, the miniature's changes, the flags, the setting and the seed."""
+    base = recipe(net)
+    changes = dict(MINIATURE)
+    changes.update(space={'widths': list(base.space['widths']), 'resolutions': [args.image_size]},
+                   epochs=args.epochs, batch_size=args.batch_size, seed=seed, output=str(runs_dir),
+                   experiment=run_name(net, setting, seed))
+    for key in ('lr', 'dataset', 'data_dir', 'mixed_precision', 'workers', 'max_train_steps'):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    changes.update(SETTINGS[setting])
+    return base.replace(**changes)
+
+
+def run_name(net: str, setting: str, seed: int) -> str:
+    tag = {'w/o KD': 'nokd', 'KL-KD': 'kl', 'adaptive-KD': 'alpha'}[setting]
+    return f'{net}-{tag}-seed{seed}'
+
+
+def report_widths(net: str, args: argparse.Namespace) -> List[float]:
+    if args.widths:
+        return sorted(set(args.widths))
+    return [float(w) for w in recipe(net).eval_archs]
+
+
+# ---- training
+def train(cfg, args: argparse.Namespace, logs: Path) -> Dict[str, Any]:
+    """Run train.py on `cfg` unless its run folder is complete; resume an interrupted one. Returns timing.
+
+    Raises:
+        ValueError: the run folder holds a run of another config (other flags on the same ``--out``).
+    """
+    run_dir = Path(cfg.output) / cfg.experiment
+    final = run_dir / 'final' / 'model.safetensors'
+    cfg_path = logs / f'{cfg.experiment}.yaml'
+    if run_dir.exists() and (not cfg_path.is_file() or _read_head(cfg_path) != cfg.to_yaml()):
+        raise ValueError(f'{run_dir} holds a run of another config than {cfg_path}: give another --out, or delete it')
+    if final.exists():
+        return {'run': cfg.experiment, 'seconds': None, 'reused': True}
+    tmp = cfg_path.with_suffix('.tmp')
+    tmp.write_text(cfg.to_yaml())
+    os.replace(tmp, cfg_path)
+    resume = (run_dir / 'checkpoints' / 'index.json').exists()
+    t0 = time.time()
+    if args.in_process:
+        from timm_alphanet.train import run
+        run(cfg.replace(resume=str(run_dir)) if resume else cfg)
+        return {'run': cfg.experiment, 'seconds': round(time.time() - t0, 1), 'reused': False}
+    launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
+    cmd = [*launcher, str(ROOT / 'train.py'), '-c', str(cfg_path)] + (['--resume', str(run_dir)] if resume else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS='ignore')
+    env.pop('WORLD_SIZE', None)
+    with open(logs / f'{cfg.experiment}.log', 'a') as log:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if p.returncode != 0 or not final.exists():
+        raise RuntimeError(f'{cfg.experiment}: train.py exited {p.returncode}; see {logs / cfg.experiment}.log')
+    return {'run': cfg.experiment, 'seconds': round(time.time() - t0, 1), 'reused': False}
+
+
+def _read_head(path: Path, limit: int = 1 << 20) -> str:
+    with open(path, encoding='utf-8', errors='replace') as f:
+        return f.read(limit)
+
+
+# ---- evaluation
+def load_run(cfg):
+    """The final weights of a finished run, rebuilt from its ``final`` folder as any user would (``local-dir:``).
+
+    ``pretrained=True`` is what loads the folder's weights: without it timm builds the architecture only.
+    """
+    import timm
+    return timm.create_model(f'local-dir:{Path(cfg.output) / cfg.experiment / "final"}', pretrained=True)
+
+
+def evaluate_run(cfg, widths: Sequence[float], calib_images: int) -> Dict[str, Any]:
+    """Top-1/top-5 per width of a finished run: each width BN-calibrated on the same `calib_images` training images
+    (eval transform, chosen with seed 0), then evaluated on the validation split."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from timm_alphanet.calibration import disjoint_subsets, load_images
+    from timm_alphanet.evaluation import validate_subnets
+    from timm_alphanet.spaces import WidthConfig
+    from timm_alphanet.train import data_config_for
+    from timm_alphanet.train.data import create_datasets, set_transforms
+
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    model = load_run(cfg).to(acc.device)
+    train_ds, val_ds = create_datasets(cfg)
+    set_transforms(cfg, train_ds, val_ds, data_config_for(cfg, model))
+    train_ds.transform = val_ds.transform  # calibration images as the model sees them at test time
+    idx = disjoint_subsets(len(train_ds), [min(calib_images, len(train_ds))], seed=0)[0]
+    x, y = load_images(train_ds, idx, batch_size=cfg.batch_size, progress=False)
+    calib = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size, shuffle=False)
+    val = acc.prepare(DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers))
+    res = model.space.resolutions[-1]
+    archs = [(str(w), WidthConfig(w, res)) for w in widths]
+    results = validate_subnets(acc, model, archs, calib, val, len(calib))
+    return {'widths': {k: v for k, v in results.items()}, 'num_val_images': len(val_ds),
+            'num_calib_images': len(idx)}
+
+
+# ---- summary
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float('nan'))
+
+
+def _cell(values: Sequence[float]) -> str:
+    m, s = _mean_std(values)
+    return f'{m:.1f}' if math.isnan(s) else f'{m:.1f} ± {s:.1f}'
+
+
+def summarise(runs: List[Dict[str, Any]], widths: Dict[str, List[float]], seeds: Sequence[int]) -> Dict[str, Any]:
+    """Per net and setting: top-1 per width (mean, std over seeds) and the paired gain over w/o KD (mean over widths,
+    per seed; mean and its standard error over seeds)."""
+    out: Dict[str, Any] = {}
+    for net, ws in widths.items():
+        by_setting: Dict[str, Dict[int, List[float]]] = {}
+        for r in runs:
+            if r['net'] == net:
+                by_setting.setdefault(r['setting'], {})[r['seed']] = [r['top1'][str(w)] for w in ws]
+        net_out = {}
+        for setting, per_seed in by_setting.items():
+            cols = list(zip(*per_seed.values()))
+            entry = {'top1_mean': [statistics.fmean(c) for c in cols],
+                     'top1_std': [_mean_std(c)[1] for c in cols], 'seeds': sorted(per_seed)}
+            base = by_setting.get('w/o KD', {})
+            common = [s for s in per_seed if s in base]
+            if setting != 'w/o KD' and common:
+                gains = [statistics.fmean(a - b for a, b in zip(per_seed[s], base[s])) for s in common]
+                m, sd = _mean_std(gains)
+                entry['gain_over_no_kd'] = {'mean': m, 'sem': sd / math.sqrt(len(gains)), 'per_seed': gains}
+            net_out[setting] = entry
+        out[net] = net_out
+    return out
+
+
+def markdown(runs: List[Dict[str, Any]], widths: Dict[str, List[float]], summary: Dict[str, Any],
+             meta: Dict[str, Any]) -> str:
+    lines = [f"Miniature: {meta['data']}; top-1 (%) per width after BN calibration, mean ± std over seeds "
+             f"{meta['seeds']}; {meta['budget']}. The paper's rows are ImageNet (their column widths are our guess).",
+             '']
+    for net, ws in widths.items():
+        lines.append(f'| {NETS[net]} | ' + ' | '.join(str(w) for w in ws) + ' | gain over w/o KD |')
+        lines.append('|---' * (len(ws) + 2) + '|')
+        for setting in SETTINGS:
+            if setting not in summary.get(net, {}):
+                continue
+            per = [[r['top1'][str(w)] for r in runs if r['net'] == net and r['setting'] == setting] for w in ws]
+            gain = summary[net][setting].get('gain_over_no_kd')
+            g = '' if gain is None else f"{gain['mean']:+.2f}" + ('' if math.isnan(gain['sem']) else
+                                                                    f" ± {gain['sem']:.2f} (sem)")
+            lines.append(f'| {setting} (digits) | ' + ' | '.join(_cell(v) for v in per) + f' | {g} |')
+        paper = PAPER[net]
+        if len(ws) == len(paper['w/o KD']):
+            for setting in SETTINGS:
+                gain = statistics.fmean(a - b for a, b in zip(paper[setting], paper['w/o KD']))
+                g = '' if setting == 'w/o KD' else f'{gain:+.2f}'
+                lines.append(f'| {setting} (paper, ImageNet) | ' + ' | '.join(f'{v:.1f}' for v in paper[setting])
+                             + f' | {g} |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def plot(summary: Dict[str, Any], widths: Dict[str, List[float]], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(widths), figsize=(5.5 * len(widths), 4), squeeze=False)
+    for ax, (net, ws) in zip(axes[0], widths.items()):
+        for setting, entry in summary[net].items():
+            ax.errorbar(ws, entry['top1_mean'], yerr=[0 if math.isnan(s) else s for s in entry['top1_std']],
+                        label=setting, capsize=3, marker='o', ms=3)
+        ax.set(title=f'slimmable {NETS[net]} (miniature)', xlabel='width', ylabel='top-1 (%)')
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f'.{path.name}.tmp.png')
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    return True
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (the training runs): on a shared machine
+    the wall time depends on the other load, this does not (CPU time / cores = wall time on an idle machine)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    runs_dir, logs = out / 'runs', out / 'logs'
+    logs.mkdir(parents=True, exist_ok=True)
+    jobs = [(net, setting, seed) for seed in args.seeds for net in args.nets for setting in args.settings]
+    cfgs = {job: run_config(*job, args, runs_dir) for job in jobs}
+    widths = {net: report_widths(net, args) for net in args.nets}
+    t0 = time.time()
+    timings: Dict[str, Any] = {}
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each thread waits on one train.py process
+        futures = {pool.submit(train, cfgs[job], args, logs): job for job in jobs}
+        for f in concurrent.futures.as_completed(futures):
+            t = f.result()
+            timings[t['run']] = t
+            print(f"[{time.time() - t0:7.0f}s] trained {t['run']}" + (' (reused)' if t['reused'] else
+                                                                      f" in {t['seconds']:.0f}s"), flush=True)
+    train_s = time.time() - t0
+    runs = []
+    for job in jobs:
+        net, setting, seed = job
+        ev = evaluate_run(cfgs[job], widths[net], args.calib_images)
+        runs.append({'net': net, 'setting': setting, 'seed': seed, 'run': cfgs[job].experiment,
+                     'top1': {k: v['top1'] for k, v in ev['widths'].items()}, 'eval': ev,
+                     'train': timings[cfgs[job].experiment]})
+        print(f'[{time.time() - t0:7.0f}s] evaluated {cfgs[job].experiment}', flush=True)
+    from timm_alphanet.train import learning_rate
+    first = cfgs[jobs[0]]
+    meta = {
+        'data': f"{first.dataset or 'image folder'} at {args.image_size} px "
+                f"({runs[0]['eval']['num_val_images']} validation images)",
+        'seeds': list(args.seeds),
+        'budget': f'{args.epochs} epochs'
+                  + (f' (at most {args.max_train_steps} steps)' if args.max_train_steps else '')
+                  + f' x batch {args.batch_size} x {first.num_subnets} widths per step, '
+                  f'lr {learning_rate(first, 1):.4g} (cosine, {first.warmup_epochs:g} warm-up epoch)',
+        'command': ' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
+        'wall_s': {'train': round(train_s, 1), 'total': round(time.time() - t0, 1)},
+        'cpu_s': round(_cpu_seconds(), 1), 'load_average_at_end': list(os.getloadavg()),
+        'threads_per_run': args.threads, 'parallel_runs': args.jobs,
+        'miniature_changes': {k: list(v) if isinstance(v, tuple) else v for k, v in MINIATURE.items()},
+    }
+    summary = summarise(runs, widths, args.seeds)
+    table = markdown(runs, widths, summary, meta)
+    _write(out / 'slimmable.md', table + f"\nCommand: `{meta['command']}` ({meta['date']}, {meta['machine']}, "
+                                         f"{args.jobs} runs at once x {args.threads} thread(s); wall time "
+                                         f"{meta['wall_s']['total'] / 60:.1f} min, CPU time "
+                                         f"{meta['cpu_s'] / 60:.1f} min, load average at the end "
+                                         f"{meta['load_average_at_end'][1]:.1f}).\n")
+    _write(out / 'slimmable.json', json.dumps({'meta': meta, 'widths': widths, 'summary': summary, 'runs': runs,
+                                               'paper': PAPER}, indent=2))
+    plotted = not args.no_plot and plot(summary, widths, out / 'slimmable.png')
+    print(table)
+    print(f"wall time {meta['wall_s']['total'] / 60:.1f} min, CPU time {meta['cpu_s'] / 60:.1f} min; wrote {out / 'slimmable.md'}, {out / 'slimmable.json'}"
+          + (f", {out / 'slimmable.png'}" if plotted else ''))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
