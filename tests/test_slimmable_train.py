@@ -117,6 +117,45 @@ def test_recipes_parse_and_validate_the_papers_widths(acc):
         assert all(w.resolution == 224 for w in widths)
 
 
+# where a recipe's data lives and how often it logs or saves: no effect on the result
+_NOT_HYPER_PARAMETERS = {'model', 'dataset', 'train_split', 'val_split', 'workers', 'checkpoint_interval',
+                         'checkpoint_hist', 'log_interval'}
+_SOURCES = ('[US-Nets]', '[AlphaNet]', 'GUESS', '[ours]')
+
+
+def _annotations(text):
+    """{top-level key: its line, its indented continuation lines and the column-0 comments right above it}."""
+    lines = text.splitlines()
+    out = {}
+    for i, line in enumerate(lines):
+        if not line or line[0] in ' #':
+            continue
+        key = line.split(':', 1)[0]
+        above = []
+        j = i - 1
+        while j >= 0 and lines[j].startswith('#'):
+            above.append(lines[j])
+            j -= 1
+        below = []
+        j = i + 1
+        while j < len(lines) and lines[j].startswith(' '):
+            below.append(lines[j])
+            j += 1
+        out[key] = '\n'.join([*above, line, *below])
+    return out
+
+
+def test_every_recipe_hyper_parameter_names_its_source_or_is_marked_a_guess():
+    for family in ('mobilenetv1', 'mobilenetv2'):
+        path = ROOT / 'train_configs' / f'slimmable_{family}_in1k.yaml'
+        annotations = _annotations(path.read_text())
+        assert set(annotations) == set(yaml.safe_load(path.read_text()))  # every key found
+        assert len(annotations) > 40
+        missing = [k for k, text in annotations.items()
+                   if k not in _NOT_HYPER_PARAMETERS and not any(tag in text for tag in _SOURCES)]
+        assert missing == [], f'{path.name}: no source or GUESS for {missing}'
+
+
 def test_validate_subnets_evaluates_an_arch_listed_twice_once(acc, digits, monkeypatch):
     import timm_alphanet.evaluation as evaluation
     cfg = _cfg(digits)
