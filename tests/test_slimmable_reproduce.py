@@ -35,13 +35,13 @@ def test_the_settings_differ_only_in_the_kd_flags_and_train_different_weights(sc
     assert len(cfgs) == 6  # 2 nets x 3 settings x 1 seed
     for net in script.NETS:
         runs = {tag: cfgs[f'{net}-{tag}-seed0'] for tag in ('nokd', 'kl', 'alpha')}
-        assert (runs['nokd']['inplace_kd'], runs['kl']['inplace_kd'], runs['alpha']['inplace_kd']) == (False, True, True)
+        assert [runs[tag]['inplace_kd'] for tag in ('nokd', 'kl', 'alpha')] == [False, True, True]
         assert (runs['kl']['kd_loss'], runs['alpha']['kd_loss']) == ('kl', 'alpha')
         flags = ('inplace_kd', 'kd_loss', 'experiment')
         budgets = [{k: v for k, v in cfg.items() if k not in flags} for cfg in runs.values()]
         assert budgets[0] == budgets[1] == budgets[2]  # same seed, data, schedule, steps
         assert budgets[0]['max_train_steps'] == 2 and budgets[0]['seed'] == 0
-        weights = {tag: load_file(smoke / 'runs' / f'{net}-{tag}-seed0' / 'final' / 'model.safetensors')
+        weights = {tag: load_file(script.supernet_folder(smoke / 'runs' / f'{net}-{tag}-seed0') / 'model.safetensors')
                    for tag in runs}
         for a, b in (('nokd', 'kl'), ('kl', 'alpha'), ('nokd', 'alpha')):
             assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
@@ -51,7 +51,7 @@ def test_the_table_evaluates_the_trained_weights(script, smoke):
     """The regression: ``local-dir:`` without pretrained=True rebuilt an untrained net (a chance-level table)."""
     args = script.parse_args(['--out', str(smoke), *SMOKE])
     cfg = script.run_config('mobilenetv2', 'adaptive-KD', 0, args, smoke / 'runs')
-    saved = load_file(smoke / 'runs' / cfg.experiment / 'final' / 'model.safetensors')
+    saved = load_file(script.supernet_folder(smoke / 'runs' / cfg.experiment) / 'model.safetensors')
     loaded = script.load_run(cfg).state_dict()
     assert set(loaded) == set(saved)
     for k, v in saved.items():

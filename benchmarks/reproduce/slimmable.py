@@ -150,7 +150,7 @@ def train(cfg, args: argparse.Namespace, logs: Path) -> Dict[str, Any]:
         ValueError: the run folder holds a run of another config (other flags on the same ``--out``).
     """
     run_dir = Path(cfg.output) / cfg.experiment
-    final = run_dir / 'final' / 'model.safetensors'
+    final = supernet_folder(run_dir) / 'model.safetensors'
     cfg_path = logs / f'{cfg.experiment}.yaml'
     if run_dir.exists() and (not cfg_path.is_file() or _read_head(cfg_path) != cfg.to_yaml()):
         raise ValueError(f'{run_dir} holds a run of another config than {cfg_path}: give another --out, or delete it')
@@ -171,7 +171,7 @@ def train(cfg, args: argparse.Namespace, logs: Path) -> Dict[str, Any]:
     env.pop('WORLD_SIZE', None)
     with open(logs / f'{cfg.experiment}.log', 'a') as log:
         p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if p.returncode != 0 or not final.exists():
+    if p.returncode != 0 or not (supernet_folder(run_dir) / 'model.safetensors').exists():
         raise RuntimeError(f'{cfg.experiment}: train.py exited {p.returncode}; see {logs / cfg.experiment}.log')
     return {'run': cfg.experiment, 'seconds': round(time.time() - t0, 1), 'reused': False}
 
@@ -182,13 +182,21 @@ def _read_head(path: Path, limit: int = 1 << 20) -> str:
 
 
 # ---- evaluation
+def supernet_folder(run_dir: Path) -> Path:
+    """The trained supernet's model folder: ``final/supernet`` where the trainer also writes a static model per
+    validated subnet next to it, else ``final`` itself."""
+    final = run_dir / 'final'
+    return final / 'supernet' if (final / 'supernet').is_dir() else final
+
+
 def load_run(cfg):
-    """The final weights of a finished run, rebuilt from its ``final`` folder as any user would (``local-dir:``).
+    """The final weights of a finished run, rebuilt from its folder as any user would (``local-dir:``).
 
     ``pretrained=True`` is what loads the folder's weights: without it timm builds the architecture only.
     """
     import timm
-    return timm.create_model(f'local-dir:{Path(cfg.output) / cfg.experiment / "final"}', pretrained=True)
+    folder = supernet_folder(Path(cfg.output) / cfg.experiment)
+    return timm.create_model(f'local-dir:{folder}', pretrained=True)
 
 
 def evaluate_run(cfg, widths: Sequence[float], calib_images: int) -> Dict[str, Any]:
@@ -370,7 +378,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                'paper': PAPER}, indent=2))
     plotted = not args.no_plot and plot(summary, widths, out / 'slimmable.png')
     print(table)
-    print(f"wall time {meta['wall_s']['total'] / 60:.1f} min, CPU time {meta['cpu_s'] / 60:.1f} min; wrote {out / 'slimmable.md'}, {out / 'slimmable.json'}"
+    print(f"wall time {meta['wall_s']['total'] / 60:.1f} min, CPU time {meta['cpu_s'] / 60:.1f} min; "
+          f"wrote {out / 'slimmable.md'}, {out / 'slimmable.json'}"
           + (f", {out / 'slimmable.png'}" if plotted else ''))
     return 0
 
