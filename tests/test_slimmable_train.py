@@ -81,10 +81,10 @@ def test_the_demo_default_space_gives_way_to_the_models_own(acc):
 
 def test_validation_archs_resolve_widths_by_the_models_space(acc, digits):
     text = _cfg(digits, eval_archs=('0.5', ' max', '{width: 0.75, resolution: 16}', '1'))
-    numbers = _cfg(digits, eval_archs=(0.5, 'max', {'width': 0.75, 'resolution': 16}, 1))
+    mappings = _cfg(digits, eval_archs=('0.5', 'max', {'width': 0.75, 'resolution': 16}, '1.0'))
     model = build_model(text, acc, 10)
     named = validation_archs(text, model)
-    assert named == validation_archs(numbers, model)  # CLI text and YAML values resolve alike
+    assert named == validation_archs(mappings, model)  # CLI text and YAML mappings resolve alike
     assert named == [('max', WidthConfig(1.0, 16)), ('min', WidthConfig(0.5, 16)), ('w0.5', WidthConfig(0.5, 16)),
                      ('max', WidthConfig(1.0, 16)), ('w0.75', WidthConfig(0.75, 16)), ('w1.0', WidthConfig(1.0, 16))]
     two = _cfg(digits, space={'widths': [0.5, 1.0], 'resolutions': [16, 24]},
@@ -182,7 +182,7 @@ def test_sync_bn_covers_every_elastic_bn_of_the_slimmable_model(acc, digits):
 
 
 def test_run_validates_each_width_and_resumes_to_the_same_weights(tmp_path, digits):
-    cfg = _cfg(digits, batch_size=128, epochs=2, output=str(tmp_path), eval_archs=(0.75,))
+    cfg = _cfg(digits, batch_size=128, epochs=2, output=str(tmp_path), eval_archs=('0.75',))
     full = run(cfg.replace(experiment='full'))
     assert set(full) == {'max', 'min', 'w0.75'} and full['max']['top1'] > 20  # chance: 10 %
     summary = yaml.safe_load((tmp_path / 'full' / 'summary.json').read_text())

@@ -104,10 +104,10 @@ class TrainConfig:
         'slimmable: {widths: [...], resolutions: [...]}): a YAML file (a config may give the dict); none = the '
         'model\'s own (alphanet_supernet: the paper\'s) (default: the demo AlphaNet space; a supernet of another '
         'kind uses its own)', _MODEL, factory=lambda: copy.deepcopy(DEMO_SPACE))
-    eval_archs: Tuple[Union[str, float, Dict[str, Any]], ...] = _opt(
+    eval_archs: Tuple[Union[str, Dict[str, Any]], ...] = _opt(
         (), 'extra supernet subnets to validate (after BN calibration), resolved by the model\'s space: max, min; '
-        'AlphaNet: a0..a6, JSON/YAML arch files or JSON text; slimmable: widths such as 0.35 (a config may give '
-        'numbers and dicts)', _MODEL)
+        'AlphaNet: a0..a6, JSON/YAML arch files or JSON text; slimmable: widths such as 0.35 (a config gives them as '
+        "text, '0.35', or as mappings)", _MODEL)
     pretrained: bool = _opt(False, 'start from the model\'s pretrained weights', _MODEL)
     initial_checkpoint: str = _opt('', 'weights file to start from', _MODEL)
     num_classes: Optional[int] = _opt(None, 'classes (default: the dataset\'s)', _MODEL)
