@@ -71,3 +71,51 @@ def test_a_corrupt_local_dir_teacher_is_named(tmp_path):
     (tmp_path / 'teacher' / 'config.json').write_text('{not json')
     with pytest.raises(ValueError, match=r'config\.json'):
         create_teacher(f"local-dir:{tmp_path / 'teacher'}", timm.create_model('alphanet_custom', num_classes=3))
+
+
+def _run_with_args_yaml(tmp_path, text):
+    """A training run folder (final/supernet, args.yaml with `text`) and a `latest` link to it, like train writes."""
+    run = tmp_path / 'train' / 'run-1'
+    save_pretrained(_supernet(), run / 'final' / 'supernet')
+    (run / 'args.yaml').write_text(text)
+    (tmp_path / 'train' / 'latest').symlink_to(run, target_is_directory=True)
+    return run, tmp_path / 'train' / 'latest'
+
+
+def test_training_data_is_found_from_every_name_of_a_run_or_its_models(tmp_path):
+    from timm_alphanet.sources import training_data
+    images = tmp_path / 'no-such-images'
+    run, latest = _run_with_args_yaml(tmp_path, f"dataset: ''\ndata_dir: {images}\nval_split: val\nepochs: 3\n")
+    save_pretrained(timm.create_model('alphanet_custom', num_classes=3), run / 'final' / 'a0')
+    expected = {'dataset': '', 'data_dir': str(images), 'val_split': 'val'}
+    for spec in (run, latest, f'local-dir:{latest}', latest / 'final' / 'supernet',
+                 f"local-dir:{latest / 'final' / 'supernet'}", run / 'final', run / 'final' / 'a0'):
+        assert training_data(spec) == expected, spec
+    assert training_data('hf-hub:someone/supernet') == {}
+    assert training_data(tmp_path / 'elsewhere') == {}
+
+
+def test_alphanet_search_takes_the_data_of_the_run_behind_any_name_and_says_so(tmp_path, capsys):
+    from timm_alphanet.cli.search import main as search_main
+    images = tmp_path / 'no-such-images'
+    run, latest = _run_with_args_yaml(tmp_path, f"dataset: ''\ndata_dir: {images}\n")
+    small = ['--population', '3', '--generations', '0', '--calib-images', '8', '--selection-images', '8',
+             '--no-progress']
+    for spec in (f'local-dir:{latest}', str(latest / 'final' / 'supernet')):
+        with pytest.raises(SystemExit) as e:  # the run's images, not a silent fallback to sklearn/digits
+            search_main([spec, '--output', str(tmp_path / 'search'), *small])
+        out, err = capsys.readouterr()
+        assert e.value.code == 2
+        assert f'data: image folder {images} (recorded by the training run of {spec}' in out
+        assert err.strip() == f'alphanet-search: error: --data-dir {images}: not found'
+
+
+def test_alphanet_search_refuses_a_hostile_args_yaml_in_one_line(tmp_path, capsys):
+    from timm_alphanet.cli.search import main as search_main
+    _, latest = _run_with_args_yaml(tmp_path, '[' * 50000)
+    with pytest.raises(SystemExit) as e:
+        search_main([str(latest), '--output', str(tmp_path / 'search'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert 'args.yaml' in err and 'nested deeper than' in err
+    assert not (tmp_path / 'search').exists()

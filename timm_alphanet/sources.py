@@ -8,7 +8,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch.nn as nn
 
@@ -110,16 +110,22 @@ def _hub_sha256(spec: str) -> str:
 RUN_DATA_KEYS = ('dataset', 'data_dir', 'train_split', 'val_split', 'class_map')
 
 
-def training_data(path: os.PathLike) -> Dict[str, str]:
+def training_data(spec: Union[str, os.PathLike]) -> Dict[str, str]:
     """The data settings a training run recorded in its args.yaml (dataset, data_dir, splits, class_map; the ones
-    set), for a run folder or a supernet folder inside one (``final/supernet``, ``final``); {} when there is none.
+    set), for a run folder or a model folder inside one (``final/supernet``, ``final/<subnet>``, ``final``), also
+    named as ``local-dir:<folder>``; {} when there is none (an ``hf-hub:`` model, a checkpoint file, no run).
 
     Raises:
         ValueError: an args.yaml that is unreadable, too large or not a mapping (naming the file).
     """
     from .spaces._io import read_yaml_file
 
-    path = Path(os.path.realpath(path))
+    text = os.fspath(spec)
+    if text.startswith('hf-hub:'):
+        return {}
+    path = Path(os.path.realpath(text[len('local-dir:'):] if text.startswith('local-dir:') else text))
+    if not path.is_dir():
+        return {}
     for run in (path, path.parent, path.parent.parent):
         args = run / 'args.yaml'
         if args.is_file() and ((run / 'final').is_dir() or (run / 'checkpoints').is_dir()):

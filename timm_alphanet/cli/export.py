@@ -95,7 +95,7 @@ def _recorded_calib_data(supernet: str, pareto: Optional[str]) -> Optional[Tuple
     from ..spaces._io import read_json_file
     from ..train.data import DIGITS
 
-    folders = [supernet[len('local-dir:'):] if supernet.startswith('local-dir:') else supernet]
+    folders = [supernet]
     if pareto is not None:
         try:
             folders.append(str(read_json_file(pareto, what='pareto.json')['supernet']['path']))
@@ -103,7 +103,7 @@ def _recorded_calib_data(supernet: str, pareto: Optional[str]) -> Optional[Tuple
             pass  # read_pareto names what is wrong with it later
     for folder in folders:
         try:
-            data = training_data(folder) if os.path.isdir(folder) else {}
+            data = training_data(folder)
         except ValueError:  # an unreadable args.yaml records nothing; the message then asks for --calib-data
             continue
         dataset, root = data.get('dataset'), data.get('data_dir')

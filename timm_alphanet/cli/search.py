@@ -8,15 +8,11 @@ import os
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import yaml
-
 from ._common import HelpFormatter, int_at_least, user_errors_exit
 
 __all__ = ['build_parser', 'main']
 
 PROG = 'alphanet-search'
-MAX_ARGS_YAML_BYTES = 1 << 20
-DATA_KEYS = ('dataset', 'data_dir', 'train_split', 'val_split', 'class_map')
 
 
 def _fraction(text: str) -> float:
@@ -120,23 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_data_defaults(source_kind: str, spec: str) -> Dict[str, Any]:
-    """Data arguments of the training run that produced the supernet (its args.yaml), when SUPERNET is a run."""
-    if source_kind != 'run':
-        return {}
-    path = os.path.join(spec, 'args.yaml')
-    if not os.path.isfile(path) or os.path.getsize(path) > MAX_ARGS_YAML_BYTES:
-        return {}
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f.read(MAX_ARGS_YAML_BYTES))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: data[k] for k in DATA_KEYS if isinstance(data.get(k), str)}
-
-
 def _datasets(args: argparse.Namespace, data: Dict[str, Any], recipe: Any) -> Tuple[Any, Any]:
     from timm.data import create_dataset
 
@@ -183,7 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ..search import EvolutionConfig, Limits, SearchConfig, run_search
         from ..search.pareto import check_objectives, pareto_markdown
         from ..search.runner import default_image_counts, process_state
-        from ..sources import load_supernet
+        from ..sources import RUN_DATA_KEYS, load_supernet, training_data
+        from ..train.data import DIGITS
 
         objectives = check_objectives(args.objectives)
         if 'latency' in objectives and args.latency_table is None:
@@ -199,12 +179,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if table is not None:
             table.check_covers(supernet.space, supernet.num_classes, getattr(supernet, 'in_chans', 3))
 
-        data = _run_data_defaults(source.kind, args.supernet)
-        origin = f' (from {os.path.join(args.supernet, "args.yaml")})' if data else ''
-        for key in DATA_KEYS:
+        state = process_state()
+        say = print if state.is_main_process else (lambda *a, **k: None)
+        data = dict(training_data(args.supernet))
+        recorded = bool(data)
+        for key in RUN_DATA_KEYS:
             if getattr(args, key) is not None:
                 data[key] = getattr(args, key)
-        data.setdefault('dataset', 'sklearn/digits')
+        data.setdefault('dataset', DIGITS)
+        where = f'{data["dataset"] or "image folder"} {data.get("data_dir") or ""}'.strip()
+        if recorded:
+            origin = f'recorded by the training run of {args.supernet[:300]}; --dataset/--data-dir override'
+        elif data['dataset'] == DIGITS and args.dataset is None:
+            origin = 'the default: the supernet comes with no training run args.yaml; give --dataset/--data-dir'
+        else:
+            origin = 'given'
+        say(f'data: {where} ({origin})', flush=True)
         cfg = supernet.pretrained_cfg or {}
         recipe = CalibrationRecipe(
             split=data.get('train_split') or 'train', num_images=1, batch_size=args.calib_batch_size,
@@ -224,10 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = SearchConfig(objectives=objectives, limits=limits, evolution=evolution, calibration=recipe,
                               selection_images=selection, batch_size=args.batch_size, predictor=args.predictor)
 
-        state = process_state()
-        say = print if state.is_main_process else (lambda *a, **k: None)
-        where = f'{data["dataset"] or "image folder"} {data.get("data_dir") or ""}'.strip()
-        say(f'data: {where}{origin}; {len(train)} training '
+        say(f'data: {len(train)} training '
             f'images -> {calib} for BN calibration + {selection} for selection; '
             + (f'{len(val)} validation images for the final points' if val is not None else 'no validation split'))
         say(f'search: population {evolution.population}, {evolution.generations} generations, seed {evolution.seed}, '
