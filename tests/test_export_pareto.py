@@ -102,3 +102,31 @@ def test_svg_marks_the_exported_point(tmp_path):
     assert marked[0].find('{http://www.w3.org/2000/svg}title').text.startswith('point 1:')
     # the higher top-1 point is drawn higher (smaller y)
     assert float(marked[0].get('cy')) < float([c for c in circles if c.get('r') == '3'][0].get('cy'))
+
+
+@pytest.mark.parametrize('text', ['[' * 100_000, '{"points": ' * 50_000 + '[]' + '}' * 50_000,
+                                  '{"format": 1, "x": ' + '[' * 70 + ']' * 70 + '}'])
+def test_deeply_nested_files_are_refused_in_one_line(tmp_path, text):
+    (tmp_path / 'deep.json').write_text(text)
+    with pytest.raises(ValueError, match=r'^deep\.json: (nested deeper than 64 levels|not valid JSON)'):
+        read_pareto(tmp_path / 'deep.json', SPACE, SHA)
+
+
+def test_the_file_sha256_is_of_the_bytes_read(tmp_path):
+    import hashlib
+    path = _write(tmp_path, pareto_dict(SPACE, SHA, ARCHS, RECIPE.to_dict()))
+    assert read_pareto(path, SPACE, SHA).file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_alphanet_export_refuses_a_deep_pareto_json_with_exit_2(tmp_path, capsys):
+    import timm
+    from timm_alphanet import save_pretrained
+    from timm_alphanet.cli.export import main as export_main
+    save_pretrained(timm.create_model('alphanet_supernet', space=TINY_SPACE, num_classes=4), tmp_path / 'supernet')
+    (tmp_path / 'pareto.json').write_text('[' * 100_000)
+    with pytest.raises(SystemExit) as e:
+        export_main([str(tmp_path / 'supernet'), '--pareto', str(tmp_path / 'pareto.json'), '--output',
+                     str(tmp_path / 'out'), '--no-calib', '--device', 'cpu', '--no-progress'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert 'pareto.json: nested deeper than 64 levels' in err

@@ -7,7 +7,6 @@ values). Every number is checked to be finite; the file's size is bounded.
 """
 import hashlib
 import html
-import json
 import math
 import os
 import re
@@ -15,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..calibration import CalibrationRecipe
+from ..spaces._io import parse_json, read_bounded_bytes
 
 __all__ = ['PARETO_FORMATS', 'ParetoPoint', 'ParetoFront', 'read_pareto', 'select_points', 'pareto_svg']
 
 PARETO_FORMATS = (1,)  # format versions this reader understands
 FORMAT_PREFIX = 'timm_alphanet.pareto/'  # alphanet-search writes 'timm_alphanet.pareto/<version>'
 MAX_PARETO_BYTES = 64 << 20
+MAX_PARETO_NODES = 4_000_000  # JSON values; a front of a few hundred points has ~20 000
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 
 
@@ -69,17 +70,13 @@ def _number(value: Any, what: str, optional: bool = False, low: float = 0.0, hig
 
 
 def _read_json(path: str) -> Tuple[Any, str]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'pareto file not found: {path[:300]}')
-    size = os.path.getsize(path)
-    if size > MAX_PARETO_BYTES:
-        raise ValueError(f'{_where(path)}: {size} bytes is too large for a pareto.json (at most {MAX_PARETO_BYTES})')
-    with open(path, 'rb') as f:
-        raw = f.read(MAX_PARETO_BYTES + 1)
+    """The parsed file and the sha256 of the very bytes parsed (bounded size and nesting, see `spaces._io`)."""
+    raw = read_bounded_bytes(path, MAX_PARETO_BYTES, what='pareto.json')
     try:
-        return json.loads(raw.decode('utf-8')), hashlib.sha256(raw).hexdigest()
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f'{_where(path)}: not valid JSON ({str(e)[:200]})') from None
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{_where(path)}: not valid JSON (not UTF-8: invalid byte at offset {e.start})') from None
+    return parse_json(text, _where(path), max_nodes=MAX_PARETO_NODES), hashlib.sha256(raw).hexdigest()
 
 
 def _split_name(value: Any) -> Optional[str]:
