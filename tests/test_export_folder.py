@@ -155,3 +155,15 @@ def test_read_config_refuses_forged_files(tmp_path):
     with pytest.raises(ValueError, match='not valid JSON'):
         read_config(tmp_path)
     assert TINY_SPACE  # the tiny space is importable for the other export tests
+
+
+def test_read_config_is_bounded_like_check_model_dir(tmp_path):
+    from timm_alphanet import io_checks
+    from timm_alphanet.export.folder import MAX_CONFIG_BYTES, read_config
+    assert MAX_CONFIG_BYTES == io_checks.MAX_CONFIG_BYTES  # one limit for every reader of config.json
+    (tmp_path / 'config.json').write_text('{"architecture": "x", "a": ' + '[' * 100_000 + ']' * 100_000 + '}')
+    with pytest.raises(ValueError, match=r'config\.json: nested deeper than 64 levels'):
+        read_config(tmp_path)
+    (tmp_path / 'config.json').write_text('{"architecture": "x", "pad": "' + 'x' * io_checks.MAX_CONFIG_BYTES + '"}')
+    with pytest.raises(ValueError, match=rf'config\.json: too large for a config\.json .*at most {1 << 20}\)'):
+        read_config(tmp_path)

@@ -23,15 +23,15 @@ from timm.models import save_for_hf
 
 from ..archs import ALPHANET_ARCHS, ALPHANET_SPACE
 from ..cost.flops import count_macs_and_params
+from ..io_checks import MAX_CONFIG_BYTES
 from ..models._supernet import is_supernet
 from ..models.alphanet import AlphaNet
+from ..spaces._io import display_path, parse_json, read_bounded_bytes
 from .card import META_KEY, render_card
 
 __all__ = ['OutputExistsError', 'META_KEY', 'MAX_CONFIG_BYTES', 'save_pretrained', 'staged_folder', 'write_model_files',
            'write_model_folder', 'check_output_folder', 'read_config', 'update_metadata', 'write_card',
            'package_version', 'model_metadata', 'record_evaluation']
-
-MAX_CONFIG_BYTES = 16 << 20  # a config.json is a few KiB; anything this large is not one of ours
 
 
 class OutputExistsError(FileExistsError, ValueError):
@@ -195,13 +195,7 @@ def read_config(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
     path = Path(folder) / 'config.json'
     if not path.is_file():
         raise FileNotFoundError(f'{str(folder)[:300]} is not a model folder: no config.json')
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise ValueError(f'{str(path)[:300]}: {size} bytes is too large for a config.json')
-    try:
-        config = json.loads(path.read_bytes()[:MAX_CONFIG_BYTES + 1].decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f'{str(path)[:300]}: not valid JSON ({str(e)[:200]})') from None
+    config = parse_json(read_bounded_bytes(path, MAX_CONFIG_BYTES, what='config.json'), display_path(path))
     if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
         raise ValueError(f'{str(path)[:300]}: not a timm config.json (no "architecture")')
     if not isinstance(config.get(META_KEY, {}), dict):

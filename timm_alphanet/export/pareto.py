@@ -72,11 +72,7 @@ def _number(value: Any, what: str, optional: bool = False, low: float = 0.0, hig
 def _read_json(path: str) -> Tuple[Any, str]:
     """The parsed file and the sha256 of the very bytes parsed (bounded size and nesting, see `spaces._io`)."""
     raw = read_bounded_bytes(path, MAX_PARETO_BYTES, what='pareto.json')
-    try:
-        text = raw.decode('utf-8')
-    except UnicodeDecodeError as e:
-        raise ValueError(f'{_where(path)}: not valid JSON (not UTF-8: invalid byte at offset {e.start})') from None
-    return parse_json(text, _where(path), max_nodes=MAX_PARETO_NODES), hashlib.sha256(raw).hexdigest()
+    return parse_json(raw, _where(path), max_nodes=MAX_PARETO_NODES), hashlib.sha256(raw).hexdigest()
 
 
 def _split_name(value: Any) -> Optional[str]:
