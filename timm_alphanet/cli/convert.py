@@ -11,6 +11,7 @@ import torch
 
 from ..original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
 from ..export.hub import push_converted
+from ..processes import check_device
 from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ._publish import Publishing
 
@@ -65,6 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def convert() -> int:
         resolve_subnets(args.subnets)  # fail before the (slow) checkpoint read
+        check_device(args.device)
         if args.push_to_hub and args.subnets and args.calib_data is None:
             raise ValueError('--push-to-hub publishes the subnets where pretrained=True finds them: calibrate them '
                              '(--calib-data), or push only the supernet (no --subnets)')

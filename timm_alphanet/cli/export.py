@@ -135,8 +135,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     publishing: List[Publishing] = []
 
     def run() -> int:
+        from ..processes import check_device
         from ..sources import load_supernet
 
+        check_device(args.device)  # before the slow work, not in torch after it
         check_output_folder(args.output, args.overwrite)
         publishing.append(Publishing(PROG, args.push_to_hub, args.private, args.revision, args.output))
         publisher = publishing[0].publisher

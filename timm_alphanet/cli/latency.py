@@ -91,8 +91,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def run() -> int:
         from dataclasses import replace
 
-        from ..cost.latency import LatencyTable, TimingConfig, build_latency_table, validate_latency_table
+        from ..cost.latency import (DEVICE_TYPES, LatencyTable, TimingConfig, build_latency_table,
+                                    validate_latency_table)
+        from ..processes import check_device
         if args.command == 'build':
+            check_device(args.device, DEVICE_TYPES)  # before the space (maybe a supernet) is read
             space, num_classes = _space(args.space, args.num_classes)
             timing = TimingConfig(args.warmup, args.repeats, args.trim)
             table = build_latency_table(space, args.device, args.batch_size, args.threads, args.channels_last,

@@ -152,11 +152,9 @@ def _cpu_name() -> str:
 def device_info(device: Union[str, torch.device] = 'cpu', threads: Optional[int] = None, dtype: str = 'float32',
                 channels_last: bool = False, batch_size: int = 1) -> Dict[str, Any]:
     """What a latency depends on, as recorded in a table: device type and name, torch, threads, dtype, layout."""
-    device = torch.device(device)
-    if device.type not in DEVICE_TYPES:
-        raise ValueError(f'latency device {str(device)[:40]!r} not supported; allowed: {list(DEVICE_TYPES)}')
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError('latency device cuda requested, but this machine has no CUDA device')
+    from ..processes import check_device
+
+    device = check_device(device, DEVICE_TYPES)
     if dtype not in DTYPES:
         raise ValueError(f'latency dtype {str(dtype)[:40]!r} not supported; allowed: {list(DTYPES)}')
     for name, value in (('threads', threads if threads is not None else 1), ('batch_size', batch_size)):

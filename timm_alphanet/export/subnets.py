@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..archs import ALPHANET_ARCHS, resolve_arch
 from ..calibration import CalibrationRecipe, calibrate_bn, disjoint_subsets, load_images
+from ..processes import check_device
 from ..spaces import SearchSpace, SubnetConfig
 from .extract import extract_subnet
 from .folder import check_output_folder, model_metadata, staged_folder, write_model_folder
@@ -183,9 +184,9 @@ def export_subnets(
     """
     if calib_images is not None and recipe is None:
         raise ValueError('calib_images need the recipe they were drawn with')
+    device = check_device(device)
     output = check_output_folder(output, overwrite)
     say = log or (lambda msg: None)
-    device = torch.device(device)
     written = []
     for req in tqdm(requests, desc='export', disable=not progress):
         model = extract_subnet(supernet, req.arch).eval().to(device)

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..archs import ALPHANET_ARCHS, read_arch_file
+from ..processes import check_device
 from ..spaces import SearchSpace, SubnetConfig
 from ..spaces._io import bounded_repr, regular_file_size
 
@@ -215,6 +216,7 @@ def convert_checkpoint(
     if calib_data is not None and not os.path.exists(calib_data):
         raise FileNotFoundError(f'calibration data not found: {os.fspath(calib_data)}')
     requested = resolve_subnets(subnets)
+    device = check_device(device)
 
     say(f'reading {checkpoint}')
     supernet = load_original_checkpoint(checkpoint, config)
@@ -238,7 +240,6 @@ def convert_checkpoint(
         say('BN statistics: UNCALIBRATED (no --calib-data given). The subnets are written with the '
             "checkpoint's running statistics, which are meaningless until calibrated.")
     records = []
-    device = torch.device(device)
     for name, arch in tqdm(archs, desc='subnets', disable=not progress or not archs):
         model = extract_subnet(supernet, arch).eval()
         if calib_data is None:
