@@ -218,3 +218,23 @@ def test_slimmable_supernet_exports_plain_timm_models(tmp_path):
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), supernet.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_images_use_the_recipes_own_transform_in_the_recipes_order(monkeypatch):
+    """Export has no copy of the recipe's transform: changing CalibrationRecipe.transform changes what it loads."""
+    from timm_alphanet.calibration import CalibrationRecipe, disjoint_subsets
+
+    class Numbers:  # item i is image i, through whatever transform is set
+        transform = None
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return self.transform(i), i
+
+    monkeypatch.setattr(CalibrationRecipe, 'transform', lambda self: (lambda i: torch.full((3, 2, 2), 100.0 + i)))
+    recipe = CalibrationRecipe(num_images=4, batch_size=3, seed=7, image_size=2)
+    images = calibration_images(Numbers(), recipe, progress=False)
+    expected = [100.0 + i for i in disjoint_subsets(10, [4], 7)[0]]
+    assert images.shape == (4, 3, 2, 2) and images[:, 0, 0, 0].tolist() == expected

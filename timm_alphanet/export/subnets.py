@@ -23,7 +23,7 @@ from .folder import check_output_folder, model_metadata, staged_folder, write_mo
 from .pareto import ParetoFront, ParetoPoint, pareto_svg, select_points
 from .timing import latency
 
-__all__ = ['ExportRequest', 'resolve_requests', 'recipe_transform', 'calibration_images', 'calibrate_with_recipe',
+__all__ = ['ExportRequest', 'resolve_requests', 'calibration_images', 'calibrate_with_recipe',
            'export_subnets', 'UNCALIBRATED_EXPORT_NOTE']
 
 UNCALIBRATED_EXPORT_NOTE = (
@@ -102,23 +102,14 @@ def resolve_requests(space: Any, archs: Sequence[Union[str, SubnetConfig, Dict[s
     return out
 
 
-def recipe_transform(recipe: CalibrationRecipe):
-    """The recipe's eval transform: resize to ``image_size / crop_pct``, centre crop `image_size`, normalise."""
-    from timm.data import create_transform
-
-    return create_transform((3, recipe.image_size, recipe.image_size), is_training=False,
-                            interpolation=recipe.interpolation, crop_pct=recipe.crop_pct, mean=recipe.mean,
-                            std=recipe.std)
-
-
 def calibration_images(dataset: Any, recipe: CalibrationRecipe, workers: int = 0, progress: bool = True
                        ) -> torch.Tensor:
     """The recipe's calibration images of `dataset` (the recipe's split), decoded once, in the recipe's order.
 
     The indices are the first of `disjoint_subsets(len(dataset), [num_images, ...], seed)`, so they are the images
-    the search calibrated with; the dataset's transform is set to `recipe_transform(recipe)`.
+    the search calibrated with; the dataset's transform is set to `recipe.transform()`.
     """
-    dataset.transform = recipe_transform(recipe)
+    dataset.transform = recipe.transform()
     indices = disjoint_subsets(len(dataset), [recipe.num_images], recipe.seed)[0]
     images, _ = load_images(dataset, indices, batch_size=recipe.batch_size, workers=workers, progress=progress,
                             desc='calibration images')
