@@ -321,3 +321,58 @@ def test_hf_hub_org_can_be_overridden_for_mirrors():
     p = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode != 0 and "TIMM_ALPHANET_HF_ORG='not/an org' is not a Hugging Face organisation" in p.stderr
+
+
+def _refusal(*args, **kwargs):
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+    response = SimpleNamespace(headers={'x-request-id': 'r1'}, status_code=403, request=None)
+    raise HfHubHTTPError(f'403 Forbidden: token {SECRET} may not write\nto this repository', response=response)
+
+
+@pytest.mark.parametrize('step', ['create_repo', 'upload_folder'])
+def test_a_failed_push_leaves_the_folder_unchanged_and_is_one_line(tmp_path, hub, monkeypatch, step):
+    from timm_alphanet.export import HubPublisher
+
+    timm_alphanet.save_pretrained(timm.create_model('alphanet_a0', num_classes=3), tmp_path / 'out' / 'a0')
+    before = dict(_all_written_bytes(tmp_path / 'out'))
+    monkeypatch.setattr(hub, step, _refusal)
+    with pytest.raises(ValueError) as e:
+        HubPublisher('me').push(tmp_path / 'out' / 'a0')
+    message = str(e.value)
+    assert '\n' not in message and SECRET not in message and 'hf_***' in message
+    assert 'Hugging Face Hub repository me/a0 failed (HfHubHTTPError: 403 Forbidden' in message
+    assert dict(_all_written_bytes(tmp_path / 'out')) == before  # no hub_repo claimed, no staging copy left
+    assert 'hub_repo' not in (tmp_path / 'out' / 'a0' / 'config.json').read_text()
+    # the next push that works records the repository, locally and in what was uploaded
+    monkeypatch.undo()
+    monkeypatch.setenv('HF_TOKEN', SECRET)
+    import timm_alphanet.export.hub as hub_module
+    monkeypatch.setattr(hub_module, 'HfApi', lambda **kw: hub)
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', False)
+    assert HubPublisher('me').push(tmp_path / 'out' / 'a0') == 'me/a0'
+    local = json.loads((tmp_path / 'out' / 'a0' / 'config.json').read_text())
+    assert local['timm_alphanet']['hub_repo'] == 'me/a0'
+    assert json.loads(hub.repos['me/a0']['files']['config.json']) == local
+    assert hub.repos['me/a0']['files']['README.md'] == (tmp_path / 'out' / 'a0' / 'README.md').read_bytes()
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['a0']
+
+
+def test_alphanet_export_reports_a_refused_upload_in_one_line(tmp_path, hub, digits_cache, capsys, monkeypatch):
+    monkeypatch.setattr(hub, 'upload_folder', _refusal)
+    with pytest.raises(SystemExit) as e:
+        _export_pareto(tmp_path, ['--push-to-hub', 'me/tiny'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'Traceback' not in err and SECRET not in err
+    assert 'alphanet-export: error: ' in err and 'Hub repository me/tiny-' in err and '403 Forbidden' in err
+    for folder in (tmp_path / 'out').iterdir():
+        assert 'hub_repo' not in (folder / 'config.json').read_text()
+
+
+def test_a_refused_collection_is_one_line(tmp_path, hub, monkeypatch):
+    from timm_alphanet.export import HubPublisher
+
+    monkeypatch.setattr(hub, 'create_collection', _refusal)
+    with pytest.raises(ValueError, match=r"collection 'front' of me failed \(HfHubHTTPError: 403.*hf_\*\*\*"):
+        HubPublisher('me').collect('front', ['me/a0'])

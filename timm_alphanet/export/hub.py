@@ -7,12 +7,16 @@ lines, and all points of one Pareto front are grouped in a Hub collection.
 The token comes from the standard Hugging Face login (``hf auth login``) or ``HF_TOKEN`` through
 `huggingface_hub.get_token`; it is handed to `HfApi` and never printed, logged or written.
 """
+import contextlib
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import huggingface_hub.constants as hf_constants
+import huggingface_hub.errors as hf_errors
 from huggingface_hub import HfApi, get_token
 
 from .folder import package_version, read_config, save_pretrained, update_metadata
@@ -22,6 +26,10 @@ __all__ = ['HubPublisher', 'parse_hub_target', 'repo_name', 'hub_token', 'push_t
 
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
 MAX_REPO_NAME = 96  # the Hub's limit on a repository name
+_TOKEN = re.compile(r'hf_[A-Za-z0-9]{6,}')  # a Hugging Face token, should a message ever quote one
+# what a failed Hub call raises: HTTP refusals (401, 403, 404, 5xx; HfHubHTTPError), transport failures
+# (huggingface_hub's HTTP client's HTTPError), and OSError for both in older huggingface_hub versions
+HUB_ERRORS = (hf_errors.HfHubHTTPError, OSError) + ((hf_errors.HTTPError,) if hasattr(hf_errors, 'HTTPError') else ())
 
 
 def parse_hub_target(target: str) -> Tuple[str, str]:
@@ -55,8 +63,36 @@ def hub_token() -> str:
 
 
 def _short_error(e: BaseException) -> str:
-    text = ' '.join(str(e).split())[:300]
+    text = _TOKEN.sub('hf_***', ' '.join(str(e).split()))[:300]
     return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or none that links
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def _upload_copy(folder: Path) -> Iterator[Path]:
+    """A hidden sibling of `folder` with its files (hard links where possible), removed afterwards.
+
+    A push writes its metadata (``hub_repo``, the card's ``hf-hub:`` lines) into this copy and uploads it, so `folder`
+    itself is changed only after the upload succeeded and never claims a repository it is not in.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name[:50]}.push-', dir=folder.parent))
+    try:
+        for src in folder.iterdir():
+            if src.name.startswith('.'):  # not uploaded (ignore_patterns)
+                continue
+            if src.is_dir():
+                shutil.copytree(src, tmp / src.name, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(str(src), str(tmp / src.name))
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class HubPublisher:
@@ -102,22 +138,32 @@ class HubPublisher:
         folder = Path(folder)
         config = read_config(folder)
         repo_id = repo_id or self.repo_id(config.get('timm_alphanet', {}).get('name') or folder.name)
-        repo_id = self.api.create_repo(repo_id, private=self.private, exist_ok=True).repo_id
-        if self.revision:
-            self.api.create_branch(repo_id, branch=self.revision, exist_ok=True)
-        changes = {'hub_repo': repo_id, **({'base_model': base_model} if base_model else {})}
-        update_metadata(folder, changes, repo_id=repo_id)  # the card is regenerated on every push
-        self.api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=self.revision,
-                               commit_message=f'Upload {folder.name} with timm_alphanet {package_version()}',
-                               ignore_patterns=['.*'])
+        try:
+            repo_id = self.api.create_repo(repo_id, private=self.private, exist_ok=True).repo_id
+            if self.revision:
+                self.api.create_branch(repo_id, branch=self.revision, exist_ok=True)
+            changes = {'hub_repo': repo_id, **({'base_model': base_model} if base_model else {})}
+            with _upload_copy(folder) as upload:
+                update_metadata(upload, changes, repo_id=repo_id)  # the card is regenerated on every push
+                self.api.upload_folder(repo_id=repo_id, folder_path=str(upload), revision=self.revision,
+                                       commit_message=f'Upload {folder.name} with timm_alphanet {package_version()}',
+                                       ignore_patterns=['.*'])
+        except HUB_ERRORS as e:
+            raise ValueError(f'{str(folder)[:300]}: pushing to the Hugging Face Hub repository {repo_id} failed '
+                             f'({_short_error(e)}); the folder is unchanged') from None
+        update_metadata(folder, changes, repo_id=repo_id)  # only now does the folder say it is on the Hub
         return repo_id
 
     def collect(self, title: str, repo_ids: Sequence[str], description: Optional[str] = None) -> str:
         """Put `repo_ids` (in order) into the collection `title` of the org (created when missing); returns its slug."""
-        collection = self.api.create_collection(title[:59], namespace=self.org, description=description,
-                                                private=self.private, exists_ok=True)
-        for repo_id in repo_ids:
-            self.api.add_collection_item(collection.slug, repo_id, 'model', exists_ok=True)
+        try:
+            collection = self.api.create_collection(title[:59], namespace=self.org, description=description,
+                                                    private=self.private, exists_ok=True)
+            for repo_id in repo_ids:
+                self.api.add_collection_item(collection.slug, repo_id, 'model', exists_ok=True)
+        except HUB_ERRORS as e:
+            raise ValueError(f'grouping {", ".join(repo_ids)[:300]} in the Hugging Face Hub collection '
+                             f'{title[:59]!r} of {self.org} failed ({_short_error(e)}); the models are pushed') from None
         return collection.slug
 
 
