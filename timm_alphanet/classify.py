@@ -4,4 +4,5 @@ from .cli.classify import classify, main  # noqa: F401
 __all__ = ['classify', 'main']
 
 if __name__ == '__main__':
-    main()
+    import sys
+    sys.exit(main())
