@@ -119,3 +119,45 @@ def test_alphanet_search_refuses_a_hostile_args_yaml_in_one_line(tmp_path, capsy
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1
     assert 'args.yaml' in err and 'nested deeper than' in err
     assert not (tmp_path / 'search').exists()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline huggingface_hub cache at tmp_path/hf-cache holding someone/supernet (a tiny supernet)."""
+    import shutil
+
+    import huggingface_hub.constants as hf_constants
+
+    from timm_alphanet.testing.fake_hub import hf_cache_snapshot
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    model = _supernet()
+    save_pretrained(model, tmp_path / 'local')
+    snap = hf_cache_snapshot(tmp_path / 'hf-cache', 'someone/supernet', 'c' * 40)
+    for name in ('config.json', 'model.safetensors'):
+        shutil.copy(tmp_path / 'local' / name, snap / name)
+    return model, snap
+
+
+def test_an_hf_hub_supernet_loads_from_the_cache_with_its_sha256(hub_cache):
+    model, snap = hub_cache
+    loaded, source = load_supernet('hf-hub:someone/supernet')
+    assert (source.kind, source.path) == ('hf-hub', 'someone/supernet')
+    assert source.sha256 == hashlib.sha256((snap / 'model.safetensors').read_bytes()).hexdigest()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match='^hf-hub:someone/other: '):
+        load_supernet('hf-hub:someone/other')
+
+
+@pytest.mark.parametrize('name, data, match', [
+    ('config.json', b'{"architecture": ' + b'[' * 100_000 + b']' * 100_000 + b'}',
+     r'config\.json: nested deeper than 64 levels'),
+    ('config.json', b'{"pad": "' + b'x' * (1 << 20) + b'"}', r'config\.json: too large for a config\.json'),
+    ('model.safetensors', (10 ** 12).to_bytes(8, 'little') + b'{}', r'model\.safetensors: not a valid safetensors'),
+])
+def test_a_hostile_hf_hub_snapshot_is_refused_before_timm_reads_it(hub_cache, name, data, match):
+    _, snap = hub_cache
+    (snap / name).write_bytes(data)
+    with pytest.raises(ValueError, match=match):
+        load_supernet('hf-hub:someone/supernet')

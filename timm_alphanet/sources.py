@@ -61,8 +61,11 @@ def load_supernet(spec: str, space: SpaceSpec = None) -> Tuple[nn.Module, Supern
         raise TypeError(f'a supernet must be named by a string or path, got {type(spec).__name__}')
     text = os.fspath(spec)
     if text.startswith('hf-hub:'):
+        snapshot = _hub_snapshot(text)
+        check_model_dir(snapshot)  # timm reads config.json and the weights unbounded; these are the cached files
         model = timm.create_model(text, pretrained=True)
-        return _checked(model, text), SupernetSource(text, 'hf-hub', text[len('hf-hub:'):], _hub_sha256(text))
+        return _checked(model, text), SupernetSource(text, 'hf-hub', text[len('hf-hub:'):],
+                                                     sha256_file(snapshot / 'model.safetensors'))
     path = Path(text[len('local-dir:'):] if text.startswith('local-dir:') else text)
     if os.path.realpath(path) != os.path.abspath(path):  # via output/train/latest: record the run it points at now
         path = Path(os.path.realpath(path))
@@ -99,12 +102,30 @@ def _checked(model: nn.Module, spec: str) -> nn.Module:
     return model.eval()
 
 
-def _hub_sha256(spec: str) -> str:
+def _hub_snapshot(spec: str) -> Path:
+    """The cached snapshot folder of an ``hf-hub:`` model's config.json and model.safetensors (downloaded if needed).
+
+    Raises:
+        FileNotFoundError: not in the cache while offline, or no such file in the repository.
+        ValueError: the Hub refused or could not be reached (the message names the spec).
+    """
     from huggingface_hub import hf_hub_download
     from timm.models._hub import hf_split
 
+    from .export.hub import HUB_ERRORS
+    from .spaces._io import short_message
+
     repo, revision = hf_split(spec[len('hf-hub:'):])
-    return sha256_file(hf_hub_download(repo, 'model.safetensors', revision=revision))
+    try:
+        folders = {Path(hf_hub_download(repo, name, revision=revision)).parent
+                   for name in ('config.json', 'model.safetensors')}
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f'{spec[:300]}: {short_message(e)}') from None
+    except HUB_ERRORS as e:
+        raise ValueError(f'{spec[:300]}: cannot download it from the Hugging Face Hub ({short_message(e)})') from None
+    if len(folders) != 1:  # the repository moved on between the two downloads
+        raise ValueError(f'{spec[:300]}: config.json and model.safetensors came from different revisions; retry')
+    return folders.pop()
 
 
 RUN_DATA_KEYS = ('dataset', 'data_dir', 'train_split', 'val_split', 'class_map')
