@@ -108,6 +108,12 @@ def test_alphanet_search_takes_the_data_of_the_run_behind_any_name_and_says_so(t
         assert e.value.code == 2
         assert f'data: image folder {images} (recorded by the training run of {spec}' in out
         assert err.strip() == f'alphanet-search: error: --data-dir {images}: not found'
+    other = tmp_path / 'other-images'
+    with pytest.raises(SystemExit):
+        search_main([str(latest), '--data-dir', str(other), '--output', str(tmp_path / 'search'), *small])
+    out, err = capsys.readouterr()
+    assert f'data: image folder {other} (--data-dir given, the rest recorded by the training run of {latest})' in out
+    assert err.strip() == f'alphanet-search: error: --data-dir {other}: not found'
 
 
 def test_alphanet_search_refuses_a_hostile_args_yaml_in_one_line(tmp_path, capsys):

@@ -182,18 +182,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         state = process_state()
         say = print if state.is_main_process else (lambda *a, **k: None)
         data = dict(training_data(args.supernet))
-        recorded = bool(data)
-        for key in RUN_DATA_KEYS:
-            if getattr(args, key) is not None:
-                data[key] = getattr(args, key)
-        data.setdefault('dataset', DIGITS)
-        where = f'{data["dataset"] or "image folder"} {data.get("data_dir") or ""}'.strip()
-        if recorded:
-            origin = f'recorded by the training run of {args.supernet[:300]}; --dataset/--data-dir override'
-        elif data['dataset'] == DIGITS and args.dataset is None:
+        run = f'the training run of {args.supernet[:300]}'
+        given = {k: getattr(args, k) for k in RUN_DATA_KEYS if getattr(args, k) is not None}
+        if data and not given:
+            origin = f'recorded by {run}; --dataset/--data-dir override'
+        elif data:
+            origin = f'{", ".join("--" + k.replace("_", "-") for k in given)} given, the rest recorded by {run}'
+        elif not given:
             origin = 'the default: the supernet comes with no training run args.yaml; give --dataset/--data-dir'
         else:
             origin = 'given'
+        data = {'dataset': DIGITS, **data, **given}
+        where = f'{data["dataset"] or "image folder"} {data.get("data_dir") or ""}'.strip()
         say(f'data: {where} ({origin})', flush=True)
         cfg = supernet.pretrained_cfg or {}
         recipe = CalibrationRecipe(
