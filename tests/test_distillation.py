@@ -156,3 +156,51 @@ def test_both_tasks_share_one_teacher_helper():
     assert not distill.teacher_logits(x.requires_grad_()).requires_grad
     wrapped = create_teacher(distill.teacher, tiny_model(0))
     assert wrapped is distill.teacher  # a DistillationTeacher is used as is
+
+
+def tiny_distilled_deit(seed: int) -> torch.nn.Module:
+    """timm's DeiT with a distillation token and head, shrunk to 32 px (no dropout: train and eval forwards agree)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return timm.create_model('deit_tiny_distilled_patch16_224', pretrained=False, num_classes=NUM_CLASSES,
+                                 img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+
+
+def test_deit_distillation_head_learns_from_the_teacher_and_the_class_head_from_labels():
+    student, teacher = tiny_distilled_deit(0), tiny_model(1)
+    task = AlphaDistillationTask(student, teacher, kd_loss='alpha', distill_loss_weight=0.5, task_loss_weight=0.5,
+                                 verbose=False)
+    assert task.distillation_head and student.distilled_training
+    task.train()
+    x, y = batch()
+    result = task(x, y)
+    with torch.no_grad():
+        class_logits, distill_logits = student(x)  # the two heads, as DeiT trains them
+        mean_s, std_s = _as_image_stats(student)
+        mean_t, std_t = _as_image_stats(teacher)
+        teacher_out = teacher((x * std_s + mean_s - mean_t) / std_t)
+        expected_kd = AdaptiveAlphaDivergence().forward_with_stats(distill_logits, teacher_out)
+        expected_task = torch.nn.functional.cross_entropy(class_logits, y)
+    assert not torch.allclose(class_logits, distill_logits)  # two different heads, or the test proves nothing
+    torch.testing.assert_close(result['task_loss'], expected_task)
+    torch.testing.assert_close(result['kd_loss'], expected_kd.loss)
+    torch.testing.assert_close(result['kd_divergence'], expected_kd.divergence.mean())
+    torch.testing.assert_close(result['loss'], 0.5 * expected_task + 0.5 * expected_kd.loss)
+    torch.testing.assert_close(result['output'], (class_logits + distill_logits) / 2)
+
+    task.eval()  # DeiT's prediction: the model averages its heads itself
+    torch.testing.assert_close(task(x, y)['output'], (class_logits + distill_logits) / 2)
+
+
+@pytest.mark.parametrize('kd_loss', ['alpha', 'kl'])
+def test_deit_heads_get_gradients_only_from_their_own_loss(kd_loss):
+    x, y = batch()
+    grads = {}
+    for name, weights in (('labels only', dict(task_loss_weight=1.0, distill_loss_weight=0.0)),
+                          ('teacher only', dict(task_loss_weight=0.0, distill_loss_weight=1.0))):
+        student = tiny_distilled_deit(0)
+        task = AlphaDistillationTask(student, tiny_model(1), kd_loss=kd_loss, verbose=False, **weights).train()
+        task(x, y)['loss'].backward()
+        grads[name] = (student.head.weight.grad.abs().sum().item(), student.head_dist.weight.grad.abs().sum().item())
+    assert grads['labels only'][0] > 0 and grads['labels only'][1] == 0
+    assert grads['teacher only'][0] == 0 and grads['teacher only'][1] > 0

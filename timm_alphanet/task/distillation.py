@@ -3,6 +3,11 @@
 `AlphaDistillationTask` is timm's ``LogitDistillationTask`` with the KD term swapped: teacher creation
 (timm name, ``hf-hub:``, ``local-dir:``, weights file or an ``nn.Module``), the student/teacher normalisation
 fix-up, loss weighting, EMA, checkpoint state, compile and DDP preparation are all inherited.
+
+A student with a DeiT distillation head (timm's ``deit_*_distilled_*``: a model with ``set_distilled_training``,
+which returns ``(class logits, distillation logits)`` in training) trains as DeiT does: the class head from the
+labels, the distillation head from the teacher with the chosen KD loss; in eval mode the model itself averages the
+two heads (DeiT's prediction), which is what validation and export see.
 """
 import logging
 from typing import Any, Dict, Optional, Union
@@ -10,6 +15,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 from timm.task.distillation import DistillationTeacher, LogitDistillationTask
+from timm.utils import unwrap_model
 
 from ..loss import KD_LOSSES, create_kd_loss
 from ._teacher import create_teacher, teacher_logits
@@ -49,6 +55,10 @@ class AlphaDistillationTask(LogitDistillationTask):
     The forward returns timm's dict (``loss``, ``output``, ``task_loss``, ``kd_loss``) plus, detached,
     ``kd_divergence`` (batch mean of the per-sample divergence that was optimised) and, for 'alpha',
     ``kd_alpha_max_frac`` (fraction of samples whose larger divergence was the ``alpha_max`` one).
+
+    A student with a distillation head (``set_distilled_training``, e.g. ``deit_tiny_distilled_patch16_224``) is
+    switched to distilled training: the task loss takes the class head, the KD term the distillation head, and
+    ``output`` is their mean (DeiT's prediction, as the model gives it in eval mode).
     """
 
     def __init__(
@@ -92,6 +102,10 @@ class AlphaDistillationTask(LogitDistillationTask):
         )
         self.loss_type = kd_loss
         self.kd_criterion = kd_criterion
+        # like timm's TokenDistillationTask: the model then returns both heads in training mode
+        self.distillation_head = hasattr(unwrap_model(student_model), 'set_distilled_training')
+        if self.distillation_head:
+            unwrap_model(student_model).set_distilled_training(True)
         if self.verbose:
             _logger.info(f'AlphaDistillationTask: kd_loss={self.kd_criterion}')
 
@@ -110,9 +124,14 @@ class AlphaDistillationTask(LogitDistillationTask):
             Dictionary with 'loss', 'output', 'task_loss', 'kd_loss', 'kd_divergence' and, for 'alpha',
             'kd_alpha_max_frac'.
         """
-        student_logits = self.trainable_module(input)
-        task_loss = self.criterion(student_logits, target)
-        kd = self.kd_criterion.forward_with_stats(student_logits, self.teacher_logits(input))
+        student_out = self.trainable_module(input)
+        if isinstance(student_out, tuple):  # distillation head in training mode: (class logits, distillation logits)
+            class_logits, distill_logits = student_out
+            student_logits = (class_logits + distill_logits) / 2
+        else:  # one head, or a distilled model in eval mode (which returns the mean itself)
+            class_logits = distill_logits = student_logits = student_out
+        task_loss = self.criterion(class_logits, target)
+        kd = self.kd_criterion.forward_with_stats(distill_logits, self.teacher_logits(input))
         total_loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd.loss
 
         result = {
