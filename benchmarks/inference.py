@@ -8,15 +8,15 @@ measured side by side. "img/s/GFLOP" = throughput x GMACs (the paper's FLOPs), i
     python benchmarks/inference.py --models a0 a3 --no-compile --device cuda --batch-size 256 --amp
 """
 import argparse
-import statistics
-import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_alphanet
+from _results import add_json_argument, write_json
+from _timing import median_seconds
 from timm_alphanet import ALPHANET_ARCHS
 
 BASELINES = ['mobilenetv3_large_100', 'efficientnet_b0']
@@ -32,21 +32,8 @@ def measure_macs(model: torch.nn.Module, res: int) -> float:
 def images_per_second(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iters: int, warmup: int,
                       device: str) -> float:
     """Median images/s over `iters` timed calls after `warmup` untimed ones."""
-    def sync():
-        if device.startswith('cuda'):
-            torch.cuda.synchronize()
-
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        sync()
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn(x)
-            sync()
-            times.append(time.perf_counter() - t0)
-    return x.shape[0] / statistics.median(times)
+        return x.shape[0] / median_seconds(lambda: fn(x), iters, warmup, device)
 
 
 def bench_model(name: str, res: int, args) -> Dict[str, float]:
@@ -80,6 +67,7 @@ def main() -> None:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     parser.add_argument('--no-compile', action='store_true')
+    add_json_argument(parser)
     args = parser.parse_args()
     print(f'torch {torch.__version__}, timm {timm.__version__}, timm_alphanet {timm_alphanet.__version__}, '
           f'device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, amp {args.amp}')
@@ -89,6 +77,8 @@ def main() -> None:
         f'{"best img/s/GFLOP":>18}{"vs mnv3":>9}{"vs effb0":>9}'
     print(header)
     baseline_cache: Dict[int, Dict[str, Dict[str, float]]] = {}
+    ratios: Dict[str, float] = {}
+    details: Dict[str, Any] = {}
     for short in args.models:
         res = ALPHANET_ARCHS[short].resolution
         if res not in baseline_cache:
@@ -100,7 +90,12 @@ def main() -> None:
             ratio = [best / max(baseline_cache[res][b][m] for m in modes) for b in BASELINES]
             print(f'{name:<24}{res:>5}{r["gmacs"]:>7.3f}' + ''.join(f'{r[m]:>20.1f}' for m in modes) +
                   f'{best * r["gmacs"]:>18.1f}{ratio[0]:>9.2f}{ratio[1]:>9.2f}')
+            details[f'{name}@{res}'] = r
+            if name.startswith('alphanet_'):
+                ratios.update({f'{name} / {b} (best img/s, {res} px)': q for b, q in zip(BASELINES, ratio)})
         print()
+    write_json(args.json, 'inference', ratios, details,
+               {'*': 'images/s of the A model over the baseline at the same resolution, best mode each; > 1 is faster'})
 
 
 if __name__ == '__main__':

@@ -8,13 +8,14 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run without installing
+from _results import add_json_argument, write_json  # noqa: E402
+from _timing import time_interleaved  # noqa: E402
 from timm_alphanet.loss import AdaptiveAlphaDivergence, KLDivergence  # noqa: E402
 from timm_alphanet.testing.reference_loss import original_adaptive as naive_adaptive  # noqa: E402
 from timm_alphanet.testing.reference_loss import original_pq as naive_f_divergence  # noqa: E402
@@ -39,18 +40,11 @@ def make_logits(batch: int, classes: int, seed: int, scale: float = 1.0) -> Tupl
 def time_side_by_side(
         fns: Dict[str, LossFn], student: torch.Tensor, teacher: torch.Tensor, repeats: int, warmup: int,
 ) -> Dict[str, List[float]]:
-    """Forward+backward seconds per implementation and repeat, interleaved round by round."""
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(warmup + repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order: no fixed position bias
-            x = student.detach().clone().requires_grad_()
-            t0 = time.perf_counter()
-            fns[name](x, teacher).backward()
-            elapsed = time.perf_counter() - t0
-            if r >= warmup:
-                times[name].append(elapsed)
-    return times
+    """Forward+backward seconds per implementation and repeat, interleaved round by round (a fresh leaf each call,
+    made outside the timing)."""
+    return time_interleaved({name: (lambda x, fn=fn: fn(x, teacher).backward()) for name, fn in fns.items()},
+                            repeats, warmup, device=student.device,
+                            setup=lambda name: student.detach().clone().requires_grad_())
 
 
 def max_abs_diffs(fn: LossFn, ref_fn: LossFn, student: torch.Tensor, teacher: torch.Tensor) -> Tuple[float, float]:
@@ -72,6 +66,7 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=20)
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
     parser.add_argument('--seed', type=int, default=0)
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -94,12 +89,20 @@ def main() -> None:
     print(f'  adaptive picks alpha_max for {branch.float().mean().item():.1%} of samples')
 
     print('accuracy vs float64 reference (max abs diff of per-sample value / of gradient):')
+    accuracy = {}
     for scale in (1.0, 10.0):  # x10: float32 p/q under- and overflows, float64 does not
-        report_accuracy(*make_logits(args.batch, args.classes, args.seed, scale=scale), label=f'logits x{scale:g}')
+        accuracy[f'x{scale:g}'] = report_accuracy(*make_logits(args.batch, args.classes, args.seed, scale=scale),
+                                                  label=f'logits x{scale:g}')
+    write_json(args.json, 'loss', {f'{name} / kl (median fwd+bwd)': medians[name] / medians['kl'] for name in fns
+                                  if name != 'kl'},
+               {'median_s': medians, 'min_s': mins, 'alpha_max_fraction': branch.float().mean().item(),
+                'max_abs_error_vs_float64': accuracy, 'logits': [args.batch, args.classes]},
+               {'*': 'time relative to our KL; < 1 is faster'})
 
 
-def report_accuracy(student: torch.Tensor, teacher: torch.Tensor, label: str) -> None:
-    """Values (the surrogate for the alpha losses) and gradients of each float32 implementation vs float64."""
+def report_accuracy(student: torch.Tensor, teacher: torch.Tensor, label: str) -> Dict[str, Tuple[float, float]]:
+    """Values (the surrogate for the alpha losses) and gradients of each float32 implementation vs float64; returns
+    {name: (value error, gradient error)}."""
     adaptive = AdaptiveAlphaDivergence(reduction='none')
     use_max = adaptive.forward_with_stats(student, teacher).branch.bool()
     div_lo, _ = naive_f_divergence(student.double(), teacher.double(), -1.0, 5.0)
@@ -112,10 +115,12 @@ def report_accuracy(student: torch.Tensor, teacher: torch.Tensor, label: str) ->
         ('adaptive', adaptive, same_branch),
         ('naive_pq', lambda s, t: naive_adaptive(s, t, reduction='none'), same_branch),
     ]
+    errors = {}
     for name, fn, ref in rows:
-        value_err, grad_err = max_abs_diffs(fn, ref, student, teacher)
+        value_err, grad_err = errors[name] = max_abs_diffs(fn, ref, student, teacher)
         print(f'  {label:12s} {name:10s} value {value_err:9.2e}   grad {grad_err:9.2e}')
     print(f'  {label:12s} adaptive branch differs from float64 on {flips} of {len(use_max)} samples (near-ties)')
+    return errors
 
 
 def forced_branch(student: torch.Tensor, teacher: torch.Tensor, use_max: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,14 @@ import argparse
 import random
 import statistics
 import tempfile
-import time
 
 import timm
 import torch
 from torch.utils.data import TensorDataset
 
 import timm_alphanet  # noqa: F401  (registers the models)
+from _results import add_json_argument, write_json
+from _timing import timed
 from timm_alphanet.archs import resolve_space
 from timm_alphanet.calibration import CalibrationRecipe, resize_to
 from timm_alphanet.search import EvolutionConfig, SearchConfig, run_search
@@ -38,14 +39,15 @@ SETTINGS = {
 def floor_time(supernet, arch, calib, images, calib_batch, batch):
     """Pure forwards of the candidate's images, already resized: train mode for calibration, eval for scoring."""
     supernet.set_subnet(arch)
-    supernet.train()
-    t0 = time.perf_counter()
-    for x in calib.split(calib_batch):
-        supernet(x)
-    supernet.eval()
-    for x in images.split(batch):
-        supernet(x)
-    return time.perf_counter() - t0
+
+    def forwards():
+        supernet.train()
+        for x in calib.split(calib_batch):
+            supernet(x)
+        supernet.eval()
+        for x in images.split(batch):
+            supernet(x)
+    return timed(forwards)[1]
 
 
 def bench_space(name, candidates, threads):
@@ -66,9 +68,7 @@ def bench_space(name, candidates, threads):
     floor(supernet, archs[0], calib, images, batch)
     cost, pure = [], []
     for arch in archs:
-        t0 = time.perf_counter()
-        scorer.top1(arch)
-        cost.append(time.perf_counter() - t0)
+        cost.append(timed(lambda: scorer.top1(arch))[1])
         pure.append(floor(supernet, arch, calib, images, batch))
     ratio = sum(cost) / sum(pure)
 
@@ -78,13 +78,12 @@ def bench_space(name, candidates, threads):
     config = SearchConfig(evolution=EvolutionConfig(population=candidates, generations=0), calibration=recipe,
                           selection_images=n_sel, batch_size=batch)
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        result = run_search(supernet, data, out, config, progress=False, log=lambda msg: None)
-        wall = time.perf_counter() - t0
+        result, wall = timed(lambda: run_search(supernet, data, out, config, progress=False, log=lambda msg: None))
     per_min = 60 * result.evaluated / wall
     print(f'{name:<9} {classes:>5} {n_calib:>6} {n_sel:>6} {batch:>5} {statistics.median(pure) * 1e3:>10.1f} '
           f'{statistics.median(cost) * 1e3:>10.1f} {ratio:>7.3f}x {per_min:>9.1f}')
-    return ratio, per_min
+    return {'ratio': ratio, 'candidates_per_min': per_min, 'floor_ms_median': statistics.median(pure) * 1e3,
+            'candidate_ms_median': statistics.median(cost) * 1e3, 'candidates': candidates}
 
 
 def floor(supernet, arch, calib, images, batch):
@@ -98,14 +97,16 @@ def main():
     parser.add_argument('--spaces', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument('--candidates', type=int, nargs='+', default=[24, 6],
                         help='candidates per space (same order as --spaces)')
+    add_json_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, CPU, {args.threads} threads; random weights and images')
     print(f'{"space":<9} {"cls":>5} {"calib":>6} {"select":>6} {"batch":>5} {"floor ms":>10} {"cand. ms":>10} '
           f'{"ratio":>8} {"cand/min":>9}')
-    for name, n in zip(args.spaces, args.candidates):
-        bench_space(name, n, args.threads)
+    details = {name: bench_space(name, n, args.threads) for name, n in zip(args.spaces, args.candidates)}
     print('ratio = summed candidate time / summed floor (goal <= 1.3x); ms columns are medians per candidate')
+    write_json(args.json, 'search', {f'{name}: candidate time / floor': d['ratio'] for name, d in details.items()},
+               details, {'*': 'goal <= 1.3 (the rest of a candidate\'s cost over its pure forwards)'})
 
 
 if __name__ == '__main__':

@@ -17,6 +17,8 @@ import tempfile
 import torch
 from scipy.stats import kendalltau
 
+from _results import add_json_argument, write_json
+from _timing import timed
 from timm_alphanet.cli.search import main as search_main
 from timm_alphanet.cost import count_macs_and_params
 from timm_alphanet.search.pareto import hypervolume, objective_vector, pareto_front
@@ -49,6 +51,7 @@ def main():
     parser.add_argument('--calib-images', type=int, default=500)
     parser.add_argument('--selection-images', type=int, default=500)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    add_json_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     supernet, _ = load_supernet(args.supernet)
@@ -59,13 +62,14 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            runs = {}
+            runs, seconds = {}, {}
             # the predictor run gets twice the generations: it evaluates fewer children in each
             for name, extra in (('plain', ['--generations', str(args.generations)]),
                                 ('predictor', ['--generations', str(2 * args.generations), '--predictor',
                                                '--predictor-keep', str(args.keep)])):
                 out = os.path.join(tmp, f'{name}{seed}')
-                search_main([args.supernet, '--output', out, '--seed', str(seed), *common, *extra])
+                seconds[name] = timed(lambda: search_main([args.supernet, '--output', out, '--seed', str(seed),
+                                                           *common, *extra]))[1]
                 runs[name] = _records(out)
             plain, pred = runs['plain'], runs['predictor']
             half = len(plain) // 2
@@ -78,12 +82,20 @@ def main():
             first = next(n for n, hv in hv_plain if hv >= target)
             hv_pred = _hv_by_generation(pred, ref)
             reached = next((n for n, hv in hv_pred if hv >= target), None)
-            rows.append((seed, tau, first, evals_plain, reached, len(pred), hv_pred[-1][1] / target))
+            rows.append((seed, tau, first, evals_plain, reached, len(pred), hv_pred[-1][1] / target,
+                         seconds['predictor'] / seconds['plain']))
     print(f'{"seed":>4} {"tau":>6} {"plain: evals to its final HV":>29} {"predictor: evals to it":>23} '
-          f'{"pred. final HV / plain":>23}')
-    for seed, tau, first, total, reached, total_pred, ratio in rows:
+          f'{"pred. final HV / plain":>23} {"wall pred./plain":>17}')
+    for seed, tau, first, total, reached, total_pred, ratio, wall in rows:
         shown = f'{reached} of {total_pred}' if reached is not None else f'not in {total_pred}'
-        print(f'{seed:>4} {tau:>6.3f} {f"{first} of {total}":>29} {shown:>23} {ratio:>23.4f}')
+        print(f'{seed:>4} {tau:>6.3f} {f"{first} of {total}":>29} {shown:>23} {ratio:>23.4f} {wall:>17.2f}')
+    keys = ('seed', 'kendall_tau', 'plain_evals_to_final_hv', 'plain_evals', 'predictor_evals_to_it',
+            'predictor_evals', 'final_hv_predictor_over_plain', 'wall_predictor_over_plain')
+    write_json(args.json, 'search_predictor',
+               {f'seed {r[0]}: final HV predictor / plain': r[6] for r in rows}
+               | {f'seed {r[0]}: wall predictor / plain': r[7] for r in rows},
+               {'rows': [dict(zip(keys, r)) for r in rows]},
+               {'*': 'HV ratio >= 1: the predictor run reached at least the plain front; wall: both searches timed'})
 
 
 if __name__ == '__main__':

@@ -14,13 +14,14 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import timm
 import torch
 import torch.nn.functional as F
 
 import timm_alphanet  # noqa: F401
+from _results import add_json_argument, write_json
+from _timing import time_interleaved
 from timm_alphanet import extract_subnet
 
 
@@ -62,11 +63,6 @@ def _setup(args, mode):
     return statics, archs, x, y, torch.optim.SGD(params, lr=1e-3), False
 
 
-def _sync(device):
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
-
-
 def memory_child(args, mode):
     """Run `args.steps` steps of one mode and print its peak RSS (MiB) as JSON."""
     m, archs, x, y, opt, sup = _setup(args, mode)
@@ -86,6 +82,7 @@ def main():
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--memory-child', choices=['supernet', 'static'], help=argparse.SUPPRESS)
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.memory_child:
         return memory_child(args, args.memory_child)
@@ -95,17 +92,8 @@ def main():
     sup = _setup(args, 'supernet')
     sta = _setup(args, 'static')
     print('subnets:', ', '.join(f'{a.resolution}px {timm_alphanet.mflops(a):.0f}MF' for a in sup[1]))
-    for _ in range(args.warmup):
-        _step(*sup)
-        _step(*sta)
-    times = {'supernet': [], 'static': []}
-    for _ in range(args.steps):  # interleaved, so machine noise hits both sides alike
-        for name, s in (('supernet', sup), ('static', sta)):
-            _sync(args.device)
-            t0 = time.perf_counter()
-            _step(*s)
-            _sync(args.device)
-            times[name].append(time.perf_counter() - t0)
+    times = time_interleaved({'supernet': lambda: _step(*sup), 'static': lambda: _step(*sta)}, args.steps,
+                             args.warmup, args.device)  # interleaved, so machine noise hits both sides alike
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f'{"":<10}{"median s/step":>15}{"steps/s":>10}')
     for k in ('supernet', 'static'):
@@ -120,6 +108,10 @@ def main():
     for key in mem['supernet']:
         print(f'{key}: supernet {mem["supernet"][key]:.0f}, static {mem["static"][key]:.0f}, '
               f'ratio {mem["supernet"][key] / mem["static"][key]:.3f}x')
+    ratios = {'time supernet / static-sum': med['supernet'] / med['static'],
+              **{f'{k} supernet / static': mem['supernet'][k] / mem['static'][k] for k in mem['supernet']}}
+    write_json(args.json, 'supernet_step', ratios, {'median_s_per_step': med, 'memory_mib': mem},
+               {'time supernet / static-sum': 'goal <= 1.1', '*': 'weight sharing cost; < 1 is cheaper'})
 
 
 if __name__ == '__main__':

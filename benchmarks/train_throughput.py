@@ -20,28 +20,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
+
+from _results import add_json_argument, write_json
+from _timing import time_interleaved, timed
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 VARIANTS = ('contiguous', 'channels_last', 'silu_out_of_place', 'compile')
 
 
-def _median_times(fns: Dict[str, Callable[[], None]], steps: int, repeats: int, warmup: int = 1) -> Dict[str, float]:
-    """Median seconds per call of each fn: warm-up, then `repeats` rounds of `steps` calls, variants interleaved."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for r in range(repeats):
-        order = list(fns) if r % 2 == 0 else list(reversed(fns))  # no variant always runs first
-        for name in order:
-            t = time.perf_counter()
-            for _ in range(steps):
-                fns[name]()
-            times[name].append((time.perf_counter() - t) / steps)
+def _median_times(fns: Dict[str, Callable[[], None]], steps: int, repeats: int) -> Dict[str, float]:
+    """Median seconds per call of each fn: one warm-up round, then `repeats` rounds of `steps` calls, interleaved."""
+    times = time_interleaved(fns, repeats, warmup=1, number=steps)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -94,7 +86,7 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
             kd.compile()
         fns[f'sandwich/{variant}'] = _sandwich_step(task, model, xv, y, args.steps)
         fns[f'kd/{variant}'] = _kd_step(kd, xv, y)
-    out = _median_times(fns, args.steps, args.repeats, warmup=args.steps)
+    out = _median_times(fns, args.steps, args.repeats)
     if args.per_subnet:
         out.update(_per_subnet(supernet, space, x, args))
     out['_module'] = timm_alphanet.__file__
@@ -149,11 +141,10 @@ def _trainer_step_seconds(tree: Path, extra: Sequence[str], steps: int, workdir:
     def wall(n: int) -> float:
         cmd = [sys.executable, str(tree / 'train.py'), '--epochs', '1', '--max-train-steps', str(n), '--no-progress',
                '--output', str(workdir), '--experiment', f'{tree.name}-{n}-{len(os.listdir(workdir))}', *extra]
-        t = time.perf_counter()
-        p = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+        p, seconds = timed(lambda: subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True))
         if p.returncode != 0:
             raise RuntimeError(f'{" ".join(cmd)} failed:\n{p.stderr[-2000:]}')
-        return time.perf_counter() - t
+        return seconds
     return (wall(steps) - wall(2)) / (steps - 2)
 
 
@@ -204,6 +195,7 @@ def main() -> None:
     p.add_argument('--trainer-steps', type=int, default=0, help='also time train.py (demo) per step, N > 2 steps')
     p.add_argument('--compare-with', type=Path, default=None, help='another checkout (e.g. git archive of a commit)')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    add_json_argument(p)
     args = p.parse_args()
     args.variants = [v.strip() for v in args.variants.split(',') if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
@@ -235,7 +227,10 @@ def main() -> None:
     names = list(next(iter(results.values())))
     if args.trainer_steps > 2:
         names += _trainer_rows(args, trees, results)
-    _print_table(names, results, args.batch_size)
+    ratios = _print_table(names, results, args.batch_size)
+    write_json(args.json, 'train_throughput', ratios, {'seconds_per_step': results, 'batch_size': args.batch_size,
+                                                      'space': args.space},
+               {'*': 'step time of a variant over its contiguous counterpart (or after/before); < 1 is faster'})
 
 
 def _trainer_rows(args, trees: Dict[str, Path], results: Dict[str, Dict[str, float]]) -> List[str]:
@@ -264,20 +259,27 @@ def _trainer_rows(args, trees: Dict[str, Path], results: Dict[str, Dict[str, flo
     return list(runs)
 
 
-def _print_table(names: List[str], results: Dict[str, Dict[str, float]], batch: int) -> None:
+def _print_table(names: List[str], results: Dict[str, Dict[str, float]], batch: int) -> Dict[str, float]:
+    """Print the table; returns its ratios ({measure: ratio})."""
     trees = list(results)
+    ratios: Dict[str, float] = {}
     head = ' | '.join(f'{t} ms/step' for t in trees)
     print(f'\n| measure | {head} | {"after/before" if len(trees) == 2 else "vs contiguous"} |')
     print('|---|' + '---|' * (len(trees) + 1))
     for name in names:
         cells = ' | '.join(f'{results[t][name] * 1e3:.1f}' for t in trees)
+        value: Optional[float] = None
         if len(trees) == 2:
-            ratio = f'{results["after"][name] / results["before"][name]:.2f}x'
+            value = results['after'][name] / results['before'][name]
+            ratios[f'{name} after / before'] = value
         else:
             ref = _reference(name, results[trees[0]])
-            ratio = f'{results[trees[0]][name] / results[trees[0]][ref]:.2f}x' if ref else ''
-        print(f'| {name} | {cells} | {ratio} |')
+            if ref:
+                value = results[trees[0]][name] / results[trees[0]][ref]
+                ratios[f'{name} / {ref}'] = value
+        print(f'| {name} | {cells} | {"" if value is None else f"{value:.2f}x"} |')
     print(f'\n(images/s = {batch} / seconds per step; ratios < 1 are faster)')
+    return ratios
 
 
 def _reference(name: str, row: Dict[str, float]) -> str:

@@ -1,5 +1,6 @@
 """AlphaDistillationTask: timm's LogitDistillationTask with the adaptive alpha-divergence, on tiny CPU models."""
 import os
+from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never download: every model here is pretrained=False or local
 
@@ -204,3 +205,34 @@ def test_deit_heads_get_gradients_only_from_their_own_loss(kd_loss):
         grads[name] = (student.head.weight.grad.abs().sum().item(), student.head_dist.weight.grad.abs().sum().item())
     assert grads['labels only'][0] > 0 and grads['labels only'][1] == 0
     assert grads['teacher only'][0] == 0 and grads['teacher only'][1] > 0
+
+
+RECIPES = Path(__file__).resolve().parent.parent / 'train_configs'
+
+
+@pytest.mark.parametrize('name, student', [('kd_mobilenetv2_050_in1k.yaml', 'mobilenetv2_050'),
+                                           ('kd_mobilenetv2_035_in1k.yaml', 'mobilenetv2_035')])
+def test_mobilenetv2_kd_recipes_parse(name, student):
+    from timm_alphanet.cli.train import parse_args
+    from timm_alphanet.train import learning_rate, model_is_supernet
+    cfg = parse_args(['-c', str(RECIPES / name)])
+    assert (cfg.model, cfg.teacher, cfg.kd_loss) == (student, 'mobilenetv2_100.ra_in1k', 'alpha')
+    assert (cfg.alpha_min, cfg.alpha_max, cfg.alpha_clip, cfg.kd_weight, cfg.task_weight) == (-1.0, 1.0, 5.0, 1.0, 1.0)
+    assert not model_is_supernet(cfg)  # teacher KD, not sandwich training
+    assert learning_rate(cfg, 8) == pytest.approx(0.1 * 128 * 8 / 256)
+    assert parse_args(['-c', str(RECIPES / name), '--kd-loss', 'kl']).kd_loss == 'kl'  # the comparison it names
+
+
+def test_deit_tiny_recipe_parses_with_deits_settings_and_a_distillation_head():
+    from timm_alphanet.cli.train import parse_args
+    from timm_alphanet.train import learning_rate, model_is_supernet
+    cfg = parse_args(['-c', str(RECIPES / 'kd_deit_tiny_in1k.yaml')])
+    assert (cfg.model, cfg.teacher) == ('deit_tiny_distilled_patch16_224', 'regnety_160.deit_in1k')
+    assert (cfg.kd_weight, cfg.task_weight, cfg.kd_temperature, cfg.kd_loss) == (0.5, 0.5, 1.0, 'alpha')
+    assert (cfg.opt, cfg.weight_decay, cfg.epochs, cfg.warmup_epochs, cfg.smoothing, cfg.drop_path) == \
+        ('adamw', 0.05, 300, 5.0, 0.1, 0.1)
+    assert (cfg.mixup, cfg.cutmix, cfg.reprob, cfg.aa) == (0.8, 1.0, 0.25, 'rand-m9-mstd0.5-inc1')
+    assert learning_rate(cfg, 8) == pytest.approx(1e-3)  # DeiT: 5e-4 x 1024 / 512
+    assert not model_is_supernet(cfg)
+    with torch.device('meta'):
+        assert hasattr(timm.create_model(cfg.model), 'set_distilled_training')  # the task takes the two-head path

@@ -1,0 +1,636 @@
+#!/usr/bin/env python3
+"""Miniature of the paper's ordering claim: adaptive alpha-KD vs KL-KD vs no KD, per subnet and per student.
+
+Every run goes through the library's trainer (`timm_alphanet.train.run` with a `TrainConfig`), so what is measured is
+what ``train.py`` trains. Three methods, the same budget (data, epochs, batch, optimizer, schedule, augmentation) and
+the same seeds for each; only the KD loss differs:
+
+* **supernet** (AlphaNet, the sandwich rule on a small space): *no KD* = in-place KD off (the random and min subnets
+  learn from the labels, like the max one); *KL* / *alpha* = in-place KD from the max subnet with that loss.
+  Reported: top-1 of the BN-calibrated max, min and one fixed random subnet.
+* **students** (the paper's standard-KD table): a MobileNetV2 1.0x teacher is trained first on the same data (labels
+  only), saved, and loaded by every KD run as ``local-dir:``; the students are MobileNetV2 0.5x and 0.35x and a
+  small ViT (DeiT-tiny's architecture scaled to the images). *no KD* = label loss only; *KL* / *alpha* = label loss +
+  KD loss (weights 1 and 1, temperature 1).
+
+Default data: scikit-learn's bundled digits (no download), a fixed 30% of its training split (431 images, the same
+for every run) at 12 px, without augmentation; the 360 validation images give the top-1. Digits at full size are
+nearly solved (~98%); few images and a low resolution keep accuracies well below that, so differences can show.
+
+Outputs in ``--output``: ``kd_ordering.md`` (tables), ``kd_ordering.json`` (settings, machine, wall time and every
+per-seed value), ``kd_ordering.png``; ``results.jsonl`` records each finished run, so a rerun with the same settings
+continues where an interrupted one stopped; ``runs/<run>/`` holds each run's log and summary (the teacher's
+``final/`` model too).
+
+    python benchmarks/reproduce/kd_ordering.py                     # the miniature: ~20 min on 2 CPU cores
+    python benchmarks/reproduce/kd_ordering.py --parts students --seeds 0 1 2 3 4 5 6 7 8 9 --epochs 60
+    # full scale: each run is distributed over the launched processes, runs follow one another
+    accelerate launch --multi_gpu --num_processes 8 benchmarks/reproduce/kd_ordering.py --parts students \\
+        --students-config train_configs/kd_mobilenetv2_050_in1k.yaml --students mobilenetv2_050 mobilenetv2_035 \\
+        deit_tiny_patch16_224 --data-dir /data/imagenet --dataset '' --resolution 224 --seeds 0 1 2 3 4
+"""
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared machine description
+sys.path.insert(0, str(HERE.parent.parent))  # the repository: run without installing
+
+from _machine import machine_info, machine_line  # noqa: E402
+from _timing import timed  # noqa: E402
+
+METHODS = ('none', 'kl', 'alpha')
+METHOD_NAMES = {'none': 'no KD', 'kl': 'KL-KD', 'alpha': 'alpha-KD'}
+PARTS = ('supernet', 'students')
+VIT = 'vit'  # the small ViT student: DeiT-tiny's architecture scaled to the images (see `vit_student`)
+PLACEHOLDER_TEACHER = 'test_efficientnet'  # tiny; its logits get weight 0 (see `label_only`)
+
+def mini_space(resolution: int) -> Dict[str, Any]:
+    """The trainer's demo space (`DEMO_SPACE`, made for 32 px) for `resolution` px inputs: stride-1 stem, resolutions
+    `resolution` and 2 px less; 15-60k parameters."""
+    from timm_alphanet.train import DEMO_SPACE
+    space = json.loads(json.dumps(DEMO_SPACE))  # a deep copy
+    space['first_conv']['s'] = 1  # three stride-2 stages are enough for ~12 px
+    space['resolutions'] = sorted({max(4, resolution - 2), resolution})
+    return space
+
+
+# The miniature's training settings, the same for every method (and for the teacher, except its epochs).
+MINI_COMMON: Dict[str, Any] = dict(
+    dataset='', batch_size=32, opt='sgd', lr=0.02, momentum=0.9, weight_decay=1e-5, sched='cosine', warmup_epochs=1,
+    smoothing=0.1, no_aug=True, crop_pct=1.0, workers=0, bn_calib_batches=4)
+MINI_EPOCHS = {'supernet': 30, 'students': 30, 'teacher': 30}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training run: `key` names it (``part/model/method/s<seed>``), `needs` the run it waits for."""
+    key: str
+    part: str
+    model: str
+    method: str
+    seed: int
+    cfg: Any  # TrainConfig
+    inplace_kd: bool = True
+    needs: Optional[str] = None
+    keep_final: bool = False
+
+
+# ---- data and models written once
+def digits_subset(root: Path, fraction: float, size: int = 32) -> Path:
+    """A fixed `fraction` of the digits training split (per class, `random.Random(0)`) and the whole validation split,
+    as an image folder under `root` (written once, atomically)."""
+    from timm_alphanet.train import build_digits_folder
+    folder = root / f'digits{size}_train{fraction:g}'
+    if (folder / 'train').is_dir():
+        return folder
+    source = build_digits_folder(root / f'digits{size}', size=size)
+    rng = random.Random(0)  # the subset never depends on the run's seed: every method sees the same images
+    tmp = Path(tempfile.mkdtemp(prefix='.digits', dir=root))
+    for split in ('train', 'validation'):
+        for label in sorted(os.listdir(source / split)):
+            files = sorted(os.listdir(source / split / label))
+            if split == 'train':
+                files = sorted(rng.sample(files, max(1, round(fraction * len(files)))))
+            (tmp / split / label).mkdir(parents=True)
+            for name in files:
+                shutil.copyfile(source / split / label / name, tmp / split / label / name)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def saved_model(root: Path, name: str, **kwargs: Any) -> str:
+    """``local-dir:`` spec of a randomly initialised timm model `name` (with `kwargs`), written once under `root`.
+
+    timm records the kwargs in config.json, so the trainer builds the same architecture from the folder (its weights
+    are unused: students start from a seeded random init, and a placeholder teacher's logits get weight 0).
+    """
+    import timm
+    from timm_alphanet.export import save_pretrained
+    tag = hashlib.sha1(json.dumps([name, kwargs], sort_keys=True).encode()).hexdigest()[:8]
+    folder = root / f'{name}-{tag}'
+    if not (folder / 'config.json').is_file():
+        save_pretrained(timm.create_model(name, **kwargs), folder, overwrite=True)
+    return f'local-dir:{folder}'
+
+
+def vit_student(root: Path, resolution: int) -> str:
+    """DeiT-tiny's architecture (``deit_tiny_patch16_224``) scaled to `resolution` px: a 4x4 patch grid, width 96,
+    6 blocks, 3 heads (~0.68 M parameters, about MobileNetV2 0.5x)."""
+    patch = max(1, resolution // 4)
+    return saved_model(root, 'deit_tiny_patch16_224', num_classes=10, img_size=resolution, patch_size=patch,
+                       embed_dim=96, depth=6, num_heads=3)
+
+
+# ---- the run plan
+def _base_config(path: Optional[str], defaults: Dict[str, Any]):
+    from timm_alphanet.train import TrainConfig
+    return TrainConfig.from_yaml(path) if path else TrainConfig(**defaults)
+
+
+def _overrides(args: argparse.Namespace, data_dir: Optional[str], epochs: Optional[int]) -> Dict[str, Any]:
+    out: Dict[str, Any] = dict(args.set)
+    out.update(no_progress=True, checkpoint_hist=1, output=str(args.output / 'runs'))
+    for key, value in (('data_dir', data_dir), ('dataset', args.dataset), ('batch_size', args.batch_size),
+                       ('epochs', epochs), ('lr', args.lr)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def label_only(cfg, placeholder: str):
+    """`cfg` training its model from the labels alone.
+
+    The trainer has no plain-classification path for a static model (it asks for a teacher), so this is its KD path
+    with KD weight 0 and a tiny placeholder teacher: the loss is exactly the label loss (0 x a finite KD term), and
+    the placeholder's forward costs time, not accuracy.
+    """
+    return cfg.replace(teacher=placeholder, kd_weight=0.0, task_weight=None)
+
+
+def plan(args: argparse.Namespace) -> List[Job]:
+    """All runs: the teacher first (students need it), the supernet runs, then the student runs."""
+    import timm_alphanet  # noqa: F401  (registers the supernet)
+    from timm_alphanet.spaces import SearchSpace
+    from timm_alphanet.train import TrainConfig
+
+    models = args.output / 'models'
+    models.mkdir(parents=True, exist_ok=True)
+    data_dir = args.data_dir
+    if data_dir is None and args.dataset in (None, ''):
+        data_dir = str(digits_subset(args.output / 'data', args.train_fraction))
+    mini = dict(MINI_COMMON, input_size=(3, args.resolution, args.resolution))
+    jobs: List[Job] = []
+
+    if 'supernet' in args.parts:
+        if args.supernet_config:
+            base = TrainConfig.from_yaml(args.supernet_config)
+        else:
+            base = TrainConfig(model='alphanet_supernet', space=mini_space(args.resolution), num_subnets=4,
+                               **{k: v for k, v in mini.items() if k != 'input_size'}, epochs=MINI_EPOCHS['supernet'])
+        base = base.replace(**_overrides(args, data_dir, args.supernet_epochs))
+        space = SearchSpace.coerce(base.space) if base.space is not None else None
+        if space is not None and not base.eval_archs:  # max and min always; one fixed random subnet in between
+            base = base.replace(eval_archs=(space.sample(random.Random(0)).to_dict(),))
+        for seed in args.seeds:
+            for method in METHODS:
+                cfg = base.replace(seed=seed, kd_loss='kl' if method == 'kl' else 'alpha', teacher='',
+                                   experiment=f'supernet-{method}-s{seed}')
+                jobs.append(Job(f'supernet/{method}/s{seed}', 'supernet', 'supernet', method, seed, cfg,
+                                inplace_kd=method != 'none'))
+
+    if 'students' in args.parts:
+        base = _base_config(args.students_config, dict(mini, epochs=MINI_EPOCHS['students']))
+        if args.students_config is None or args.resolution_given:
+            base = base.replace(input_size=(3, args.resolution, args.resolution))
+        base = base.replace(**_overrides(args, data_dir, args.epochs))
+        placeholder = saved_model(models, PLACEHOLDER_TEACHER, num_classes=10)
+        teacher_cfg = label_only(base.replace(model=args.teacher, seed=args.teacher_seed, experiment='teacher'),
+                                 placeholder)
+        if args.teacher_epochs is not None or args.students_config is None:
+            teacher_cfg = teacher_cfg.replace(epochs=args.teacher_epochs or MINI_EPOCHS['teacher'])
+        jobs.insert(0, Job('teacher', 'teacher', args.teacher, 'none', args.teacher_seed, teacher_cfg,
+                           keep_final=True))
+        teacher_spec = f'local-dir:{args.output / "runs" / "teacher" / "final"}'
+        for student in args.students:
+            model = vit_student(models, args.resolution) if student == VIT else student
+            for seed in args.seeds:
+                for method in METHODS:
+                    cfg = base.replace(model=model, seed=seed, experiment=f'{student}-{method}-s{seed}')
+                    if method == 'none':
+                        cfg = label_only(cfg, placeholder)
+                    else:
+                        cfg = cfg.replace(teacher=teacher_spec, kd_loss=method)
+                    jobs.append(Job(f'students/{student}/{method}/s{seed}', 'students', student, method, seed, cfg,
+                                    needs='teacher'))
+    return jobs
+
+
+def fingerprint(job: Job, done: Dict[str, Dict[str, Any]]) -> str:
+    """What makes a finished run reusable: its config (without where it is written), its switches and, for a student,
+    the teacher's fingerprint."""
+    cfg = {k: v for k, v in job.cfg.to_dict().items() if k not in ('output', 'no_progress')}
+    parts = [json.dumps(cfg, sort_keys=True, default=str), str(job.inplace_kd)]
+    if job.needs:
+        parts.append(done.get(job.needs, {}).get('fingerprint', ''))
+    return hashlib.sha1('\n'.join(parts).encode()).hexdigest()
+
+
+# ---- running one job (in this process or in a worker process)
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors, so logging and C code too) to `path`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, 'a') as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _run_without_inplace_kd(cfg):
+    """`run(cfg)` with in-place KD off (the supernet's no-KD baseline)."""
+    import importlib
+    from unittest import mock
+
+    from timm_alphanet.train import TrainConfig, run
+    if 'inplace_kd' in {f.name for f in dataclasses.fields(TrainConfig)}:
+        return run(cfg.replace(inplace_kd=False))
+    # this trainer has no switch for it yet: its own task builder, then the task's documented `inplace_kd` off
+    run_module = importlib.import_module('timm_alphanet.train.run')
+    build_task = run_module.build_task
+
+    def without_inplace_kd(cfg, accelerator, model):
+        task = build_task(cfg, accelerator, model)
+        task.inplace_kd = False
+        return task
+    with mock.patch.object(run_module, 'build_task', without_inplace_kd):
+        return run(cfg)
+
+
+def train_job(job: Job, threads: int, keep: bool) -> Dict[str, Any]:
+    """Train `job` through the trainer; returns {'key', 'top1': {subnet or student: top-1}, 'seconds'}."""
+    import torch
+
+    from timm_alphanet.train import run
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(job.cfg.output) / job.cfg.experiment
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run interrupted before: start it again, whole
+    run_dir.mkdir(parents=True)
+    with _output_to(run_dir / 'log.txt'):
+        results, seconds = timed(lambda: run(job.cfg) if job.inplace_kd else _run_without_inplace_kd(job.cfg))
+    if not keep:  # the result is recorded; checkpoints are only needed to resume this run
+        shutil.rmtree(run_dir / 'checkpoints', ignore_errors=True)
+        if not job.keep_final:
+            shutil.rmtree(run_dir / 'final', ignore_errors=True)
+    names = {'arch0': 'random'}
+    top1 = {(job.model if n == 'student' else names.get(n, n)): r['top1'] for n, r in results.items()}
+    return {'key': job.key, 'top1': top1, 'seconds': seconds}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(max(1, threads))
+
+
+def execute(jobs: List[Job], done: Dict[str, Dict[str, Any]], n_jobs: int, threads: int, keep: bool,
+            record: Callable[[Job, Dict[str, Any]], None]) -> List[str]:
+    """Run the jobs not in `done` (each after the one it needs), `n_jobs` at a time (worker processes; in this process
+    when 1); `record(job, result)` is called as each finishes. Returns a message per failed or skipped run."""
+    from tqdm.auto import tqdm
+    todo = [j for j in jobs if j.key not in done]
+    failed: Dict[str, str] = {}
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc='runs', unit='run', dynamic_ncols=True)
+
+    def finish(job: Job, get_result: Callable[[], Dict[str, Any]]) -> None:
+        try:
+            result = get_result()
+        except Exception as e:  # noqa: BLE001 - reported with the run's log; the other runs go on
+            log = Path(job.cfg.output) / job.cfg.experiment / 'log.txt'
+            failed[job.key] = f'{job.key}: {type(e).__name__}: {str(e)[:300]} (log: {log})'
+            return
+        result['fingerprint'] = fingerprint(job, done)
+        done[job.key] = result
+        record(job, result)
+        bar.set_postfix_str(f'{job.key}: ' + ', '.join(f'{k} {v:.1f}' for k, v in result['top1'].items()))
+        bar.update(1)
+
+    def next_ready(limit: int) -> List[Job]:
+        for job in [j for j in todo if j.needs in failed]:  # its teacher failed: nothing to distil from
+            todo.remove(job)
+            failed[job.key] = f'{job.key}: skipped, {job.needs} failed'
+        ready = [j for j in todo if j.needs is None or j.needs in done][:limit]
+        for job in ready:
+            todo.remove(job)
+        return ready
+
+    if n_jobs <= 1:
+        while todo:
+            ready = next_ready(1)
+            if not ready:  # cannot happen with plan()'s order; never loop forever
+                failed.update({j.key: f'{j.key}: {j.needs} never ran' for j in todo})
+                break
+            finish(ready[0], lambda: train_job(ready[0], threads, keep))
+    else:
+        import multiprocessing
+        with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            running: Dict[Any, Job] = {}
+            while todo or running:
+                for job in next_ready(n_jobs - len(running)):
+                    running[pool.submit(train_job, job, threads, keep)] = job
+                if not running:
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    finish(running.pop(future), future.result)
+    bar.close()
+    return list(failed.values())
+
+
+# ---- statistics and reports
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else float('nan'))
+
+
+def _t95(n: int) -> float:
+    """Two-sided 95% Student-t quantile for n - 1 degrees of freedom (nan below two samples)."""
+    if n < 2:
+        return float('nan')
+    from scipy.stats import t
+    return float(t.ppf(0.975, n - 1))
+
+
+def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any]:
+    """Per part and row (subnet or student): per-seed top-1 of each method, mean +- std, and the paired per-seed
+    differences alpha - KL (mean, std, 95% t-interval, wins) and KL - none, alpha - none (mean, std)."""
+    per: Dict[Tuple[str, str], Dict[str, Dict[int, float]]] = {}
+    for job in jobs:
+        if job.part == 'teacher' or job.key not in done:
+            continue
+        for row, top1 in done[job.key]['top1'].items():
+            per.setdefault((job.part, row), {m: {} for m in METHODS})[job.method][job.seed] = top1
+    rows = []
+    for (part, row), by_method in per.items():
+        entry: Dict[str, Any] = {'part': part, 'row': row, 'per_seed': {m: {str(s): v for s, v in sorted(d.items())}
+                                                                        for m, d in by_method.items()}}
+        for m, d in by_method.items():
+            if d:
+                entry[m] = dict(zip(('mean', 'std'), _mean_std(list(d.values()))), n=len(d))
+        for a, b in (('alpha', 'kl'), ('kl', 'none'), ('alpha', 'none')):
+            seeds = sorted(set(by_method[a]) & set(by_method[b]))
+            if not seeds:
+                continue
+            diffs = [by_method[a][s] - by_method[b][s] for s in seeds]
+            mean, std = _mean_std(diffs)
+            half = _t95(len(diffs)) * std / math.sqrt(len(diffs))
+            entry[f'{a}_minus_{b}'] = {'per_seed': {str(s): d for s, d in zip(seeds, diffs)}, 'mean': mean, 'std': std,
+                                       'ci95': [mean - half, mean + half], 'wins': sum(d > 0 for d in diffs),
+                                       'ties': sum(d == 0 for d in diffs), 'n': len(diffs)}
+        rows.append(entry)
+    order = {p: i for i, p in enumerate(PARTS)}
+    row_order = {'max': 0, 'random': 1, 'min': 2}
+    rows.sort(key=lambda r: (order[r['part']], row_order.get(r['row'], 3)))
+    return {'rows': rows, 'teacher': done.get('teacher', {}).get('top1')}
+
+
+def _pm(stats: Optional[Dict[str, float]], signed: bool = False) -> str:
+    if not stats:
+        return 'n/a'
+    fmt = '{:+.2f}' if signed else '{:.2f}'
+    std = 'n/a' if math.isnan(stats['std']) else f"{stats['std']:.2f}"
+    return f"{fmt.format(stats['mean'])} ± {std}"
+
+
+def table(summary: Dict[str, Any], part: str) -> str:
+    """The markdown table of one part: top-1 mean ± std per method, alpha - KL paired per seed."""
+    head = ['subnet' if part == 'supernet' else 'student', *(f'{METHOD_NAMES[m]} top-1' for m in METHODS),
+            'alpha − KL (mean ± std)', '95% CI', 'alpha > KL', 'alpha − KL per seed', 'KL − none']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in (r for r in summary['rows'] if r['part'] == part):
+        d = r.get('alpha_minus_kl')
+        ci = 'n/a' if not d or math.isnan(d['ci95'][0]) else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+        seeds = ', '.join(f'{v:+.1f}' for v in d['per_seed'].values()) if d else 'n/a'
+        wins = f"{d['wins']}/{d['n']}" if d else 'n/a'
+        cells = [r['row'], *(_pm(r.get(m)) for m in METHODS), _pm(d, signed=True), ci, wins, seeds,
+                 _pm(r.get('kl_minus_none'), signed=True)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot(summary: Dict[str, Any], path: Path) -> None:
+    """Top-1 per row and method (mean ± std, seeds as dots) and the per-seed alpha - KL differences, per part."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    parts = [p for p in PARTS if any(r['part'] == p for r in summary['rows'])]
+    fig, axes = plt.subplots(2, max(1, len(parts)), figsize=(6 * max(1, len(parts)), 8), squeeze=False)
+    colors = {'none': 'tab:gray', 'kl': 'tab:blue', 'alpha': 'tab:red'}
+    for col, part in enumerate(parts):
+        rows = [r for r in summary['rows'] if r['part'] == part]
+        top, bottom = axes[0][col], axes[1][col]
+        for i, r in enumerate(rows):
+            for k, m in enumerate(METHODS):
+                if m not in r:
+                    continue
+                x = i + (k - 1) * 0.25
+                values = list(r['per_seed'][m].values())
+                top.scatter([x] * len(values), values, s=10, color=colors[m], alpha=0.4)
+                top.errorbar(x, r[m]['mean'], yerr=0 if math.isnan(r[m]['std']) else r[m]['std'], fmt='o',
+                             color=colors[m], capsize=4, label=METHOD_NAMES[m] if i == 0 else None)
+            d = r.get('alpha_minus_kl')
+            if d:
+                values = list(d['per_seed'].values())
+                bottom.scatter([i] * len(values), values, s=14, color='tab:red', alpha=0.5)
+                lo, hi = d['ci95']
+                err = None if math.isnan(lo) else [[d['mean'] - lo], [hi - d['mean']]]
+                bottom.errorbar(i, d['mean'], yerr=err, fmt='D', color='black', capsize=5)
+        for ax in (top, bottom):
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels([r['row'] for r in rows])
+        top.set_title(f'{part}: top-1 (mean ± std over seeds; dots: seeds)')
+        top.set_ylabel('top-1 (%)')
+        top.legend()
+        bottom.axhline(0.0, color='gray', lw=1)
+        bottom.set_title(f'{part}: alpha − KL per seed (diamond: mean, 95% CI)')
+        bottom.set_ylabel('top-1 difference (points)')
+    fig.tight_layout()
+    tmp = path.with_name(f'.{path.name}.tmp.png')
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
+    """The markdown report: what ran where, then one table per part."""
+    s = meta['settings']
+    lines = [
+        '# KD ordering (miniature): no KD vs KL-KD vs adaptive alpha-KD', '',
+        f"{meta['date']}; {machine_line(meta['machine'])}; {meta['jobs']} parallel run(s); wall time "
+        f"{meta['wall_s'] / 60:.1f} min.", '',
+        f"Command: `{meta['command']}`", '',
+        f"Data: {s['data']}. Seeds {s['seeds']} (the same for every method; differences are paired per seed). "
+        f"Budget per run: {s['budget']}.", '',
+    ]
+    if summary.get('teacher'):
+        t = summary['teacher']
+        lines += [f"Teacher ({s['teacher']}, labels only, seed {s['teacher_seed']}): top-1 "
+                  + ', '.join(f'{v:.2f}' for v in t.values()) + '.', '']
+    for part in PARTS:
+        if any(r['part'] == part for r in summary['rows']):
+            what = ('AlphaNet supernet, sandwich rule (no KD = in-place KD off)' if part == 'supernet' else
+                    'standard KD from the teacher (no KD = label loss only)')
+            lines += [f'## {part}: {what}', '', table(summary, part), '']
+    lines += ['Top-1 in % on the validation images, at the last epoch; mean ± sample std over seeds; "alpha > KL" '
+              'counts the seeds where alpha-KD beat KL-KD; 95% CI: Student-t interval of the mean paired difference.']
+    return '\n'.join(lines) + '\n'
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _describe_budget(jobs: List[Job]) -> Dict[str, str]:
+    budget = {}
+    for part in ('supernet', 'students', 'teacher'):
+        job = next((j for j in jobs if j.part == part), None)
+        if job is None:
+            continue
+        c = job.cfg
+        extra = f', {c.num_subnets} subnets/step' if part == 'supernet' else ''
+        budget[part] = (f'{c.epochs} epochs, batch {c.batch_size}, {c.opt} lr {c.lr} {c.sched} (warm-up '
+                        f'{c.warmup_epochs:g}), wd {c.weight_decay:g}, label smoothing {c.smoothing:g}, '
+                        f'{"no augmentation" if c.no_aug else "augmentation"}{extra}')
+    return budget
+
+
+# ---- command line
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--output', type=Path, default=Path('output/kd_ordering'), help='folder of the outputs')
+    p.add_argument('--parts', nargs='+', default=list(PARTS), choices=PARTS)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
+    p.add_argument('--data-dir', default=None, help='image folder with train/ and validation/ (default: the digits '
+                   'subset); with --dataset, any timm dataset')
+    p.add_argument('--dataset', default=None, help="timm dataset name ('' = image folder; default: the digits subset)")
+    p.add_argument('--train-fraction', type=float, default=0.3, help='digits only: fraction of the training split')
+    p.add_argument('--resolution', type=int, default=None, help='input size in px (default 12; the supernet space '
+                   'uses this and 2 px less)')
+    p.add_argument('--teacher', default='mobilenetv2_100', help='timm name of the teacher trained first')
+    p.add_argument('--teacher-seed', type=int, default=0)
+    p.add_argument('--students', nargs='+', default=['mobilenetv2_050', 'mobilenetv2_035', VIT],
+                   help=f'timm names, or "{VIT}" (a small ViT: DeiT-tiny scaled to the resolution)')
+    p.add_argument('--epochs', type=int, default=None, help=f"student epochs (default {MINI_EPOCHS['students']})")
+    p.add_argument('--teacher-epochs', type=int, default=None, help=f"default {MINI_EPOCHS['teacher']}")
+    p.add_argument('--supernet-epochs', type=int, default=None, help=f"default {MINI_EPOCHS['supernet']}")
+    p.add_argument('--batch-size', type=int, default=None, help=f"default {MINI_COMMON['batch_size']}")
+    p.add_argument('--lr', type=float, default=None, help=f"default {MINI_COMMON['lr']}")
+    p.add_argument('--students-config', default=None, help='TrainConfig YAML for teacher and students (e.g. '
+                   'train_configs/kd_mobilenetv2_050_in1k.yaml) instead of the miniature settings')
+    p.add_argument('--supernet-config', default=None, help='TrainConfig YAML for the supernet (e.g. '
+                   'train_configs/alphanet_supernet_in1k.yaml) instead of the miniature settings')
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='TrainConfig values for every run '
+                   '(YAML values, e.g. opt=adamw lr=0.002 no_aug=false scale=[0.7,1.0])')
+    p.add_argument('--jobs', type=int, default=None, help='runs in parallel (processes); default: 2 on a CPU-only '
+                   'machine, 1 with a GPU or under a launcher')
+    p.add_argument('--threads', type=int, default=None, help='torch threads per run (default: cores / jobs)')
+    p.add_argument('--keep-checkpoints', action='store_true', help='keep every run\'s checkpoints and final model')
+    args = p.parse_args(argv)
+    args.set = dict(_key_value(p, item) for item in args.set)
+    args.output = args.output.resolve()  # run folders and the teacher's local-dir: path hold it
+    args.resolution_given = args.resolution is not None
+    args.resolution = args.resolution or 12
+    distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
+    if args.jobs is None:
+        import torch
+        args.jobs = 1 if distributed or torch.cuda.is_available() else min(2, os.cpu_count() or 1)
+    if distributed and args.jobs > 1:
+        p.error('--jobs > 1 under a launcher: each run already uses every launched process')
+    if args.threads is None:
+        args.threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else
+                               os.cpu_count() or 1) // args.jobs)
+    if not 0 < args.train_fraction <= 1:
+        p.error(f'--train-fraction must be in (0, 1], got {args.train_fraction}')
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f'--seeds must be distinct, got {args.seeds}')
+    return args
+
+
+def _key_value(parser: argparse.ArgumentParser, item: str) -> Tuple[str, Any]:
+    import yaml
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+        parser.error(f'--set takes KEY=VALUE, got {item!r:.60}')
+    return key.strip(), yaml.safe_load(value)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')  # every model here is local or randomly initialised
+    args.output.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()  # the invocation's wall time, for the report
+    jobs = plan(args)
+    results_path = args.output / 'results.jsonl'
+    done: Dict[str, Dict[str, Any]] = {}
+    if results_path.is_file():  # finished runs of an interrupted invocation: reused when their settings match
+        with open(results_path) as f:
+            previous = {r['key']: r for r in map(json.loads, f.read(64 << 20).splitlines()) if 'key' in r}
+        for job in jobs:  # in plan order, so a student sees the teacher's fingerprint
+            r = previous.get(job.key)
+            if r and r.get('fingerprint') == fingerprint(job, done) and (
+                    not job.keep_final or (Path(job.cfg.output) / job.cfg.experiment / 'final').is_dir()):
+                done[job.key] = r
+        if done:
+            print(f'reusing {len(done)} finished run(s) from {results_path}')
+
+    def record(job: Job, result: Dict[str, Any]) -> None:
+        if _is_main_process():
+            with open(results_path, 'a') as f:
+                f.write(json.dumps(result) + '\n')
+
+    failed = execute(jobs, done, args.jobs, args.threads, args.keep_checkpoints, record)
+    wall = time.monotonic() - t0
+    if failed:
+        print('failed runs (finished ones are kept; rerun the same command to continue):\n  ' + '\n  '.join(failed),
+              file=sys.stderr)
+        return 1
+    if not _is_main_process():
+        return 0
+    import torch
+    torch.set_num_threads(args.threads)
+    summary = summarize(done, jobs)
+    data = (f'{args.dataset!r} at {args.data_dir}' if args.dataset not in (None, '') or args.data_dir else
+            f'scikit-learn digits, a fixed {args.train_fraction:g} of the training split, all 360 validation '
+            f'images, {args.resolution} px')
+    meta = {
+        'date': time.strftime('%Y-%m-%d %H:%M %Z'), 'machine': machine_info(), 'jobs': args.jobs,
+        'threads_per_run': args.threads, 'wall_s': wall, 'command': ' '.join(['python', *sys.argv]) if argv is None
+        else 'kd_ordering.main(' + repr(list(argv)) + ')',
+        'settings': {'data': data, 'seeds': args.seeds, 'teacher': args.teacher, 'teacher_seed': args.teacher_seed,
+                     'students': args.students, 'budget': _describe_budget(jobs),
+                     'run_seconds': {k: round(v['seconds'], 1) for k, v in done.items()}},
+    }
+    _write(args.output / 'kd_ordering.json', json.dumps({'meta': meta, **summary}, indent=2) + '\n')
+    _write(args.output / 'kd_ordering.md', report(summary, meta))
+    plot(summary, args.output / 'kd_ordering.png')
+    print(report(summary, meta))
+    print(f'written: {args.output / "kd_ordering.md"}, kd_ordering.json, kd_ordering.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

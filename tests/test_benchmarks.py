@@ -1,0 +1,121 @@
+"""benchmarks/: the shared timing helper (order, warm-up, setup outside the timing, device sync; on a fake clock) and
+a tiny run_all.py (the CI smoke test) whose report agrees with what each benchmark measured."""
+import ast
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / 'benchmarks'
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def fake_clock(monkeypatch):
+    timing = _load('_timing')
+    clock = {'now': 0.0}
+    monkeypatch.setattr(timing.time, 'perf_counter', lambda: clock['now'])
+    return timing, clock
+
+
+def test_variants_interleave_in_rotating_order_after_warmup(fake_clock):
+    timing, clock = fake_clock
+    calls = []
+
+    def variant(name, seconds):
+        def fn():
+            calls.append(name)
+            clock['now'] += seconds
+        return fn
+    times = timing.time_interleaved({'a': variant('a', 1.0), 'b': variant('b', 3.0), 'c': variant('c', 0.5)},
+                                    repeats=3, warmup=2)
+    assert calls == ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b', 'a', 'b', 'c', 'b', 'c', 'a']
+    assert times == {'a': [1.0] * 3, 'b': [3.0] * 3, 'c': [0.5] * 3}  # warm-up rounds are not in the samples
+
+
+def test_setup_runs_outside_the_timing_and_number_averages(fake_clock):
+    timing, clock = fake_clock
+
+    def setup(name):
+        clock['now'] += 100.0  # must not count
+        return 2.0 if name == 'slow' else 1.0
+
+    def fn(seconds):
+        clock['now'] += seconds
+    times = timing.time_interleaved({'fast': fn, 'slow': fn}, repeats=2, warmup=0, number=4, setup=setup)
+    assert times == {'fast': [1.0, 1.0], 'slow': [2.0, 2.0]}
+    assert timing.median_seconds(lambda: fn(0.25), repeats=5) == 0.25
+    with pytest.raises(ValueError, match='repeats'):
+        timing.time_interleaved({'a': lambda: None}, repeats=0)
+
+
+def test_gpu_timing_syncs_before_and_after_every_call(fake_clock, monkeypatch):
+    timing, clock = fake_clock
+    events = []
+    monkeypatch.setattr(timing.torch.cuda, 'synchronize', lambda device=None: events.append(('sync', str(device))))
+    timing.time_interleaved({'a': lambda: events.append('a')}, repeats=2, warmup=1, device='cuda:0')
+    assert events == [('sync', 'cuda:0'), 'a', ('sync', 'cuda:0')] * 3
+    events.clear()
+    assert timing.timed(lambda: events.append('b') or 7, 'cpu') == (7, 0.0)
+    assert events == ['b']  # no sync on CPU
+
+
+def test_every_benchmark_uses_the_shared_helper_writes_json_and_is_known_to_run_all():
+    run_all = _load('run_all')
+    scripts = sorted(p for p in BENCH.glob('*.py') if not p.name.startswith('_') and p.stem != 'run_all')
+    assert scripts
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        imported = {(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    for a in node.names}
+        assert any(module == '_timing' for module, _ in imported), f'{path.name} does not time with _timing'
+        assert ('_results', 'add_json_argument') in imported, f'{path.name} has no --json'
+        assert not any(isinstance(n, ast.Attribute) and n.attr == 'perf_counter' for n in ast.walk(tree)), \
+            f'{path.name} times by hand'
+        assert path.stem in run_all.BENCHMARKS, f'run_all.py has no small defaults for {path.name}'
+
+
+def test_tiny_run_all_report_agrees_with_each_benchmark(tmp_path):
+    p = subprocess.run([sys.executable, str(BENCH / 'run_all.py'), '--size', 'tiny', '--only', 'loss', 'inference',
+                        '--threads', '1', '--output-dir', str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    report = json.loads((tmp_path / 'report.json').read_text())
+    md = (tmp_path / 'report.md').read_text()
+    machine = report['machine']
+    import timm
+    import torch
+    assert (machine['torch'], machine['timm'], machine['torch_threads']) == (torch.__version__, timm.__version__, 1)
+    assert machine['cpu'] in md and f"torch {torch.__version__}" in md
+    by_name = {b['benchmark']: b for b in report['benchmarks']}
+    assert set(by_name) == {'loss', 'inference'}
+
+    loss = by_name['loss']  # the ratios are the benchmark's own medians, divided
+    med = loss['details']['median_s']
+    assert set(loss['ratios']) == {f'{n} / kl (median fwd+bwd)' for n in med if n != 'kl'}
+    for name, value in loss['ratios'].items():
+        assert value == pytest.approx(med[name.split(' / ')[0]] / med['kl'])
+    inference = by_name['inference']
+    assert set(inference['ratios']) == {'alphanet_a0 / mobilenetv3_large_100 (best img/s, 192 px)',
+                                        'alphanet_a0 / efficientnet_b0 (best img/s, 192 px)'}
+    rows = inference['details']
+    for baseline in ('mobilenetv3_large_100', 'efficientnet_b0'):
+        best = lambda r: max(r['eager'], r['channels_last'])  # noqa: E731 (tiny run: no compile)
+        assert inference['ratios'][f'alphanet_a0 / {baseline} (best img/s, 192 px)'] == pytest.approx(
+            best(rows['alphanet_a0@192']) / best(rows[f'{baseline}@192']))
+    for b in report['benchmarks']:  # the markdown shows every command and ratio of the JSON
+        assert b['returncode'] == 0 and f"`{b['command']}`" in md
+        assert b['command'].startswith(f"python benchmarks/{b['benchmark']}.py ")
+        for name, value in b['ratios'].items():
+            assert f'| {name} | {value:.3f} |' in md

@@ -1,0 +1,165 @@
+"""benchmarks/reproduce/kd_ordering.py: its statistics against independent arithmetic, its baselines (no KD really is
+the label loss alone; the supernet's no-KD run really turns in-place KD off), and a tiny end-to-end run whose table,
+JSON and plot agree with each other (the CI smoke test; seconds)."""
+import importlib.util
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / 'benchmarks' / 'reproduce' / 'kd_ordering.py'
+
+
+@pytest.fixture(scope='module')
+def kdo():
+    spec = importlib.util.spec_from_file_location('kd_ordering', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(key, part, method, seed):
+    return SimpleNamespace(key=key, part=part, method=method, seed=seed)
+
+
+def test_summary_matches_hand_arithmetic(kdo):
+    top1 = {'none': [50.0, 52.0, 51.0, 49.0, 53.0], 'kl': [55.0, 54.0, 57.0, 56.0, 53.0],
+            'alpha': [56.0, 55.5, 56.0, 58.0, 54.0]}
+    jobs, done = [], {}
+    for method, values in top1.items():
+        for seed, v in zip([3, 1, 4, 0, 2], values):  # seeds in any order: pairing is by seed, not position
+            key = f'students/s/{method}/s{seed}'
+            jobs.append(_fake_run(key, 'students', method, seed))
+            done[key] = {'top1': {'s': v}}
+    row, = kdo.summarize(done, jobs)['rows']
+    assert row['kl']['mean'] == pytest.approx(55.0) and row['kl']['n'] == 5
+    assert row['kl']['std'] == pytest.approx(math.sqrt(2.5))  # squared deviations 0,1,4,1,4 over n - 1 = 4
+    diffs = {3: 1.0, 1: 1.5, 4: -1.0, 0: 2.0, 2: 1.0}  # alpha - KL per seed, by hand
+    d = row['alpha_minus_kl']
+    assert {int(s): v for s, v in d['per_seed'].items()} == pytest.approx(diffs)
+    assert d['mean'] == pytest.approx(0.9) and d['wins'] == 4 and d['ties'] == 0 and d['n'] == 5
+    sd = math.sqrt(sum((x - 0.9) ** 2 for x in diffs.values()) / 4)
+    assert d['std'] == pytest.approx(sd)
+    half = 2.7764451 * sd / math.sqrt(5)  # Student t, 4 degrees of freedom, 97.5% (tables)
+    assert d['ci95'] == pytest.approx([0.9 - half, 0.9 + half], abs=1e-5)
+    assert row['kl_minus_none']['mean'] == pytest.approx(4.0)
+
+
+def test_a_single_seed_has_no_spread_rather_than_a_made_up_one(kdo):
+    jobs = [_fake_run(f'supernet/{m}/s0', 'supernet', m, 0) for m in kdo.METHODS]
+    done = {j.key: {'top1': {'max': 60.0 + i, 'min': 40.0}} for i, j in enumerate(jobs)}
+    rows = kdo.summarize(done, jobs)['rows']
+    assert [r['row'] for r in rows] == ['max', 'min']
+    assert math.isnan(rows[0]['alpha_minus_kl']['std']) and rows[0]['alpha_minus_kl']['mean'] == 1.0
+    assert '± n/a' in kdo.table({'rows': rows}, 'supernet')
+
+
+def test_no_kd_student_is_exactly_the_label_loss(kdo):
+    """The trainer's KD path with weight 0 (the script's no-KD baseline): loss and gradients of the label loss alone."""
+    from timm_alphanet.task import AlphaDistillationTask
+    torch.manual_seed(0)
+    student = timm.create_model('mobilenetv2_035', num_classes=10)
+    placeholder = timm.create_model(kdo.PLACEHOLDER_TEACHER, num_classes=10)
+    task = AlphaDistillationTask(student, placeholder, criterion_kwargs=dict(smoothing=0.1), distill_loss_weight=0.0,
+                                 verbose=False).train()
+    x, y = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 2, 3, 4])
+    out = task(x, y)
+    out['loss'].backward()
+    kd_grads = [p.grad.clone() for p in student.parameters()]
+    assert out['kd_loss'] != 0  # there is a KD term; its weight is what is zero
+    student.zero_grad()
+    from timm.loss import LabelSmoothingCrossEntropy
+    with torch.random.fork_rng():
+        plain = LabelSmoothingCrossEntropy(0.1)(student(x), y)
+    plain.backward()
+    torch.testing.assert_close(out['loss'], plain, rtol=0, atol=0)
+    for a, p in zip(kd_grads, student.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=0, atol=0)
+
+
+def test_supernet_baseline_trains_with_in_place_kd_off(kdo, tmp_path):
+    """The no-KD supernet run is the trainer's run with SandwichTask.inplace_kd False at every step (and KD on else)."""
+    from timm_alphanet.task import SandwichTask
+    from timm_alphanet.train import TrainConfig, run
+    data = kdo.digits_subset(tmp_path / 'data', 0.05)
+    cfg = TrainConfig(space=kdo.mini_space(12), dataset='', data_dir=str(data),
+                      input_size=(3, 12, 12), epochs=1, batch_size=32, no_progress=True, bn_calib_batches=1,
+                      output=str(tmp_path / 'runs'))
+    seen = []
+    forward = SandwichTask.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.inplace_kd)
+        return forward(self, *args, **kwargs)
+    with mock.patch.object(SandwichTask, 'forward', spy):
+        kdo._run_without_inplace_kd(cfg.replace(experiment='off'))
+        assert seen == [False, False]
+        run(cfg.replace(experiment='on'))
+    assert seen == [False, False, True, True]
+
+
+def _cells(md: str, part: str):
+    section = md.split(f'## {part}')[1].split('\n## ')[0]
+    rows = [line for line in section.splitlines() if line.startswith('| ') and not line.startswith('| sub')
+            and not line.startswith('| student')]
+    return {r.split(' | ')[0][2:]: [c.strip() for c in r.strip('| ').split(' | ')] for r in rows}
+
+
+def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
+    out = tmp_path / 'kdo'
+    argv = ['--output', str(out), '--seeds', '0', '1', '--epochs', '1', '--teacher-epochs', '1',
+            '--supernet-epochs', '1', '--students', 'mobilenetv2_035', '--train-fraction', '0.05', '--jobs', '1',
+            '--threads', '1', '--set', 'bn_calib_batches=1']
+    assert kdo.main(argv) == 0
+    data = json.loads((out / 'kd_ordering.json').read_text())
+    md = (out / 'kd_ordering.md').read_text()
+    png = (out / 'kd_ordering.png').read_bytes()
+    assert png.startswith(b'\x89PNG\r\n\x1a\n')
+    import matplotlib.image
+    assert matplotlib.image.imread(str(out / 'kd_ordering.png')).shape[0] > 100
+
+    rows = {(r['part'], r['row']): r for r in data['rows']}
+    assert set(rows) == {('supernet', 'max'), ('supernet', 'random'), ('supernet', 'min'),
+                         ('students', 'mobilenetv2_035')}
+    assert data['teacher'] and 0 <= data['teacher']['mobilenetv2_100'] <= 100
+    assert data['meta']['settings']['seeds'] == [0, 1]
+    for (part, name), r in rows.items():
+        for m in kdo.METHODS:  # the JSON's per-seed values give its summary ...
+            values = list(r['per_seed'][m].values())
+            assert len(values) == 2 and all(0 <= v <= 100 for v in values)
+            assert r[m]['mean'] == pytest.approx(statistics.fmean(values))
+            assert r[m]['std'] == pytest.approx(statistics.stdev(values))
+        for s, d in r['alpha_minus_kl']['per_seed'].items():  # ... the paired differences are alpha - KL per seed
+            assert d == pytest.approx(r['per_seed']['alpha'][s] - r['per_seed']['kl'][s])
+        cells = _cells(md, part)[name]  # ... and the table shows exactly those numbers
+        assert cells[1:4] == [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in kdo.METHODS]
+        d = r['alpha_minus_kl']
+        assert cells[4] == f"{d['mean']:+.2f} ± {d['std']:.2f}"
+        assert cells[6] == f"{d['wins']}/2"
+        assert cells[7] == ', '.join(f'{v:+.1f}' for v in d['per_seed'].values())
+
+    # every run went through the trainer with the switches the table claims
+    args = {p.parent.name: p.read_text() for p in (out / 'runs').glob('*/args.yaml')}
+    assert re.search(r'^kd_weight: 0\.0$', args['mobilenetv2_035-none-s1'], re.M)
+    assert f'teacher: local-dir:{out / "runs" / "teacher" / "final"}' in args['mobilenetv2_035-kl-s1']
+    assert re.search(r'^kd_loss: kl$', args['mobilenetv2_035-kl-s1'], re.M)
+    assert re.search(r'^kd_loss: alpha$', args['supernet-alpha-s0'], re.M)
+    assert (out / 'runs' / 'teacher' / 'final' / 'model.safetensors').is_file()
+    assert not (out / 'runs' / 'mobilenetv2_035-kl-s1' / 'checkpoints').exists()  # cleaned once recorded
+
+    # a second invocation reuses every finished run (nothing is trained again)
+    lines = (out / 'results.jsonl').read_text().splitlines()
+    assert len(lines) == 13  # teacher + 2 seeds x 3 methods x (supernet + one student)
+    capsys.readouterr()
+    assert kdo.main(argv) == 0
+    assert 'reusing 13 finished run(s)' in capsys.readouterr().out
+    assert (out / 'results.jsonl').read_text().splitlines() == lines
+    assert json.loads((out / 'kd_ordering.json').read_text())['rows'] == data['rows']
