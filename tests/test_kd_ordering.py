@@ -131,6 +131,9 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
                          ('students', 'mobilenetv2_035')}
     assert data['teacher'] and 0 <= data['teacher']['mobilenetv2_100'] <= 100
     assert data['meta']['settings']['seeds'] == [0, 1]
+    cpu = data['meta']['settings']['run_cpu_seconds']  # every run's cost, for sizing the default
+    assert len(cpu) == 13 and all(v > 0 for v in cpu.values())
+    assert f'CPU time of the 13 run(s) {sum(cpu.values()) / 60:.1f} min' in md
     for (part, name), r in rows.items():
         for m in kdo.METHODS:  # the JSON's per-seed values give its summary ...
             values = list(r['per_seed'][m].values())
@@ -163,3 +166,20 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     assert 'reusing 13 finished run(s)' in capsys.readouterr().out
     assert (out / 'results.jsonl').read_text().splitlines() == lines
     assert json.loads((out / 'kd_ordering.json').read_text())['rows'] == data['rows']
+
+
+def test_distilled_deit_no_kd_baseline_is_deit_without_the_token(kdo):
+    assert kdo.without_distillation_token('deit_tiny_distilled_patch16_224') == 'deit_tiny_patch16_224'
+    assert kdo.without_distillation_token('mobilenetv2_050') == 'mobilenetv2_050'
+    assert kdo.without_distillation_token('local-dir:/x/deit') == 'local-dir:/x/deit'
+
+
+def test_a_given_teacher_replaces_the_trained_one(kdo, tmp_path):
+    spec = 'local-dir:/elsewhere/teacher'
+    args = kdo.parse_args(['--output', str(tmp_path), '--parts', 'students', '--students', 'mobilenetv2_035',
+                           '--seeds', '0', '--trained-teacher', spec])
+    jobs = kdo.plan(args)
+    assert [j.part for j in jobs] == ['students'] * 3  # no teacher run to wait for
+    kd = {j.method: j for j in jobs}
+    assert kd['kl'].cfg.teacher == spec and kd['alpha'].cfg.teacher == spec and kd['kl'].needs is None
+    assert kd['none'].cfg.teacher != spec and kd['none'].cfg.kd_weight == 0.0

@@ -16,18 +16,27 @@ the same seeds for each; only the KD loss differs:
 Default data: scikit-learn's bundled digits (no download), a fixed 30% of its training split (431 images, the same
 for every run) at 12 px, without augmentation; the 360 validation images give the top-1. Digits at full size are
 nearly solved (~98%); few images and a low resolution keep accuracies well below that, so differences can show.
+Budget: SGD (nesterov, lr 0.02, cosine, 1 warm-up epoch), batch 32, label smoothing 0.1, gradients clipped by value at
+1.0, 30 epochs for every supernet and student run; the teacher gets 90 (its job is to be better than the students).
 
 Outputs in ``--output``: ``kd_ordering.md`` (tables), ``kd_ordering.json`` (settings, machine, wall time and every
 per-seed value), ``kd_ordering.png``; ``results.jsonl`` records each finished run, so a rerun with the same settings
 continues where an interrupted one stopped; ``runs/<run>/`` holds each run's log and summary (the teacher's
 ``final/`` model too).
 
-    python benchmarks/reproduce/kd_ordering.py                     # the miniature: ~20 min on 2 CPU cores
+    python benchmarks/reproduce/kd_ordering.py                     # the miniature: ~17 min on 2 free CPU cores
+
+Sizing of the default (5 seeds x 3 methods x (supernet + 3 students) + the teacher = 61 runs): measured CPU seconds
+per epoch with 1 thread per run (AMD EPYC, probes of 5 and 15 epochs; the fixed cost per run is ~0): supernet 1.5,
+MobileNetV2 0.5x/0.35x 0.8, the ViT 1.0, the teacher 0.9. That is ~1930 CPU s, ~16 min on 2 free cores with 2 runs in
+parallel, inside the 30-minute goal with room for slower CPUs; the report states each run's CPU time.
     python benchmarks/reproduce/kd_ordering.py --parts students --seeds 0 1 2 3 4 5 6 7 8 9 --epochs 60
     # full scale: each run is distributed over the launched processes, runs follow one another
     accelerate launch --multi_gpu --num_processes 8 benchmarks/reproduce/kd_ordering.py --parts students \\
         --students-config train_configs/kd_mobilenetv2_050_in1k.yaml --students mobilenetv2_050 mobilenetv2_035 \\
-        deit_tiny_patch16_224 --data-dir /data/imagenet --dataset '' --resolution 224 --seeds 0 1 2 3 4
+        --trained-teacher mobilenetv2_100.ra_in1k --data-dir /data/imagenet --dataset '' --resolution 224
+    (the DeiT row likewise: --students-config train_configs/kd_deit_tiny_in1k.yaml --students
+    deit_tiny_distilled_patch16_224 --trained-teacher regnety_160.deit_in1k)
 """
 import argparse
 import contextlib
@@ -70,10 +79,12 @@ def mini_space(resolution: int) -> Dict[str, Any]:
 
 
 # The miniature's training settings, the same for every method (and for the teacher, except its epochs).
+# Gradients are clipped by value at 1.0 as in the paper's supernet recipe: timm's MobileNetV2 init gives ~4.5-std
+# logits for 10 classes, and without clipping the first epochs' loss spikes dominated the spread between seeds.
 MINI_COMMON: Dict[str, Any] = dict(
     dataset='', batch_size=32, opt='sgd', lr=0.02, momentum=0.9, weight_decay=1e-5, sched='cosine', warmup_epochs=1,
-    smoothing=0.1, no_aug=True, crop_pct=1.0, workers=0, bn_calib_batches=4)
-MINI_EPOCHS = {'supernet': 30, 'students': 30, 'teacher': 30}
+    smoothing=0.1, no_aug=True, crop_pct=1.0, clip_grad=1.0, clip_mode='value', workers=0, bn_calib_batches=4)
+MINI_EPOCHS = {'supernet': 30, 'students': 30, 'teacher': 90}  # a teacher trained longer: better than its students
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +166,14 @@ def _overrides(args: argparse.Namespace, data_dir: Optional[str], epochs: Option
     return out
 
 
+def without_distillation_token(model: str) -> str:
+    """DeiT's no-KD baseline for a distilled DeiT (``deit_*_distilled_*``): the same model without the distillation
+    token and head (with KD weight 0 that head would learn nothing, yet count half of every prediction)."""
+    import timm
+    plain = model.replace('_distilled', '')
+    return plain if plain != model and timm.is_model(plain) else model
+
+
 def label_only(cfg, placeholder: str):
     """`cfg` training its model from the labels alone.
 
@@ -202,24 +221,27 @@ def plan(args: argparse.Namespace) -> List[Job]:
             base = base.replace(input_size=(3, args.resolution, args.resolution))
         base = base.replace(**_overrides(args, data_dir, args.epochs))
         placeholder = saved_model(models, PLACEHOLDER_TEACHER, num_classes=10)
-        teacher_cfg = label_only(base.replace(model=args.teacher, seed=args.teacher_seed, experiment='teacher'),
-                                 placeholder)
-        if args.teacher_epochs is not None or args.students_config is None:
-            teacher_cfg = teacher_cfg.replace(epochs=args.teacher_epochs or MINI_EPOCHS['teacher'])
-        jobs.insert(0, Job('teacher', 'teacher', args.teacher, 'none', args.teacher_seed, teacher_cfg,
-                           keep_final=True))
-        teacher_spec = f'local-dir:{args.output / "runs" / "teacher" / "final"}'
+        needs = None
+        teacher_spec = args.trained_teacher
+        if teacher_spec is None:  # train the teacher first, on the same data, from the labels
+            teacher_cfg = label_only(base.replace(model=args.teacher, seed=args.teacher_seed, experiment='teacher'),
+                                     placeholder)
+            if args.teacher_epochs is not None or args.students_config is None:
+                teacher_cfg = teacher_cfg.replace(epochs=args.teacher_epochs or MINI_EPOCHS['teacher'])
+            jobs.insert(0, Job('teacher', 'teacher', args.teacher, 'none', args.teacher_seed, teacher_cfg,
+                               keep_final=True))
+            needs, teacher_spec = 'teacher', f'local-dir:{args.output / "runs" / "teacher" / "final"}'
         for student in args.students:
             model = vit_student(models, args.resolution) if student == VIT else student
             for seed in args.seeds:
                 for method in METHODS:
                     cfg = base.replace(model=model, seed=seed, experiment=f'{student}-{method}-s{seed}')
                     if method == 'none':
-                        cfg = label_only(cfg, placeholder)
+                        cfg = label_only(cfg.replace(model=without_distillation_token(model)), placeholder)
                     else:
                         cfg = cfg.replace(teacher=teacher_spec, kd_loss=method)
                     jobs.append(Job(f'students/{student}/{method}/s{seed}', 'students', student, method, seed, cfg,
-                                    needs='teacher'))
+                                    needs=needs))
     return jobs
 
 
@@ -275,7 +297,8 @@ def _run_without_inplace_kd(cfg):
 
 
 def train_job(job: Job, threads: int, keep: bool) -> Dict[str, Any]:
-    """Train `job` through the trainer; returns {'key', 'top1': {subnet or student: top-1}, 'seconds'}."""
+    """Train `job` through the trainer; returns {'key', 'top1': {subnet or student: top-1}, 'seconds' (wall),
+    'cpu_seconds'}."""
     import torch
 
     from timm_alphanet.train import run
@@ -284,15 +307,17 @@ def train_job(job: Job, threads: int, keep: bool) -> Dict[str, Any]:
     run_dir = Path(job.cfg.output) / job.cfg.experiment
     shutil.rmtree(run_dir, ignore_errors=True)  # a run interrupted before: start it again, whole
     run_dir.mkdir(parents=True)
+    cpu0 = time.process_time()  # this process's CPU time (all its threads): the run's cost whatever the load
     with _output_to(run_dir / 'log.txt'):
         results, seconds = timed(lambda: run(job.cfg) if job.inplace_kd else _run_without_inplace_kd(job.cfg))
+    cpu_seconds = time.process_time() - cpu0
     if not keep:  # the result is recorded; checkpoints are only needed to resume this run
         shutil.rmtree(run_dir / 'checkpoints', ignore_errors=True)
         if not job.keep_final:
             shutil.rmtree(run_dir / 'final', ignore_errors=True)
     names = {'arch0': 'random'}
     top1 = {(job.model if n == 'student' else names.get(n, n)): r['top1'] for n, r in results.items()}
-    return {'key': job.key, 'top1': top1, 'seconds': seconds}
+    return {'key': job.key, 'top1': top1, 'seconds': seconds, 'cpu_seconds': cpu_seconds}
 
 
 def _worker_init(threads: int) -> None:
@@ -475,15 +500,17 @@ def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
     lines = [
         '# KD ordering (miniature): no KD vs KL-KD vs adaptive alpha-KD', '',
         f"{meta['date']}; {machine_line(meta['machine'])}; {meta['jobs']} parallel run(s); wall time "
-        f"{meta['wall_s'] / 60:.1f} min.", '',
+        f"{meta['wall_s'] / 60:.1f} min; {_cpu_line(meta)}.", '',
         f"Command: `{meta['command']}`", '',
         f"Data: {s['data']}. Seeds {s['seeds']} (the same for every method; differences are paired per seed). "
         f"Budget per run: {s['budget']}.", '',
     ]
     if summary.get('teacher'):
         t = summary['teacher']
-        lines += [f"Teacher ({s['teacher']}, labels only, seed {s['teacher_seed']}): top-1 "
+        lines += [f"Teacher ({s['teacher']}, trained first from the labels, seed {s['teacher_seed']}): top-1 "
                   + ', '.join(f'{v:.2f}' for v in t.values()) + '.', '']
+    elif s.get('trained_teacher'):
+        lines += [f"Teacher: {s['trained_teacher']} (given, not trained here).", '']
     for part in PARTS:
         if any(r['part'] == part for r in summary['rows']):
             what = ('AlphaNet supernet, sandwich rule (no KD = in-place KD off)' if part == 'supernet' else
@@ -492,6 +519,17 @@ def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
     lines += ['Top-1 in % on the validation images, at the last epoch; mean ± sample std over seeds; "alpha > KL" '
               'counts the seeds where alpha-KD beat KL-KD; 95% CI: Student-t interval of the mean paired difference.']
     return '\n'.join(lines) + '\n'
+
+
+def _cpu_line(meta: Dict[str, Any]) -> str:
+    """The runs' summed CPU time and the wall time it means on free cores: the run's size whatever the machine's
+    load (the wall time above counts other processes' share of the cores)."""
+    cpu = meta['settings'].get('run_cpu_seconds', {})
+    if not cpu:
+        return 'CPU time not recorded'
+    cores = meta['jobs'] * meta['threads_per_run']
+    return (f"CPU time of the {len(cpu)} run(s) {sum(cpu.values()) / 60:.1f} min (about "
+            f"{sum(cpu.values()) / cores / 60:.1f} min of wall time on {cores} free core(s))")
 
 
 def _write(path: Path, text: str) -> None:
@@ -528,6 +566,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    'uses this and 2 px less)')
     p.add_argument('--teacher', default='mobilenetv2_100', help='timm name of the teacher trained first')
     p.add_argument('--teacher-seed', type=int, default=0)
+    p.add_argument('--trained-teacher', default=None, help='use this teacher instead of training one (a timm name '
+                   'with pretrained weights, hf-hub:..., local-dir:...), e.g. mobilenetv2_100.ra_in1k at full scale')
     p.add_argument('--students', nargs='+', default=['mobilenetv2_050', 'mobilenetv2_035', VIT],
                    help=f'timm names, or "{VIT}" (a small ViT: DeiT-tiny scaled to the resolution)')
     p.add_argument('--epochs', type=int, default=None, help=f"student epochs (default {MINI_EPOCHS['students']})")
@@ -621,8 +661,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'threads_per_run': args.threads, 'wall_s': wall, 'command': ' '.join(['python', *sys.argv]) if argv is None
         else 'kd_ordering.main(' + repr(list(argv)) + ')',
         'settings': {'data': data, 'seeds': args.seeds, 'teacher': args.teacher, 'teacher_seed': args.teacher_seed,
+                     'trained_teacher': args.trained_teacher,
                      'students': args.students, 'budget': _describe_budget(jobs),
-                     'run_seconds': {k: round(v['seconds'], 1) for k, v in done.items()}},
+                     'run_seconds': {k: round(v['seconds'], 1) for k, v in done.items()},
+                     'run_cpu_seconds': {k: round(v['cpu_seconds'], 1) for k, v in done.items()
+                                         if 'cpu_seconds' in v}},
     }
     _write(args.output / 'kd_ordering.json', json.dumps({'meta': meta, **summary}, indent=2) + '\n')
     _write(args.output / 'kd_ordering.md', report(summary, meta))
