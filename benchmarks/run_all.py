@@ -38,8 +38,9 @@ BENCHMARKS: Dict[str, Dict[str, List[str]]] = {
                                    '--variants', 'contiguous,channels_last'],
                          'tiny': ['--steps', '1', '--repeats', '1', '--batch-size', '4', '--no-per-subnet',
                                   '--variants', 'contiguous,channels_last']},
-    'search': {'small': ['--spaces', 'demo', 'alphanet', '--candidates', '6', '2'],
-               'tiny': ['--spaces', 'demo', '--candidates', '2']},
+    # a search's population is at least 3 (EvolutionConfig)
+    'search': {'small': ['--spaces', 'demo', 'alphanet', '--candidates', '6', '3'],
+               'tiny': ['--spaces', 'demo', '--candidates', '3']},
     'search_predictor': {'small': ['--seeds', '0', '--population', '10', '--generations', '2', '--calib-images',
                                    '64', '--selection-images', '64'],
                          'tiny': ['--seeds', '0', '--population', '4', '--generations', '1', '--calib-images', '16',

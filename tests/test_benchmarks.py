@@ -119,3 +119,14 @@ def test_tiny_run_all_report_agrees_with_each_benchmark(tmp_path):
         assert b['command'].startswith(f"python benchmarks/{b['benchmark']}.py ")
         for name, value in b['ratios'].items():
             assert f'| {name} | {value:.3f} |' in md
+
+
+@pytest.mark.parametrize('size', ['small', 'tiny'])
+def test_run_all_search_sizes_are_populations_the_search_accepts(size):
+    """run_all's search arguments go to EvolutionConfig(population=...): each must pass its own check."""
+    from timm_alphanet.search import EvolutionConfig
+    args = _load('run_all').BENCHMARKS['search'][size]
+    counts = [int(n) for n in args[args.index('--candidates') + 1:]]
+    assert len(counts) == len(args[args.index('--spaces') + 1:args.index('--candidates')])  # one per space
+    for n in counts:  # raises ValueError below the search's minimum
+        assert EvolutionConfig(population=n, generations=0).population == n
