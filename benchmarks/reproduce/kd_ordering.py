@@ -21,8 +21,8 @@ Budget: SGD (nesterov, lr 0.02, cosine, 1 warm-up epoch), batch 32, label smooth
 
 Outputs in ``--output``: ``kd_ordering.md`` (tables), ``kd_ordering.json`` (settings, machine, wall time and every
 per-seed value), ``kd_ordering.png``; ``results.jsonl`` records each finished run, so a rerun with the same settings
-continues where an interrupted one stopped; ``runs/<run>/`` holds each run's log and summary (the teacher's
-``final/`` model too).
+continues where an interrupted one stopped; ``runs/<run>/`` holds each run's summary (the teacher's ``final/``
+model too), ``logs/<run>.txt`` its output.
 
     python benchmarks/reproduce/kd_ordering.py                     # the miniature: ~17 min on 2 free CPU cores
 
@@ -296,6 +296,11 @@ def _run_without_inplace_kd(cfg):
         return run(cfg)
 
 
+def _log_path(job: Job) -> Path:
+    """Where a run's output goes: ``<output>/logs/<run>.txt``."""
+    return Path(job.cfg.output).parent / 'logs' / f'{job.cfg.experiment}.txt'
+
+
 def train_job(job: Job, threads: int, keep: bool) -> Dict[str, Any]:
     """Train `job` through the trainer; returns {'key', 'top1': {subnet or student: top-1}, 'seconds' (wall),
     'cpu_seconds'}."""
@@ -306,9 +311,11 @@ def train_job(job: Job, threads: int, keep: bool) -> Dict[str, Any]:
         torch.set_num_threads(threads)
     run_dir = Path(job.cfg.output) / job.cfg.experiment
     shutil.rmtree(run_dir, ignore_errors=True)  # a run interrupted before: start it again, whole
-    run_dir.mkdir(parents=True)
+    log = _log_path(job)  # outside the run folder: the trainer starts a new run only in an empty one
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
     cpu0 = time.process_time()  # this process's CPU time (all its threads): the run's cost whatever the load
-    with _output_to(run_dir / 'log.txt'):
+    with _output_to(log):
         results, seconds = timed(lambda: run(job.cfg) if job.inplace_kd else _run_without_inplace_kd(job.cfg))
     cpu_seconds = time.process_time() - cpu0
     if not keep:  # the result is recorded; checkpoints are only needed to resume this run
@@ -338,7 +345,7 @@ def execute(jobs: List[Job], done: Dict[str, Dict[str, Any]], n_jobs: int, threa
         try:
             result = get_result()
         except Exception as e:  # noqa: BLE001 - reported with the run's log; the other runs go on
-            log = Path(job.cfg.output) / job.cfg.experiment / 'log.txt'
+            log = _log_path(job)
             failed[job.key] = f'{job.key}: {type(e).__name__}: {str(e)[:300]} (log: {log})'
             return
         result['fingerprint'] = fingerprint(job, done)
