@@ -29,7 +29,9 @@ model too), ``logs/<run>.txt`` its output.
 Sizing of the default (5 seeds x 3 methods x (supernet + 3 students) + the teacher = 61 runs): measured CPU seconds
 per epoch with 1 thread per run (AMD EPYC, probes of 5 and 15 epochs; the fixed cost per run is ~0): supernet 1.5,
 MobileNetV2 0.5x/0.35x 0.8, the ViT 1.0, the teacher 0.9. That is ~1930 CPU s, ~16 min on 2 free cores with 2 runs in
-parallel, inside the 30-minute goal with room for slower CPUs; the report states each run's CPU time.
+parallel, inside the 30-minute goal with room for slower CPUs; the report states each run's CPU time. The default
+run of 2026-11-26 measured 31.4 CPU min in all (15.7 min on 2 free cores; 56 min of wall time on a machine shared
+with other jobs, load ~7 on 2 cores).
     python benchmarks/reproduce/kd_ordering.py --parts students --seeds 0 1 2 3 4 5 6 7 8 9 --epochs 60
     # full scale: each run is distributed over the launched processes, runs follow one another
     accelerate launch --multi_gpu --num_processes 8 benchmarks/reproduce/kd_ordering.py --parts students \\
