@@ -131,6 +131,8 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
                          ('students', 'mobilenetv2_035')}
     assert data['teacher'] and 0 <= data['teacher']['mobilenetv2_100'] <= 100
     assert data['meta']['settings']['seeds'] == [0, 1]
+    n_val = len(list((out / 'data').glob('digits*_train0.05/validation/*/*')))
+    assert n_val > 300 and f'all {n_val} validation images' in data['meta']['settings']['data']
     cpu = data['meta']['settings']['run_cpu_seconds']  # every run's cost, for sizing the default
     assert len(cpu) == 13 and all(v > 0 for v in cpu.values())
     assert f'CPU time of the 13 run(s) {sum(cpu.values()) / 60:.1f} min' in md
