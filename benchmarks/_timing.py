@@ -48,8 +48,9 @@ def time_interleaved(
     """Seconds per call of each variant, for each of `repeats` rounds (after `warmup` untimed rounds).
 
     Every round times each variant once, in an order rotated by one each round, so no variant always runs first.
-    A timed sample is `number` back-to-back calls divided by `number`. With `setup`, ``setup(name)`` runs before each
-    call, outside the timing, and ``fn(setup_result)`` is timed (e.g. a fresh leaf tensor for a backward).
+    A sample is the mean of `number` calls, each timed on its own (with a device sync after it, and ``setup`` outside
+    the timing), so per-call launch and sync costs are included. With `setup`, ``setup(name)`` runs before each call
+    and ``fn(setup_result)`` is timed (e.g. a fresh leaf tensor for a backward).
     """
     if repeats < 1 or warmup < 0 or number < 1:
         raise ValueError(f'need repeats >= 1, warmup >= 0, number >= 1; got {repeats}, {warmup}, {number}')

@@ -56,3 +56,10 @@ def test_an_image_is_classified_with_the_models_eval_transform(tmp_path):
     assert result['input_size'] == (1, *x.shape)
     assert result['top_classes'] == top.indices.tolist()
     torch.testing.assert_close(torch.tensor(result['top_probs']), top.values)
+
+
+def test_a_tagged_name_is_an_alphanet_name():
+    from timm_alphanet.cli.classify import _check_model_name
+    _check_model_name('alphanet_a0.in1k')  # timm.create_model takes it, so must we
+    with pytest.raises(ValueError, match='not an AlphaNet model'):
+        _check_model_name('resnet18.a1_in1k')

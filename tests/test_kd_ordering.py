@@ -185,3 +185,9 @@ def test_a_given_teacher_replaces_the_trained_one(kdo, tmp_path):
     kd = {j.method: j for j in jobs}
     assert kd['kl'].cfg.teacher == spec and kd['alpha'].cfg.teacher == spec and kd['kl'].needs is None
     assert kd['none'].cfg.teacher != spec and kd['none'].cfg.kd_weight == 0.0
+
+
+def test_a_results_line_cut_short_is_skipped_not_fatal(kdo, capsys):
+    text = '{"key": "a", "top1": 1.0}\n{"key": "b", "to\n[1, 2]\n'
+    assert kdo._read_records(text) == [{'key': 'a', 'top1': 1.0}]
+    assert 'skipping a damaged results line' in capsys.readouterr().err

@@ -171,3 +171,12 @@ def test_resuming_an_older_checkpoint_forgets_the_later_ones(tmp_path):
     reread = CheckpointManager(_FakeAccelerator(), tmp_path / 'checkpoints', keep=5)
     assert [e['name'] for e in reread.index['checkpoints']] == ['step_00000001']
     assert find_checkpoint(tmp_path).name == 'step_00000001'
+
+
+def test_final_writes_each_arch_once_under_its_first_name():
+    from timm_alphanet.spaces import WidthSpace
+    from timm_alphanet.train.final import _unique
+    space = WidthSpace((0.35, 0.5, 1.0))
+    named = [('max', space.max_config()), ('min', space.min_config()), ('w0.35', space.validate(0.35)),
+             ('w0.5', space.validate(0.5)), ('w1.0', space.validate(1.0)), ('max', space.validate(0.5))]
+    assert [n for n, _ in _unique(named)] == ['max', 'min', 'w0.5']

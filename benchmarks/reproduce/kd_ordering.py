@@ -628,6 +628,21 @@ def _is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
 
 
+def _read_records(text: str) -> List[Dict[str, Any]]:
+    """The JSON lines of `text`; a line cut short (a run killed while writing it) is skipped with a warning."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            print(f'WARNING: skipping a damaged results line ({line[:60]!r}...); its run is trained again',
+                  file=sys.stderr)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault('HF_HUB_OFFLINE', '1')  # every model here is local or randomly initialised
@@ -638,7 +653,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done: Dict[str, Dict[str, Any]] = {}
     if results_path.is_file():  # finished runs of an interrupted invocation: reused when their settings match
         with open(results_path) as f:
-            previous = {r['key']: r for r in map(json.loads, f.read(64 << 20).splitlines()) if 'key' in r}
+            previous = {r['key']: r for r in _read_records(f.read(64 << 20)) if 'key' in r}
         for job in jobs:  # in plan order, so a student sees the teacher's fingerprint
             r = previous.get(job.key)
             if r and r.get('fingerprint') == fingerprint(job, done) and (

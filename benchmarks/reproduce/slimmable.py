@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,6 +162,8 @@ def train(cfg, args: argparse.Namespace, logs: Path) -> Dict[str, Any]:
     tmp.write_text(cfg.to_yaml())
     os.replace(tmp, cfg_path)
     resume = (run_dir / 'checkpoints' / 'index.json').exists()
+    if run_dir.exists() and not resume:  # killed before its first checkpoint: nothing to keep, start it again
+        shutil.rmtree(run_dir)
     t0 = time.time()
     if args.in_process:
         from timm_alphanet.train import run
@@ -327,7 +330,7 @@ def _write(path: Path, text: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # train.py runs with cwd=ROOT
     runs_dir, logs = out / 'runs', out / 'logs'
     logs.mkdir(parents=True, exist_ok=True)
     jobs = [(net, setting, seed) for seed in args.seeds for net in args.nets for setting in args.settings]

@@ -28,7 +28,7 @@ def _check_model_name(name: str) -> None:
     if not isinstance(name, str) or name.startswith(_HUB_PREFIXES):
         return
     allowed = timm.list_models('alphanet_*')
-    if name not in allowed:
+    if timm.models.split_model_name_tag(name)[0] not in allowed:  # 'alphanet_a0.in1k' names alphanet_a0
         raise ValueError(f'model {name[:100]!r} is not an AlphaNet model; allowed: {", ".join(allowed)}, "all", '
                          'or local-dir:FOLDER / hf-hub:ORG/NAME of an AlphaNet model')
 

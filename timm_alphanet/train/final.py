@@ -92,10 +92,12 @@ def _measure(acc, model: nn.Module, val_dataset: Any, cfg: TrainConfig, split: s
 
 
 def _unique(archs: Sequence[Tuple[str, Any]]) -> List[Tuple[str, Any]]:
-    seen, out = set(), []
+    """One (name, arch) per arch, under its first name: an eval arch equal to max or min is not written twice."""
+    seen_names, seen_archs, out = set(), set(), []
     for name, arch in archs:
-        if name not in seen:
-            seen.add(name)
+        if name not in seen_names and arch not in seen_archs:
+            seen_names.add(name)
+            seen_archs.add(arch)
             out.append((name, arch))
     return out
 

@@ -92,7 +92,7 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
             epoch = train_one_epoch(cfg, acc, task, loader, optimizer, scheduler, state, len(train_loader),
                                     mixup=mixup, ema=ema, save_checkpoint=ckpts.save)
         except NonFiniteLossError as e:
-            acc.end_training()
+            _end(acc)
             raise NonFiniteLossError(f'{e} Run folder: {run_dir}') from None
         if not epoch.completed:  # max_train_steps: a checkpoint, so that --resume can continue from here
             path = ckpts.dir / f'step_{state.step:08d}' if ckpts.has(state.step) else ckpts.save(state.step)
@@ -100,6 +100,9 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
                       f'{state.batch_in_epoch} of {len(train_loader)}); checkpoint {path}')
             break
         state.epoch, state.batch_in_epoch, state.loss_sum, state.loss_steps = state.epoch + 1, 0, 0.0, 0
+        _sync_buffers(acc, unwrapped)  # each process updated BN statistics from its own batches since the last sync
+        if ema is not None:
+            _sync_buffers(acc, ema.module)
         scheduler.step(state.epoch)
         # BN calibration draws from train_loader: position it as an uninterrupted epoch leaves it (a resumed epoch
         # iterated a skip-loader copy instead), so a resumed run validates on the same batches
@@ -200,7 +203,7 @@ def _say_finished(cfg: TrainConfig, acc, run_dir: Path, state: TrainState, num_e
               'new total).')
     if acc.is_main_process:
         print('\n'.join(['', final_report(models), '', *next_steps(cfg, run_dir, models)]), flush=True)
-    acc.end_training()
+    _end(acc)
 
 
 def _start(cfg: TrainConfig, acc, plan: RunPlan) -> Path:
@@ -290,6 +293,8 @@ def _finish(cfg: TrainConfig, acc, model: nn.Module, state: TrainState, run_dir:
             recipe, ema=None) -> None:
     """Check the processes agree, write final/ (models measured as saved), print the table and what is next."""
     _sync_buffers(acc, model)
+    if ema is not None:
+        _sync_buffers(acc, ema.module)
     _check_processes_agree(acc, model, state)
     training = {'run': str(run_dir), 'epochs': state.epoch, 'steps': state.step}
     if ema is not None:  # a KD student with --model-ema: final/ holds the EMA weights (timm's deployable ones)
@@ -299,7 +304,15 @@ def _finish(cfg: TrainConfig, acc, model: nn.Module, state: TrainState, run_dir:
     if acc.is_main_process:
         print('\n'.join(['', final_report(models), '', *next_steps(cfg, run_dir, models)]), flush=True)
     acc.wait_for_everyone()
-    acc.end_training()
+    _end(acc)
+
+
+def _end(acc) -> None:
+    """Close the trackers. The process group stays: `run` may be called again in the same processes (the
+    reproduction scripts do), and a new Accelerator reuses the group; the command line destroys it on exit."""
+    for tracker in acc.trackers:
+        tracker.finish()
+    acc.wait_for_everyone()
 
 
 def _sync_buffers(acc, model: nn.Module) -> None:
