@@ -25,3 +25,26 @@ def test_help_states_each_default_once(module, sub):
     assert '(default: None)' not in text and '(default: False)' not in text
     assert re.search(r'\(default: [^)]*\) \(default:', text) is None  # a stated default and argparse's
     assert re.search(r'default: \d', text), 'numeric defaults are still shown'
+
+
+@pytest.mark.parametrize('outcome', ['ok', 'user error'])
+def test_a_command_destroys_the_process_group_it_joined(monkeypatch, outcome):
+    """Left to interpreter exit, gloo's threads can abort a finished distributed command (SIGABRT)."""
+    import sys
+    import types
+    from timm_alphanet.cli._common import user_errors_exit
+    calls = []
+    fake = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: not calls,
+                                 destroy_process_group=lambda: calls.append('destroyed'))
+    monkeypatch.setitem(sys.modules, 'torch.distributed', fake)
+
+    def work():
+        if outcome == 'user error':
+            raise ValueError('bad value')
+        return 0
+    if outcome == 'ok':
+        assert user_errors_exit('prog', work) == 0
+    else:
+        with pytest.raises(SystemExit):
+            user_errors_exit('prog', work)
+    assert calls == ['destroyed']

@@ -42,6 +42,16 @@ def user_errors_exit(prog: str, fn: Callable[[], int]) -> int:
         return fn()
     except USER_ERRORS as e:
         fail(prog, str(e) or type(e).__name__)
+    finally:
+        _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Destroy the process group a distributed run joined: left to the interpreter's exit, gloo's threads can abort
+    the process ('terminate called without an active exception', SIGABRT) after the work succeeded."""
+    dist = sys.modules.get('torch.distributed')  # only when the command used torch; no torch import here
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -12,8 +12,6 @@ import reprlib
 import sys
 from typing import Any, Callable, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
-import torch
-
 from ..train import NonFiniteLossError, TrainConfig, run
 from ._common import user_errors_exit
 
@@ -133,10 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise
             print(f'{PROG}: error: {e.strerror}', file=sys.stderr, flush=True)  # names the folder
             return 1
-        finally:  # `run` leaves the process group to its caller (it may run again); this process ends here
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-        return 0
+        return 0  # `run` leaves the process group to its caller; `user_errors_exit` destroys it
     return user_errors_exit(PROG, train)
 
 
