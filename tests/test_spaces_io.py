@@ -134,3 +134,14 @@ def test_read_files(tmp_path):
     with pytest.raises(ValueError, match=r'deep\.json: nested deeper than 64 levels'):
         read_json_file(tmp_path / 'deep.json')
     assert parse_json('[' * 10 + ']' * 10, 'j', max_depth=10) == [[[[[[[[[[]]]]]]]]]]
+
+
+def test_write_atomic_writes_exactly_and_leaves_nothing_on_failure(tmp_path):
+    from timm_alphanet.spaces._io import write_atomic
+    write_atomic(tmp_path / 'a.csv', 'x,y\r\n1,2\r\n')
+    assert (tmp_path / 'a.csv').read_bytes() == b'x,y\r\n1,2\r\n'  # no newline translation
+    write_atomic(tmp_path / 'a.csv', b'\x00\x01')
+    assert (tmp_path / 'a.csv').read_bytes() == b'\x00\x01'
+    with pytest.raises(TypeError):
+        write_atomic(tmp_path / 'a.csv', 3)  # fails mid-write: the old file stays, no temp file is left
+    assert (tmp_path / 'a.csv').read_bytes() == b'\x00\x01' and sorted(p.name for p in tmp_path.iterdir()) == ['a.csv']

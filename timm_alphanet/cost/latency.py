@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..archs import SpaceSpec, resolve_space
 from ..models.alphanet import AlphaNet
 from ..spaces import SearchSpace, SubnetConfig
-from ..spaces._io import read_json_file
+from ..spaces._io import read_json_file, write_atomic
 from .ops import Op, subnet_ops
 
 __all__ = ['LatencyTable', 'TimingConfig', 'LatencyValidation', 'op_signature', 'distinct_ops', 'device_info',
@@ -320,11 +320,7 @@ class LatencyTable:
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write JSON atomically (temp file, then rename)."""
-        path = os.fspath(path)
-        tmp = f'{path}.tmp{os.getpid()}'
-        with open(tmp, 'w') as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> 'LatencyTable':

@@ -26,7 +26,7 @@ from ..cost.flops import count_macs_and_params
 from ..io_checks import MAX_CONFIG_BYTES
 from ..models._supernet import is_supernet
 from ..models.alphanet import AlphaNet
-from ..spaces._io import display_path, parse_json, read_bounded_bytes
+from ..spaces._io import display_path, parse_json, read_bounded_bytes, write_atomic
 from .card import META_KEY, render_card
 
 __all__ = ['OutputExistsError', 'META_KEY', 'MAX_CONFIG_BYTES', 'save_pretrained', 'staged_folder', 'write_model_files',
@@ -169,25 +169,14 @@ def write_model_files(model: nn.Module, folder: Path, metadata: Mapping[str, Any
     if drop:  # timm records creation kwargs (e.g. alphanet_custom's arch) that the named entrypoint refuses
         config = read_config(folder)
         config['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k not in drop}
-        _atomic_write_text(folder / 'config.json', json.dumps(config, indent=2))
+        write_atomic(folder / 'config.json', json.dumps(config, indent=2))
 
 
 def write_model_folder(model: nn.Module, folder: Path, metadata: Mapping[str, Any], final: Path) -> None:
     """Weights, config.json and the card into `folder` (a staging folder that will become `final`)."""
     write_model_files(model, folder, metadata)
     card = render_card(read_config(folder), local_path=str(Path(final).resolve()))
-    _atomic_write_text(folder / 'README.md', str(card))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(folder / 'README.md', str(card))
 
 
 def read_config(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -210,7 +199,7 @@ def write_card(folder: Union[str, os.PathLike], repo_id: Optional[str] = None,
     config = read_config(folder) if config is None else config
     repo_id = repo_id or config.get(META_KEY, {}).get('hub_repo')  # a pushed folder keeps hf-hub: usage lines
     text = str(render_card(config, repo_id=repo_id, local_path=str(folder.resolve())))
-    _atomic_write_text(folder / 'README.md', text)
+    write_atomic(folder / 'README.md', text)
     return text
 
 
@@ -220,7 +209,7 @@ def update_metadata(folder: Union[str, os.PathLike], changes: Mapping[str, Any],
     folder = Path(folder)
     config = read_config(folder)
     config[META_KEY] = {**config.get(META_KEY, {}), **changes}
-    _atomic_write_text(folder / 'config.json', json.dumps(config, indent=2))
+    write_atomic(folder / 'config.json', json.dumps(config, indent=2))
     write_card(folder, repo_id=repo_id, config=config)
     return config
 

@@ -6,10 +6,12 @@ A *record* is a mapping with the metric keys (``top1``, ``mflops``, ``params_m``
 Objectives are named by the user (``top1``, ``mflops``, ``params``, ``latency``); top-1 is maximised, the costs
 minimised. pymoo has the same algorithms, but not as a dependency worth adding for ~100 lines.
 """
+import io
 import json
 import math
-import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..spaces._io import write_atomic  # noqa: F401  (public here too: the runner writes its files with it)
 
 __all__ = ['OBJECTIVES', 'check_objectives', 'objective_vector', 'dominates', 'non_dominated_sort',
            'crowding_distance', 'pareto_front', 'hypervolume', 'FORMAT', 'arch_text', 'pareto_markdown',
@@ -143,16 +145,6 @@ AXIS_LABELS = {'mflops': 'MFLOPs (millions of multiply-adds)', 'params': 'parame
                'latency': 'predicted latency (ms)'}
 
 
-def write_atomic(path: str, data: Union[str, bytes]) -> None:
-    """Write `data` to `path` through a temp file and a rename, so readers never see half a file."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def arch_text(arch: Mapping[str, Any]) -> str:
     """Compact one-line arch: ``r32 w8,16,24 d1,2 k3,5 t1,4`` (original keys or ours); other arch types (e.g. a
     slimmable ``{'width': 0.5, 'resolution': 224}``) as ``key=value`` pairs."""
@@ -231,9 +223,9 @@ def plot_pareto(path: str, doc: Mapping[str, Any], records: Sequence[Mapping[str
         ax.legend(loc='lower right')
     fig.suptitle(f'{doc["supernet"].get("spec") or "supernet"}: generation {doc["progress"]["generations_done"]}'
                  f' of {doc["progress"]["generations"]}', fontsize=10)
-    tmp = f'{path}.tmp{os.getpid()}'
-    fig.savefig(tmp, format='png', dpi=100)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=100)
+    write_atomic(path, png.getvalue())
 
 
 def dumps(doc: Mapping[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Bounded reading of files users hand us (YAML, JSON, raw bytes) and bounded reprs for messages; no torch.
+"""Bounded reading of files users hand us (YAML, JSON, raw bytes), bounded reprs for messages, and atomic writing of
+the small files we write; no torch.
 
 Every file we read may be truncated, forged or huge. These readers refuse a file before it can cost much: its
 size is checked before reading, text must be UTF-8, and parsed YAML/JSON is measured as the tree a consumer
@@ -20,7 +21,7 @@ import yaml
 __all__ = [
     'MAX_TEXT_BYTES', 'MAX_NODES', 'MAX_DEPTH', 'INT_HASH_MODULUS', 'bounded_repr', 'display_path',
     'regular_file_size', 'read_bounded_bytes', 'short_message',
-    'read_text_file', 'parse_yaml', 'read_yaml_file', 'parse_json', 'read_json_file', 'check_tree',
+    'read_text_file', 'parse_yaml', 'read_yaml_file', 'parse_json', 'read_json_file', 'check_tree', 'write_atomic',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -409,3 +410,23 @@ def read_json_file(path: PathLike, max_bytes: int = MAX_TEXT_BYTES, max_nodes: i
         ValueError: unreadable, too large, not UTF-8, not valid JSON, or nested too deeply.
     """
     return parse_json(read_text_file(path, max_bytes, what), display_path(path), max_nodes, max_depth)
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
+    """Write `data` to `path` through a hidden temp file beside it, synced, then renamed: readers and a crash never
+    see half a file, and a failed write leaves no temp file behind."""
+    path = os.fspath(path)
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f'.{name}.tmp{os.getpid()}')
+    try:
+        binary = isinstance(data, bytes)
+        # text as given: no newline translation, so every platform writes the same bytes
+        with open(tmp, 'wb' if binary else 'w', encoding=None if binary else 'utf-8',
+                  newline=None if binary else '') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

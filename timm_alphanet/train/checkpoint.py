@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from safetensors.torch import load_file, save_file
 
 from ..sources import sha256_file
-from ..spaces._io import read_json_file
+from ..spaces._io import read_json_file, write_atomic
 
 __all__ = ['CheckpointManager', 'TrainState', 'find_checkpoint', 'checkpoint_processes', 'load_checkpoint_extras',
            'no_space_left']
@@ -70,15 +70,6 @@ class TrainState:
                 isinstance(history, list) and all(isinstance(r, dict) for r in history)):
             raise ValueError('not a train state (negative counters, or a history that is not a list of rows)')
         self.history = history
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _disk_full(error: BaseException, folder: Path) -> bool:
@@ -186,11 +177,11 @@ class CheckpointManager:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 if self.state is not None:
-                    _write_json_atomic(tmp / STATE, self.state.state_dict())
+                    write_atomic(tmp / STATE, json.dumps(self.state.state_dict(), indent=2))
                 if self.ema is not None:
                     save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
                               str(tmp / EMA))
-                _write_json_atomic(tmp / MANIFEST, _manifest(tmp, acc.num_processes))
+                write_atomic(tmp / MANIFEST, json.dumps(_manifest(tmp, acc.num_processes), indent=2))
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
@@ -206,7 +197,7 @@ class CheckpointManager:
             with no_space_left(self.dir, what):
                 for gone in removed:
                     shutil.rmtree(self.dir / gone, ignore_errors=True)
-                _write_json_atomic(self.dir / INDEX, self.index)
+                write_atomic(self.dir / INDEX, json.dumps(self.index, indent=2))
         acc.wait_for_everyone()
         return final
 
@@ -223,7 +214,7 @@ class CheckpointManager:
         if later and self.accelerator.is_main_process:
             for name in later:
                 shutil.rmtree(self.dir / name, ignore_errors=True)
-            _write_json_atomic(self.dir / INDEX, self.index)
+            write_atomic(self.dir / INDEX, json.dumps(self.index, indent=2))
         self.accelerator.wait_for_everyone()
         return later
 

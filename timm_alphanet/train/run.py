@@ -10,6 +10,7 @@ and what to run next (`final.next_steps`).
 """
 import csv
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -26,6 +27,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from ..evaluation import evaluate, validate_subnets
 from ..models import is_supernet
+from ..spaces._io import write_atomic
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
                     build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
 from .checkpoint import CheckpointManager, TrainState, checkpoint_processes, find_checkpoint, load_checkpoint_extras
@@ -212,9 +214,7 @@ def _start(cfg: TrainConfig, acc, plan: RunPlan) -> Path:
     if acc.is_main_process:
         run_dir = _new_run_dir(cfg) if run_dir is None else run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / '.args.yaml.tmp'
-        tmp.write_text(cfg.to_yaml())
-        os.replace(tmp, run_dir / 'args.yaml')
+        write_atomic(run_dir / 'args.yaml', cfg.to_yaml())
         _link_latest(run_dir, Path(cfg.output))
     names = [str(run_dir) if run_dir is not None else None]
     broadcast_object_list(names)  # the same folder on every process
@@ -343,13 +343,10 @@ def _check_processes_agree(acc, model: nn.Module, state: TrainState) -> None:
 
 def _write_summary(run_dir: Path, history: List[Dict[str, Any]]) -> None:
     rows = [r for r in history if 'train_loss' in r]
-    tmp = run_dir / '.summary.json.tmp'
-    tmp.write_text(json.dumps(history, indent=2))
-    os.replace(tmp, run_dir / 'summary.json')
+    write_atomic(run_dir / 'summary.json', json.dumps(history, indent=2))
     if rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(run_dir / '.summary.csv.tmp', 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(run_dir / '.summary.csv.tmp', run_dir / 'summary.csv')
+        text = io.StringIO(newline='')
+        w = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+        write_atomic(run_dir / 'summary.csv', text.getvalue())
