@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: run without installing
+
+from timm_alphanet.utils import write_atomic  # noqa: E402
+
 __all__ = ['add_json_argument', 'write_json']
 
 
@@ -43,6 +47,4 @@ def write_json(path: Optional[Path], benchmark: str, ratios: Dict[str, float], d
             'details': _plain(details)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(data, indent=2) + '\n')
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + '\n')

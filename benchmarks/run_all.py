@@ -25,6 +25,8 @@ sys.path.insert(0, str(HERE.parent))  # the repository: run without installing
 from _machine import machine_info, machine_line  # noqa: E402
 from _timing import timed  # noqa: E402
 
+from timm_alphanet.utils import write_atomic  # noqa: E402
+
 # benchmark -> (small arguments, tiny arguments for a smoke run)
 BENCHMARKS: Dict[str, Dict[str, List[str]]] = {
     'inference': {'small': ['--models', 'a0', 'a3', '--batch-size', '8', '--iters', '10', '--warmup', '3',
@@ -91,12 +93,6 @@ def report_markdown(machine: Dict[str, Any], date: str, results: List[Dict[str, 
     return '\n'.join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--only', nargs='+', choices=list(BENCHMARKS), default=None, help='run only these')
@@ -141,9 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results.append(r)
     date = time.strftime('%Y-%m-%d %H:%M %Z')
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    _write(args.output_dir / 'report.json', json.dumps({'date': date, 'machine': machine, 'size': args.size,
+    write_atomic(args.output_dir / 'report.json', json.dumps({'date': date, 'machine': machine, 'size': args.size,
                                                         'benchmarks': results, 'not_run': skipped}, indent=2) + '\n')
-    _write(args.output_dir / 'report.md', report_markdown(machine, date, results, skipped))
+    write_atomic(args.output_dir / 'report.md', report_markdown(machine, date, results, skipped))
     print(f'written: {args.output_dir / "report.md"}, {args.output_dir / "report.json"}')
     return 0 if all(r['returncode'] == 0 for r in results) else 1
 

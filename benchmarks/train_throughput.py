@@ -58,10 +58,7 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
     import timm_alphanet
     from timm_alphanet import ALPHANET_SPACE, AlphaDistillationTask, SearchSpace
     from timm_alphanet.train.config import DEMO_SPACE
-    try:
-        from timm_alphanet.task import SandwichTask
-    except ImportError:  # checkouts before the task/ package
-        from timm_alphanet.sandwich import SandwichTask
+    from timm_alphanet.task import SandwichTask
 
     if args.threads:
         torch.set_num_threads(args.threads)

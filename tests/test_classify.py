@@ -1,4 +1,4 @@
-"""python -m timm_alphanet.classify: an image or a synthetic batch through an AlphaNet model; careless input (another
+"""alphanet-classify: an image or a synthetic batch through an AlphaNet model; careless input (another
 model, a missing or non-image file, a zero batch) is one line on stderr and exit code 2, before any model is built."""
 import pytest
 import timm

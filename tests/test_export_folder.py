@@ -158,7 +158,7 @@ def test_read_config_refuses_forged_files(tmp_path):
 
 
 def test_read_config_is_bounded_like_check_model_dir(tmp_path):
-    from timm_alphanet import io_checks
+    from timm_alphanet import utils as io_checks
     from timm_alphanet.export.folder import MAX_CONFIG_BYTES, read_config
     assert MAX_CONFIG_BYTES == io_checks.MAX_CONFIG_BYTES  # one limit for every reader of config.json
     (tmp_path / 'config.json').write_text('{"architecture": "x", "a": ' + '[' * 100_000 + ']' * 100_000 + '}')

@@ -17,7 +17,7 @@ import torch
 from timm_alphanet import SearchSpace, load_original_checkpoint
 from timm_alphanet.archs import resolve_arch
 from timm_alphanet.cli.convert import main as convert_main
-from timm_alphanet.io_checks import check_model_dir, check_safetensors
+from timm_alphanet.utils import check_model_dir, check_safetensors
 from timm_alphanet.original import read_original_checkpoint, restricted_pickle
 from timm_alphanet.testing.hostile import (
     ARCH_WITH_BOMB, Op, colliding_int_keys, deep_list, forge_storage_numel, forge_zip_entry_size, json_deep, numpy_object_array,

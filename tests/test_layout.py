@@ -1,5 +1,5 @@
-"""The package's shape: imports point one way (DESIGN's layering), torch-free parts stay torch-free, and every
-moved module still answers at its old import path."""
+"""The package's shape: imports point one way (DESIGN's layering), torch-free parts stay torch-free, and no module
+reaches into another package's private plumbing."""
 import ast
 import importlib
 from pathlib import Path
@@ -8,29 +8,21 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / 'timm_alphanet'
 
-# lower tiers never import higher ones; the longest matching prefix decides a module's tier
+# lower tiers never import higher ones; the longest matching prefix decides a module's tier; utils (file and value
+# plumbing) sits below everything
 TIERS = {
-    'spaces': 0, 'archs': 0, 'cost.ops': 0, 'cost.flops': 0, 'search.evolution': 0, 'search.pareto': 0,
-    'layers': 1,
-    'models': 2,
-    'loss': 3, 'task': 3, 'calibration': 3, 'evaluation': 3, 'export': 3, 'original': 3, 'cost': 3, 'sources': 3,
-    'io_checks': 3, 'processes': 3,
-    'train': 4, 'search': 4,
-    'testing': 5,
-    'cli': 6,
+    'utils': 0,
+    'spaces': 1, 'archs': 1, 'cost.ops': 1, 'cost.flops': 1, 'search.evolution': 1, 'search.pareto': 1,
+    'layers': 2,
+    'models': 3,
+    'loss': 4, 'task': 4, 'calibration': 4, 'evaluation': 4, 'export': 4, 'original': 4, 'cost': 4, 'sources': 4,
+    'processes': 4,
+    'train': 5, 'search': 5,
+    'testing': 6,
+    'cli': 7,
 }
-SHIMS = {  # old path -> (new path, names)
-    'config': ('spaces', ['SubnetConfig', 'SearchSpace', 'StageSpace', 'BlockSpec', 'make_divisible']),
-    'flops': ('cost', ['count_macs_and_params', 'mflops', 'num_params']),
-    'bn_calibration': ('calibration', ['calibrate_bn']),
-    'sandwich': ('task', ['SandwichTask']),
-    'distillation': ('task', ['AlphaDistillationTask']),
-    'sampling': ('task', ['sandwich_subnets']),
-    'convert': ('original.convert', ['convert_checkpoint', 'resolve_subnets', 'SUBNET_NAMES']),
-    'classify': ('cli.classify', ['classify', 'main']),
-}
-TORCH_FREE = ('spaces', 'cost.ops', 'cost.flops', 'archs', 'search.evolution', 'search.pareto')
-TOP = ('__init__', *SHIMS)  # the package root and the shims may import anything
+TORCH_FREE = ('utils', 'spaces', 'cost.ops', 'cost.flops', 'archs', 'search.evolution', 'search.pareto')
+TOP = ('__init__',)  # the package root may import anything
 
 
 def _modules():
@@ -108,15 +100,30 @@ def test_the_import_graph_check_sees_violations(tmp_path):
     assert _tier('train') > _tier('spaces.mod')
 
 
-@pytest.mark.parametrize('old', sorted(SHIMS))
-def test_old_import_paths_keep_working(old):
-    new, names = SHIMS[old]
-    a, b = importlib.import_module(f'timm_alphanet.{old}'), importlib.import_module(f'timm_alphanet.{new}')
-    for n in names:
-        assert getattr(a, n) is getattr(b, n), n
-
-
 def test_shipped_code_cites_no_file_outside_the_repo():
     for _, path in _modules():
         text = path.read_text()
         assert 'DESIGN' not in text and '../shared' not in text and 'shared/reference' not in text, path
+
+
+def _private_reach(importer, target):
+    """True when `target` is a private module (a part starting with '_') of a package `importer` is not inside."""
+    parts = target.split('.')
+    for i, part in enumerate(parts):
+        if part.startswith('_') and part != '__init__':
+            owner = '.'.join(parts[:i])
+            return not (importer == owner or importer.startswith(owner + '.')) if owner else True
+    return False
+
+
+def test_no_module_reaches_into_another_package_private_plumbing():
+    bad = sorted(f'{name} imports {t}' for name, path in _modules() for t in _imports(name, path)
+                 if _private_reach(name, t))
+    assert not bad, '\n'.join(bad)
+
+
+def test_the_private_reach_check_sees_violations():
+    assert _private_reach('task.sandwich', 'models._supernet')
+    assert not _private_reach('models.alphanet', 'models._supernet')
+    assert not _private_reach('cli.train', 'cli._common')
+    assert not _private_reach('task.sandwich', 'models.alphanet')

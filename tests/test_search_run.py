@@ -22,7 +22,7 @@ from timm_alphanet.cost.latency import TimingConfig, build_latency_table
 from timm_alphanet.cost.slimmable import width_macs_and_params
 from timm_alphanet.export.pareto import read_pareto
 from timm_alphanet.search.runner import default_image_counts
-from timm_alphanet.sources import sha256_file
+from timm_alphanet.utils import sha256_file
 from timm_alphanet.testing import randomize_bn_stats
 from timm_alphanet.train.data import build_digits_folder
 

@@ -6,7 +6,8 @@ import timm
 import torch
 
 from timm_alphanet import save_pretrained
-from timm_alphanet.sources import load_supernet, sha256_file
+from timm_alphanet.sources import load_supernet
+from timm_alphanet.utils import sha256_file
 from timm_alphanet.testing.original_ckpt import SMALL_SUPERNET_CONFIG, original_manifest, write_original_checkpoint
 from timm_alphanet.testing import randomize_bn_stats
 

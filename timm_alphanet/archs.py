@@ -4,7 +4,7 @@ import os
 from typing import Any, Dict, Mapping, Union
 
 from .spaces import SearchSpace, StageSpace, SubnetConfig
-from .spaces._io import display_path, parse_json, read_json_file, read_yaml_file, short_message
+from .utils import display_path, parse_json, read_json_file, read_yaml_file, short_message
 
 __all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1', 'ARCH_NAMES', 'resolve_arch', 'resolve_space',
            'read_arch_file']
@@ -109,7 +109,7 @@ def resolve_arch(arch: ArchSpec, space: SpaceSpec = None) -> SubnetConfig:
 def read_arch_file(path: Union[str, os.PathLike]) -> SubnetConfig:
     """The arch in a JSON (`.json`) or YAML file: an arch mapping, or one under `arch` / `model_args.arch`.
 
-    The file is read within bounds (`spaces._io`: size, aliases, depth); it is not checked against a space.
+    The file is read within bounds (`utils`: size, aliases, depth); it is not checked against a space.
 
     Raises:
         FileNotFoundError: the file does not exist.

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .spaces._values import as_int
+from .utils import as_int
 
 __all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS', 'CalibrationRecipe', 'disjoint_subsets', 'load_images']
 

@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .spaces._values import as_float
+from .utils import as_float
 
 __all__ = ['AlphaDivergenceOutput', 'KDOutput', 'alpha_divergence', 'adaptive_alpha_divergence', 'kl_divergence',
            'AdaptiveAlphaDivergence', 'KLDivergence', 'KD_LOSSES', 'MASKED_LOGIT', 'create_kd_loss']

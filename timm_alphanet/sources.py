@@ -4,7 +4,6 @@ AlphaNet/AttentiveNAS checkpoint. `load_supernet` is how search, export and vali
 The returned `SupernetSource` records the sha256 of the weights that were loaded, so outputs (pareto.json, model
 cards) say exactly which weights they came from and a resumed search can refuse a different supernet.
 """
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch.nn as nn
 
 from .archs import SpaceSpec
-from .io_checks import check_model_dir
-from .models._supernet import is_supernet
+from .utils import check_model_dir, sha256_file
+from .models import is_supernet
 
-__all__ = ['SupernetSource', 'load_supernet', 'sha256_file', 'training_data', 'ORIGINAL_SUFFIXES']
+__all__ = ['SupernetSource', 'load_supernet', 'training_data', 'ORIGINAL_SUFFIXES']
 
 ORIGINAL_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 _ACCEPTED = ('a training run folder (with final/ or checkpoints/), a model folder with config.json, '
@@ -33,15 +32,6 @@ class SupernetSource:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-
-def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (weights files can be large)."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_supernet(spec: str, space: SpaceSpec = None) -> Tuple[nn.Module, SupernetSource]:
@@ -113,7 +103,7 @@ def _hub_snapshot(spec: str) -> Path:
     from timm.models._hub import hf_split
 
     from .export.hub import HUB_ERRORS
-    from .spaces._io import short_message
+    from .utils import short_message
 
     repo, revision = hf_split(spec[len('hf-hub:'):])
     try:
@@ -139,7 +129,7 @@ def training_data(spec: Union[str, os.PathLike]) -> Dict[str, str]:
     Raises:
         ValueError: an args.yaml that is unreadable, too large or not a mapping (naming the file).
     """
-    from .spaces._io import read_yaml_file
+    from .utils import read_yaml_file
 
     text = os.fspath(spec)
     if text.startswith('hf-hub:'):

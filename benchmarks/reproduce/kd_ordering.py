@@ -45,14 +45,13 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
 import random
 import shutil
-import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -63,7 +62,10 @@ sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared machine descript
 sys.path.insert(0, str(HERE.parent.parent))  # the repository: run without installing
 
 from _machine import machine_info, machine_line  # noqa: E402
+from _stats import mean_std, t_quantile_975  # noqa: E402
 from _timing import timed  # noqa: E402
+
+from timm_alphanet.utils import staged_directory, write_atomic  # noqa: E402
 
 METHODS = ('none', 'kl', 'alpha')
 METHOD_NAMES = {'none': 'no KD', 'kl': 'KL-KD', 'alpha': 'alpha-KD'}
@@ -114,19 +116,15 @@ def digits_subset(root: Path, fraction: float, size: int = 32) -> Path:
         return folder
     source = build_digits_folder(root / f'digits{size}', size=size)
     rng = random.Random(0)  # the subset never depends on the run's seed: every method sees the same images
-    tmp = Path(tempfile.mkdtemp(prefix='.digits', dir=root))
-    for split in ('train', 'validation'):
-        for label in sorted(os.listdir(source / split)):
-            files = sorted(os.listdir(source / split / label))
-            if split == 'train':
-                files = sorted(rng.sample(files, max(1, round(fraction * len(files)))))
-            (tmp / split / label).mkdir(parents=True)
-            for name in files:
-                shutil.copyfile(source / split / label / name, tmp / split / label / name)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process wrote it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_directory(folder, if_exists='keep') as tmp:  # another process may write it first: keep that one
+        for split in ('train', 'validation'):
+            for label in sorted(os.listdir(source / split)):
+                files = sorted(os.listdir(source / split / label))
+                if split == 'train':
+                    files = sorted(rng.sample(files, max(1, round(fraction * len(files)))))
+                (tmp / split / label).mkdir(parents=True)
+                for name in files:
+                    shutil.copyfile(source / split / label / name, tmp / split / label / name)
     return folder
 
 
@@ -391,19 +389,6 @@ def execute(jobs: List[Job], done: Dict[str, Dict[str, Any]], n_jobs: int, threa
 
 
 # ---- statistics and reports
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else float('nan'))
-
-
-def _t95(n: int) -> float:
-    """Two-sided 95% Student-t quantile for n - 1 degrees of freedom (nan below two samples)."""
-    if n < 2:
-        return float('nan')
-    from scipy.stats import t
-    return float(t.ppf(0.975, n - 1))
-
-
 def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any]:
     """Per part and row (subnet or student): per-seed top-1 of each method, mean +- std, and the paired per-seed
     differences alpha - KL (mean, std, 95% t-interval, wins) and KL - none, alpha - none (mean, std)."""
@@ -419,14 +404,14 @@ def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any
                                                                         for m, d in by_method.items()}}
         for m, d in by_method.items():
             if d:
-                entry[m] = dict(zip(('mean', 'std'), _mean_std(list(d.values()))), n=len(d))
+                entry[m] = dict(zip(('mean', 'std'), mean_std(list(d.values()))), n=len(d))
         for a, b in (('alpha', 'kl'), ('kl', 'none'), ('alpha', 'none')):
             seeds = sorted(set(by_method[a]) & set(by_method[b]))
             if not seeds:
                 continue
             diffs = [by_method[a][s] - by_method[b][s] for s in seeds]
-            mean, std = _mean_std(diffs)
-            half = _t95(len(diffs)) * std / math.sqrt(len(diffs))
+            mean, std = mean_std(diffs)
+            half = t_quantile_975(len(diffs)) * std / math.sqrt(len(diffs))
             entry[f'{a}_minus_{b}'] = {'per_seed': {str(s): d for s, d in zip(seeds, diffs)}, 'mean': mean, 'std': std,
                                        'ci95': [mean - half, mean + half], 'wins': sum(d > 0 for d in diffs),
                                        'ties': sum(d == 0 for d in diffs), 'n': len(diffs)}
@@ -498,10 +483,10 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
         bottom.set_title(f'{part}: alpha − KL per seed (diamond: mean, 95% CI)')
         bottom.set_ylabel('top-1 difference (points)')
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
@@ -540,12 +525,6 @@ def _cpu_line(meta: Dict[str, Any]) -> str:
     cores = meta['jobs'] * meta['threads_per_run']
     return (f"CPU time of the {len(cpu)} run(s) {sum(cpu.values()) / 60:.1f} min (about "
             f"{sum(cpu.values()) / cores / 60:.1f} min of wall time on {cores} free core(s))")
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _describe_budget(jobs: List[Job]) -> Dict[str, str]:
@@ -696,8 +675,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      'run_cpu_seconds': {k: round(v['cpu_seconds'], 1) for k, v in done.items()
                                          if 'cpu_seconds' in v}},
     }
-    _write(args.output / 'kd_ordering.json', json.dumps({'meta': meta, **summary}, indent=2) + '\n')
-    _write(args.output / 'kd_ordering.md', report(summary, meta))
+    write_atomic(args.output / 'kd_ordering.json', json.dumps({'meta': meta, **summary}, indent=2) + '\n')
+    write_atomic(args.output / 'kd_ordering.md', report(summary, meta))
     plot(summary, args.output / 'kd_ordering.png')
     print(report(summary, meta))
     print(f'written: {args.output / "kd_ordering.md"}, kd_ordering.json, kd_ordering.png')

@@ -26,6 +26,7 @@ and at 8 epochs the max width is at 89-97 % top-1 already. The three KD settings
 """
 import argparse
 import concurrent.futures
+import io
 import json
 import math
 import os
@@ -38,11 +39,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's timm_alphanet, also when run from elsewhere
+sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/: the shared statistics
+
+from _stats import mean_std  # noqa: E402
+
+from timm_alphanet.utils import write_atomic  # noqa: E402
 
 NETS = {'mobilenetv1': 'MobileNet-V1', 'mobilenetv2': 'MobileNet-V2'}
 # the paper's row names -> what differs between the runs (nothing else does)
@@ -158,9 +164,7 @@ def train(cfg, args: argparse.Namespace, logs: Path) -> Dict[str, Any]:
         raise ValueError(f'{run_dir} holds a run of another config than {cfg_path}: give another --out, or delete it')
     if final.exists():
         return {'run': cfg.experiment, 'seconds': None, 'reused': True}
-    tmp = cfg_path.with_suffix('.tmp')
-    tmp.write_text(cfg.to_yaml())
-    os.replace(tmp, cfg_path)
+    write_atomic(cfg_path, cfg.to_yaml())
     resume = (run_dir / 'checkpoints' / 'index.json').exists()
     if run_dir.exists() and not resume:  # killed before its first checkpoint: nothing to keep, start it again
         shutil.rmtree(run_dir)
@@ -233,12 +237,8 @@ def evaluate_run(cfg, widths: Sequence[float], calib_images: int) -> Dict[str, A
 
 
 # ---- summary
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float('nan'))
-
-
 def _cell(values: Sequence[float]) -> str:
-    m, s = _mean_std(values)
+    m, s = mean_std(values)
     return f'{m:.1f}' if math.isnan(s) else f'{m:.1f} ± {s:.1f}'
 
 
@@ -255,12 +255,12 @@ def summarise(runs: List[Dict[str, Any]], widths: Dict[str, List[float]], seeds:
         for setting, per_seed in by_setting.items():
             cols = list(zip(*per_seed.values()))
             entry = {'top1_mean': [statistics.fmean(c) for c in cols],
-                     'top1_std': [_mean_std(c)[1] for c in cols], 'seeds': sorted(per_seed)}
+                     'top1_std': [mean_std(c)[1] for c in cols], 'seeds': sorted(per_seed)}
             base = by_setting.get('w/o KD', {})
             common = [s for s in per_seed if s in base]
             if setting != 'w/o KD' and common:
                 gains = [statistics.fmean(a - b for a, b in zip(per_seed[s], base[s])) for s in common]
-                m, sd = _mean_std(gains)
+                m, sd = mean_std(gains)
                 entry['gain_over_no_kd'] = {'mean': m, 'sem': sd / math.sqrt(len(gains)), 'per_seed': gains}
             net_out[setting] = entry
         out[net] = net_out
@@ -309,9 +309,10 @@ def plot(summary: Dict[str, Any], widths: Dict[str, List[float]], path: Path) ->
         ax.set(title=f'slimmable {NETS[net]} (miniature)', xlabel='width', ylabel='top-1 (%)')
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=120)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
     return True
 
 
@@ -320,12 +321,6 @@ def _cpu_seconds() -> float:
     the wall time depends on the other load, this does not (CPU time / cores = wall time on an idle machine)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -373,12 +368,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     summary = summarise(runs, widths, args.seeds)
     table = markdown(runs, widths, summary, meta)
-    _write(out / 'slimmable.md', table + f"\nCommand: `{meta['command']}` ({meta['date']}, {meta['machine']}, "
+    write_atomic(out / 'slimmable.md', table + f"\nCommand: `{meta['command']}` ({meta['date']}, {meta['machine']}, "
                                          f"{args.jobs} runs at once x {args.threads} thread(s); wall time "
                                          f"{meta['wall_s']['total'] / 60:.1f} min, CPU time "
                                          f"{meta['cpu_s'] / 60:.1f} min, load average at the end "
                                          f"{meta['load_average_at_end'][1]:.1f}).\n")
-    _write(out / 'slimmable.json', json.dumps({'meta': meta, 'widths': widths, 'summary': summary, 'runs': runs,
+    write_atomic(out / 'slimmable.json', json.dumps({'meta': meta, 'widths': widths, 'summary': summary, 'runs': runs,
                                                'paper': PAPER}, indent=2))
     plotted = not args.no_plot and plot(summary, widths, out / 'slimmable.png')
     print(table)

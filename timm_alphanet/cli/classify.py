@@ -1,7 +1,7 @@
 """Build AlphaNet models, report their cost and classify an image (or a synthetic batch).
 
-    python -m timm_alphanet.classify                        # A0, a synthetic batch
-    python -m timm_alphanet.classify -m alphanet_a3 --image cat.jpg --pretrained
+    alphanet-classify                        # A0, a synthetic batch
+    alphanet-classify -m alphanet_a3 --image cat.jpg --pretrained
 """
 import argparse
 import sys
@@ -13,12 +13,11 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 from .. import models  # noqa: F401  (registers the alphanet_* models)
-from ..io_checks import check_model_spec
+from ..utils import check_model_spec, display_path, regular_file_size, short_message
 from ..cost.flops import count_macs_and_params
-from ..spaces._io import display_path, regular_file_size, short_message
 from ._common import int_at_least, user_errors_exit
 
-PROG = 'python -m timm_alphanet.classify'
+PROG = 'alphanet-classify'
 MAX_IMAGE_BYTES = 256 << 20  # an encoded photo is a few MB
 _HUB_PREFIXES = ('local-dir:', 'hf-hub:')
 
@@ -81,7 +80,7 @@ def classify(model_name: str, image: Optional[str] = None, pretrained: bool = Fa
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m timm_alphanet.classify``; exits with status 2 and a one-line message on bad input."""
+    """``alphanet-classify``; exits with status 2 and a one-line message on bad input."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-m', '--model', action='append', default=None,

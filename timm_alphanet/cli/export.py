@@ -92,7 +92,7 @@ def _recorded_calib_data(supernet: str, pareto: Optional[str]) -> Optional[Tuple
     """(images, the run folder that recorded them): the data of the supernet's training run (its args.yaml, found
     from SUPERNET or from the supernet path pareto.json records) when it is an image folder or sklearn/digits."""
     from ..sources import training_data
-    from ..spaces._io import read_json_file
+    from ..utils import read_json_file
     from ..train.data import DIGITS
 
     folders = [supernet]

@@ -13,7 +13,7 @@ import torch
 
 from ..evaluation import PIPELINES, validate_model
 from ..export.folder import record_evaluation
-from ..io_checks import check_model_spec
+from ..utils import check_model_spec
 from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ..train.data import DIGITS
 from ._datasets import open_image_dataset

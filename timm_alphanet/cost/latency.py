@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..archs import SpaceSpec, resolve_space
 from ..models.alphanet import AlphaNet
 from ..spaces import SearchSpace, SubnetConfig
-from ..spaces._io import read_json_file, write_atomic
+from ..utils import read_json_file, write_atomic
 from .ops import Op, subnet_ops
 
 __all__ = ['LatencyTable', 'TimingConfig', 'LatencyValidation', 'op_signature', 'distinct_ops', 'device_info',

@@ -11,8 +11,6 @@ evaluation without the model.
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from importlib import metadata as _pkg_metadata
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
@@ -23,10 +21,9 @@ from timm.models import save_for_hf
 
 from ..archs import ALPHANET_ARCHS, ALPHANET_SPACE
 from ..cost.flops import count_macs_and_params
-from ..io_checks import MAX_CONFIG_BYTES
-from ..models._supernet import is_supernet
+from ..utils import MAX_CONFIG_BYTES, display_path, parse_json, read_bounded_bytes, staged_directory, write_atomic
+from ..models import is_supernet
 from ..models.alphanet import AlphaNet
-from ..spaces._io import display_path, parse_json, read_bounded_bytes, write_atomic
 from .card import META_KEY, render_card
 
 __all__ = ['OutputExistsError', 'META_KEY', 'MAX_CONFIG_BYTES', 'save_pretrained', 'staged_folder', 'write_model_files',
@@ -49,12 +46,6 @@ def package_version() -> str:
         return 'unknown (not installed)'
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def check_output_folder(directory: Union[str, os.PathLike], overwrite: bool = False) -> Path:
     """`directory` as a Path; raises OutputExistsError when it exists non-empty (or is a file) and not `overwrite`."""
     directory = Path(directory)
@@ -74,32 +65,9 @@ def staged_folder(directory: Union[str, os.PathLike], overwrite: bool = False) -
     On any exception (a full disk, Ctrl-C) the temporary folder is removed and `directory` is left as it was.
     """
     directory = check_output_folder(directory, overwrite)
-    parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', suffix='.tmp', dir=parent))
-    try:
+    # it may have appeared while we wrote
+    with staged_directory(directory, before_replace=lambda: check_output_folder(directory, overwrite)) as tmp:
         yield tmp
-        mask = _umask()  # mkdtemp (and some writers) make files private; the result should look like any folder
-        os.chmod(tmp, 0o777 & ~mask)
-        for f in tmp.iterdir():
-            if f.is_file():
-                os.chmod(f, 0o666 & ~mask)
-        check_output_folder(directory, overwrite)  # it may have appeared while we wrote
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', suffix='.old', dir=parent))
-            os.replace(directory, old / 'x')
-            try:
-                os.replace(tmp, directory)
-            except BaseException:
-                os.replace(old / 'x', directory)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _named_alphanet(model: AlphaNet) -> Optional[str]:

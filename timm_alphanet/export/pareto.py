@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..calibration import CalibrationRecipe
-from ..spaces._io import parse_json, read_bounded_bytes
+from ..utils import parse_json, read_bounded_bytes
 
 __all__ = ['PARETO_FORMATS', 'ParetoPoint', 'ParetoFront', 'read_pareto', 'select_points', 'pareto_svg']
 
@@ -70,7 +70,7 @@ def _number(value: Any, what: str, optional: bool = False, low: float = 0.0, hig
 
 
 def _read_json(path: str) -> Tuple[Any, str]:
-    """The parsed file and the sha256 of the very bytes parsed (bounded size and nesting, see `spaces._io`)."""
+    """The parsed file and the sha256 of the very bytes parsed (bounded size and nesting, see `utils`)."""
     raw = read_bounded_bytes(path, MAX_PARETO_BYTES, what='pareto.json')
     return parse_json(raw, _where(path), max_nodes=MAX_PARETO_NODES), hashlib.sha256(raw).hexdigest()
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Mapping
 import torch
 import torch.nn as nn
 
-from ..spaces._values import short_repr
+from ..utils import bounded_repr
 
 __all__ = ['checkpoint_filter_fn']
 
@@ -60,5 +60,5 @@ def _check_checkpoint_fits(state_dict: Mapping[str, Any], model: nn.Module) -> N
 
 
 def _first_keys(keys: List[Any], n: int = 8) -> str:
-    shown = ', '.join(k[:120] if isinstance(k, str) else short_repr(k) for k in keys[:n])
+    shown = ', '.join(k[:120] if isinstance(k, str) else bounded_repr(k) for k in keys[:n])
     return shown + (f', ... and {len(keys) - n} more' if len(keys) > n else '')

@@ -22,7 +22,7 @@ from timm.models._features import feature_take_indices
 
 from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, ArchSpec, SpaceSpec, resolve_arch, resolve_space
 from ..spaces import SubnetConfig
-from ..spaces._values import as_float, as_int
+from ..utils import as_float, as_int
 from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
 from ._checkpoint import checkpoint_filter_fn

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from ..spaces import SearchSpace
-from ..spaces._io import (
+from ..utils import (
     MAX_DEPTH, MAX_NODES, bounded_repr, check_tree, display_path, regular_file_size, short_message)
 from .keys import _check_against_model, _with_original_name, convert_original_state_dict, strip_prefix
 from .unpickler import UnsafeCheckpointError, restricted_pickle, storage_limit

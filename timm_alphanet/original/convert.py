@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..archs import ALPHANET_ARCHS, read_arch_file
 from ..processes import check_device
 from ..spaces import SearchSpace, SubnetConfig
-from ..spaces._io import bounded_repr, regular_file_size
+from ..utils import bounded_repr, regular_file_size
 
 __all__ = ['convert_checkpoint', 'resolve_subnets', 'make_calibration_loader', 'ConvertedPaths', 'SUBNET_NAMES']
 

@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tupl
 
 import torch
 
-from ..spaces._io import INT_HASH_MODULUS, bounded_repr
+from ..utils import INT_HASH_MODULUS, bounded_repr
 
 __all__ = ['UnsafeCheckpointError', 'restricted_pickle', 'storage_limit']
 

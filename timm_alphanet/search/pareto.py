@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..spaces._io import write_atomic  # noqa: F401  (public here too: the runner writes its files with it)
+from ..utils import write_atomic  # noqa: F401  (public here too: the runner writes its files with it)
 
 __all__ = ['OBJECTIVES', 'check_objectives', 'objective_vector', 'dominates', 'non_dominated_sort',
            'crowding_distance', 'pareto_front', 'hypervolume', 'FORMAT', 'arch_text', 'pareto_markdown',

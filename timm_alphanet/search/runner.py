@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 from ..calibration import CalibrationRecipe, calibrate_bn, disjoint_subsets, load_images, resize_to
 from ..cost.flops import count_macs_and_params
 from ..cost.slimmable import width_macs_and_params
-from ..models._supernet import is_supernet
+from ..models import is_supernet
 from ..processes import check_world_size, has_accelerator_device
 from ..spaces import SearchSpace, SubnetConfig
-from ..spaces._io import read_json_file
+from ..utils import append_jsonl, read_json_file
 from .evolution import EvolutionConfig, Generation, Limits, arch_key, check_limits, evolve
 from .pareto import FORMAT, check_objectives, dumps, pareto_report, plot_pareto, write_atomic
 
@@ -162,17 +162,6 @@ def _load_bn_state(model: nn.Module, state: List[Tuple[torch.Tensor, torch.Tenso
 def _arch_json(arch: Any) -> Dict[str, Any]:
     """An arch as pareto.json and candidates.jsonl hold it: AlphaNet archs with the original keys."""
     return arch.to_original_dict() if hasattr(arch, 'to_original_dict') else arch.to_dict()
-
-
-def append_line(path: str, record: Mapping[str, Any]) -> None:
-    """Append one JSON line with a single write, then flush and fsync (a crash leaves at most a torn last line)."""
-    data = (json.dumps(record, separators=(',', ':')) + '\n').encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_candidates(path: str, space: SearchSpace, warn: Callable[[str], None]) -> Tuple[Dict, Dict]:
@@ -407,7 +396,7 @@ def run_search(
             line = {'kind': 'selection', 'arch': _arch_json(arch), 'top1': top1, **costs(arch),
                     'generation': generation, 'process': rank, 'eval_s': round(time.perf_counter() - t0, 4)}
             if main:  # main's own results are on disk at once; the others' after the gather
-                append_line(paths[CANDIDATES], line)
+                append_jsonl(paths[CANDIDATES], line)
             results.append(line)
             bar.update()
         bar.close()
@@ -416,7 +405,7 @@ def run_search(
             arch = space.validate(line['arch'])
             cached[arch] = {'arch': arch, 'top1': line['top1']}
             if main and line['process'] != rank:
-                append_line(paths[CANDIDATES], line)
+                append_jsonl(paths[CANDIDATES], line)
         return [cached[a]['top1'] for a in archs]
 
     device = None if latency_table is None else _device_text(latency_table.device)
@@ -550,6 +539,6 @@ def _validate_front(scorer: _Scorer, archs: List[SubnetConfig], val_data: Any, v
     for arch in todo:
         out[arch] = 100.0 * totals[arch] / n
         if main:
-            append_line(candidates, {'kind': 'validation', 'arch': _arch_json(arch), 'top1_val': out[arch],
+            append_jsonl(candidates, {'kind': 'validation', 'arch': _arch_json(arch), 'top1_val': out[arch],
                                      'val_split': val_split, 'val_images': n})
     return out

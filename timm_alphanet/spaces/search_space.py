@@ -15,9 +15,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
-from ._checks import int_tuple
-from ._io import display_path, read_yaml_file, short_message
-from ._values import instance_or_mapping, plain_items, plain_number, short_repr
+from ..utils import (
+    bounded_repr, display_path, instance_or_mapping, int_tuple, plain_items, plain_number, read_yaml_file, short_message,
+)
 from .subnet import SubnetConfig
 
 __all__ = ['StageSpace', 'SearchSpace', 'BlockSpec', 'make_divisible', 'ACTIVATIONS']
@@ -33,14 +33,14 @@ def _check_choice(where: str, value: Any, allowed: Tuple[Any, ...]) -> Any:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not any(type(value) is type(a) and value == a for a in allowed):
-        raise ValueError(f'{where} {short_repr(value)} not supported; allowed: {list(allowed)}')
+        raise ValueError(f'{where} {bounded_repr(value)} not supported; allowed: {list(allowed)}')
     return value
 
 
 def _check_bool(where: str, value: Any) -> bool:
     # bool('false') is True: a string (or 0/1) where YAML should have given true/false is an error, not a guess
     if not isinstance(value, bool):
-        raise ValueError(f'{where} must be true or false, got {short_repr(value)}')
+        raise ValueError(f'{where} must be true or false, got {bounded_repr(value)}')
     return value
 
 
@@ -67,18 +67,18 @@ class StageSpace:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f'a stage name must be a non-empty string, got {short_repr(self.name)}')
+            raise ValueError(f'a stage name must be a non-empty string, got {bounded_repr(self.name)}')
         where = f'stage {self.name[:40]}:'
         for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
             v = int_tuple(f'{self.name[:40]}.{f}', plain_items(getattr(self, f)))
             if not v:
                 raise ValueError(f'{where} {f} needs at least one choice')
             if min(v) < 1:
-                raise ValueError(f'{where} {f} must be positive, got {short_repr(list(v))}')
+                raise ValueError(f'{where} {f} must be positive, got {bounded_repr(list(v))}')
             object.__setattr__(self, f, tuple(sorted(set(v))))
         bad_k = [k for k in self.kernel_sizes if k % 2 == 0]
         if bad_k:
-            raise ValueError(f'{where} kernel sizes must be odd, got {short_repr(bad_k[0])}')
+            raise ValueError(f'{where} kernel sizes must be odd, got {bounded_repr(bad_k[0])}')
         object.__setattr__(self, 'stride', _check_choice(f'{where} stride', self.stride, STRIDES))
         object.__setattr__(self, 'act', _check_choice(f'{where} act_func', self.act, tuple(ACTIVATIONS)))
         object.__setattr__(self, 'se', _check_bool(f'{where} se', self.se))
@@ -117,7 +117,7 @@ class SearchSpace:
         for f in ('resolutions', 'stem_widths', 'head_widths'):
             v = int_tuple(f, plain_items(getattr(self, f)))
             if not v or min(v) < 1:
-                raise ValueError(f'{f} needs at least one positive choice, got {short_repr(list(v))}')
+                raise ValueError(f'{f} needs at least one positive choice, got {bounded_repr(list(v))}')
             object.__setattr__(self, f, tuple(sorted(set(v))))
         stages = tuple(self.stages)
         if not stages or not all(isinstance(s, StageSpace) for s in stages):
@@ -128,7 +128,7 @@ class SearchSpace:
         object.__setattr__(self, 'stem_stride', _check_choice('stem stride (first_conv.s)', self.stem_stride, STRIDES))
         ratio = plain_number(self.head_expand_ratio)
         if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
-            raise ValueError(f'head_expand_ratio must be an int >= 1, got {short_repr(ratio)}')
+            raise ValueError(f'head_expand_ratio must be an int >= 1, got {bounded_repr(ratio)}')
         object.__setattr__(self, 'head_expand_ratio', ratio)
 
     # ---- basic properties
@@ -252,7 +252,7 @@ class SearchSpace:
             raise ValueError(f'supernet_config is missing {missing}')
         for section in ('first_conv', 'last_conv'):
             if not isinstance(d[section], Mapping):
-                raise ValueError(f'supernet_config.{section} must be a mapping, got {short_repr(d[section])}')
+                raise ValueError(f'supernet_config.{section} must be a mapping, got {bounded_repr(d[section])}')
 
         def get(section: Mapping[str, Any], key: str, where: str, default: Any = None) -> Any:
             if key not in section:
@@ -268,7 +268,7 @@ class SearchSpace:
             stride = get(section, 's', where, default)
             if isinstance(stride, (list, tuple)):
                 if len(stride) != 1:
-                    raise ValueError(f'supernet_config.{where}.s must be one stride, got {short_repr(stride)}')
+                    raise ValueError(f'supernet_config.{where}.s must be one stride, got {bounded_repr(stride)}')
                 stride = stride[0]
             return stride
 
@@ -278,13 +278,13 @@ class SearchSpace:
         for name in stage_names:
             s = d[name]
             if not isinstance(name, str):
-                raise ValueError(f'supernet_config: stage names must be strings, got {short_repr(name)}')
+                raise ValueError(f'supernet_config: stage names must be strings, got {bounded_repr(name)}')
             if not isinstance(s, Mapping):
                 raise ValueError(f'supernet_config.{name[:40]} must be a mapping of c/d/k/t/s/se/act_func, got '
-                                 f'{short_repr(s)}')
+                                 f'{bounded_repr(s)}')
             unknown = set(s) - {'c', 'd', 'k', 't', 's', 'se', 'act_func'}
             if unknown:
-                raise ValueError(f'supernet_config.{name[:40]}: unknown keys {short_repr(sorted(map(str, unknown)))}; '
+                raise ValueError(f'supernet_config.{name[:40]}: unknown keys {bounded_repr(sorted(map(str, unknown)))}; '
                                  f"allowed: ['c', 'd', 'k', 't', 's', 'se', 'act_func']")
             stages.append(StageSpace(
                 name=name, widths=as_list(get(s, 'c', name)), depths=as_list(get(s, 'd', name)),
@@ -318,7 +318,7 @@ class SearchSpace:
     def from_yaml(cls, path: Union[str, os.PathLike]) -> 'SearchSpace':
         """Read an original-style YAML file (its `supernet_config` section, or the section itself).
 
-        The file is read within bounds (`spaces._io.read_yaml_file`: size, aliases, depth); every error is a
+        The file is read within bounds (`utils.read_yaml_file`: size, aliases, depth); every error is a
         one-line ValueError naming the file (FileNotFoundError if it does not exist).
         """
         data = read_yaml_file(path, what='search space YAML')

@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple, Union
 
-from ._checks import check_int, int_tuple
-from ._values import instance_or_mapping, plain_items, plain_number, short_repr
+from ..utils import bounded_repr, check_int, instance_or_mapping, int_tuple, plain_items, plain_number
 
 __all__ = ['SubnetConfig']
 
@@ -37,15 +36,15 @@ class SubnetConfig:
         if len(set(counts.values())) != 1 or counts['depths'] == 0:
             raise ValueError(
                 'arch fields disagree on the number of stages: widths needs stem + one per stage + head, the others '
-                f'one per stage; got widths {short_repr(list(self.widths))} ({len(self.widths)} entries), depths '
-                f'{short_repr(list(self.depths))}, kernel_sizes {short_repr(list(self.kernel_sizes))}, expand_ratios '
-                f'{short_repr(list(self.expand_ratios))}')
+                f'one per stage; got widths {bounded_repr(list(self.widths))} ({len(self.widths)} entries), depths '
+                f'{bounded_repr(list(self.depths))}, kernel_sizes {bounded_repr(list(self.kernel_sizes))}, expand_ratios '
+                f'{bounded_repr(list(self.expand_ratios))}')
         for f in ('widths', 'depths', 'kernel_sizes', 'expand_ratios'):
             bad = [v for v in getattr(self, f) if v < 1]
             if bad:
-                raise ValueError(f'{f} must be positive, got {short_repr(bad[0])} in {short_repr(list(getattr(self, f)))}')
+                raise ValueError(f'{f} must be positive, got {bounded_repr(bad[0])} in {bounded_repr(list(getattr(self, f)))}')
         if self.resolution < 1:
-            raise ValueError(f'resolution must be positive, got {short_repr(self.resolution)}')
+            raise ValueError(f'resolution must be positive, got {bounded_repr(self.resolution)}')
 
     @property
     def num_stages(self) -> int:
@@ -73,13 +72,13 @@ class SubnetConfig:
                 continue
             name = _ARCH_ALIASES.get(k, k)
             if name not in allowed:
-                raise ValueError(f'unknown arch key {short_repr(k)}; allowed: {allowed} (or the original '
+                raise ValueError(f'unknown arch key {bounded_repr(k)}; allowed: {allowed} (or the original '
                                  f'{list(_ARCH_ALIASES)})')
             if name in out:
                 raise ValueError(f'arch key {name!r} given twice (as {name!r} and its alias)')
             out[name] = v
         missing = [k for k in allowed if k not in out]
         if missing:
-            raise ValueError(f'arch is missing {missing}; got keys {short_repr(list(d))}')
+            raise ValueError(f'arch is missing {missing}; got keys {bounded_repr(list(d))}')
         return cls(**out)
 

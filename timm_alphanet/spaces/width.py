@@ -14,7 +14,7 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple, Union
 
-from ._checks import check_int
+from ..utils import check_int
 
 __all__ = ['WidthConfig', 'WidthSpace', 'check_width', 'width_range']
 

@@ -15,7 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
-from ..io_checks import check_model_spec, check_safetensors
+from ..utils import check_model_spec, check_safetensors
 
 __all__ = ['TeacherSpec', 'create_teacher', 'student_normalization', 'teacher_logits']
 

@@ -9,7 +9,7 @@ import random
 from typing import List
 
 from ..spaces import SearchSpace, SubnetConfig
-from ..spaces._values import as_int
+from ..utils import as_int
 
 __all__ = ['sandwich_subnets']
 

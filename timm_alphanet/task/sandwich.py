@@ -18,9 +18,9 @@ from timm.task import ClassificationTask, DistillationTeacher
 from timm.utils import unwrap_model
 
 from ..spaces import SubnetConfig
-from ..spaces._values import as_float
+from ..utils import as_float
 from ..calibration import INTERPOLATIONS, resize_to
-from ..models._supernet import is_supernet
+from ..models import is_supernet
 from ..loss import KD_LOSSES, create_kd_loss
 from ._teacher import TeacherSpec, create_teacher, student_normalization, teacher_logits
 from .sampling import sandwich_subnets

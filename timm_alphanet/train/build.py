@@ -25,7 +25,7 @@ from ..layers.sync_bn import convert_sync_dynamic_bn
 from ..models import is_supernet
 from ..processes import check_world_size, has_accelerator_device
 from ..spaces import SearchSpace, WidthConfig
-from ..spaces._io import MAX_TEXT_BYTES, bounded_repr, parse_yaml
+from ..utils import MAX_TEXT_BYTES, bounded_repr, parse_yaml
 from ..task import AlphaDistillationTask, SandwichTask
 from .config import DEMO_SPACE, TrainConfig
 from .data import create_datasets, create_loaders, num_classes_of, set_transforms

@@ -23,8 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from safetensors.torch import load_file, save_file
 
-from ..sources import sha256_file
-from ..spaces._io import read_json_file, write_atomic
+from ..utils import read_json_file, replace_directory, sha256_file, write_atomic
 
 __all__ = ['CheckpointManager', 'TrainState', 'find_checkpoint', 'checkpoint_processes', 'load_checkpoint_extras',
            'no_space_left']
@@ -182,9 +181,7 @@ class CheckpointManager:
                     save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
                               str(tmp / EMA))
                 write_atomic(tmp / MANIFEST, json.dumps(_manifest(tmp, acc.num_processes), indent=2))
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
+                replace_directory(tmp, final)
         # every process keeps the same index (so `has` answers alike everywhere); the main one writes and prunes
         entries = [e for e in self.index['checkpoints'] if e['name'] != name]
         entries.append({'name': name, 'step': step, self.metric_name: metric})

@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union, get_args, get_ori
 import yaml
 
 from ..loss import KD_LOSSES, create_kd_loss
-from ..spaces._io import MAX_TEXT_BYTES, read_yaml_file
+from ..utils import MAX_TEXT_BYTES, read_yaml_file
 
 __all__ = ['DEMO_SPACE', 'MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
 

@@ -14,6 +14,8 @@ import torch
 from timm.data import Mixup, create_dataset, create_transform
 from torch.utils.data import DataLoader, Dataset
 
+from ..utils import staged_directory
+
 __all__ = ['DIGITS', 'SeededAugmentation', 'build_digits_folder', 'create_datasets', 'create_loaders', 'create_mixup',
            'default_cache_dir', 'num_classes_of', 'set_transforms']
 
@@ -42,22 +44,17 @@ def build_digits_folder(root: Optional[os.PathLike] = None, size: int = 32) -> P
         raise ImportError('--dataset sklearn/digits needs scikit-learn (pip install scikit-learn)') from e
     from PIL import Image
     digits = load_digits()
-    tmp = root.parent / f'.{root.name}.tmp{os.getpid()}'
     counts: Dict[int, int] = {}
-    for i, (img, label) in enumerate(zip(digits.images, digits.target)):
-        label = int(label)
-        n = counts.get(label, 0)
-        counts[label] = n + 1
-        split = 'validation' if n % 5 == 4 else 'train'
-        d = tmp / split / str(label)
-        d.mkdir(parents=True, exist_ok=True)
-        pil = Image.fromarray((img * (255.0 / 16.0)).round().astype('uint8'), mode='L')
-        pil.resize((size, size), Image.BICUBIC).convert('RGB').save(d / f'{i:04d}.png')
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process finished first
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_directory(root, if_exists='keep') as tmp:  # another process may finish first: keep its folder
+        for i, (img, label) in enumerate(zip(digits.images, digits.target)):
+            label = int(label)
+            n = counts.get(label, 0)
+            counts[label] = n + 1
+            split = 'validation' if n % 5 == 4 else 'train'
+            d = tmp / split / str(label)
+            d.mkdir(parents=True, exist_ok=True)
+            pil = Image.fromarray((img * (255.0 / 16.0)).round().astype('uint8'), mode='L')
+            pil.resize((size, size), Image.BICUBIC).convert('RGB').save(d / f'{i:04d}.png')
     return root
 
 

@@ -25,7 +25,7 @@ from ..export.extract import extract_subnet
 from ..export.folder import model_metadata, read_config, staged_folder, write_model_folder
 from ..export.subnets import calibrate_with_recipe, calibration_images
 from ..models import is_supernet
-from ..sources import sha256_file
+from ..utils import sha256_file
 from .build import PREPROCESSING
 from .checkpoint import no_space_left
 from .config import TrainConfig

@@ -27,7 +27,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from ..evaluation import evaluate, validate_subnets
 from ..models import is_supernet
-from ..spaces._io import write_atomic
+from ..utils import replace_symlink, write_atomic
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
                     build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
 from .checkpoint import CheckpointManager, TrainState, checkpoint_processes, find_checkpoint, load_checkpoint_extras
@@ -249,12 +249,8 @@ def _link_latest(run_dir: Path, output: Path) -> None:
     if link.exists() and not link.is_symlink():
         logging.getLogger(__name__).warning(f'WARNING: {link} is not a link; not pointing it at the new run')
         return
-    tmp = output / f'.{LATEST}.{os.getpid()}.tmp'
     try:
-        if tmp.is_symlink():
-            tmp.unlink()
-        os.symlink(os.path.relpath(run_dir, output), tmp)
-        os.replace(tmp, link)
+        replace_symlink(link, os.path.relpath(run_dir, output))
     except OSError as e:  # a file system without symbolic links
         logging.getLogger(__name__).warning(f'WARNING: could not link {link} to the run ({e})')
 

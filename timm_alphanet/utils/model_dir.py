@@ -8,14 +8,14 @@ messages that name the file.
 """
 import os
 import struct
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Tuple
 
-from .spaces._io import display_path, read_json_file, regular_file_size, short_message
+from .files import PathLike, regular_file_size
+from .messages import display_path, short_message
+from .trees import read_json_file
 
 __all__ = ['MAX_CONFIG_BYTES', 'MAX_SAFETENSORS_HEADER', 'check_safetensors', 'check_model_dir',
            'check_model_spec']
-
-PathLike = Union[str, os.PathLike]
 
 MAX_CONFIG_BYTES = 1 << 20  # a timm config.json is ~1 KB (more with a search space in model_args)
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit on its JSON header

@@ -1,15 +1,16 @@
-"""The bounded readers of `timm_alphanet.spaces._io`: limits, measures and one-line messages.
+"""The bounded readers of `timm_alphanet.utils`: limits, measures and one-line messages.
 
 The same readers under hostile files (bombs, huge or corrupt files, with time and memory bounds) are in
 test_hostile_files.py."""
 import collections
+import os
 import json
 import random
 
 import pytest
 import yaml
 
-from timm_alphanet.spaces._io import (
+from timm_alphanet.utils import (
     bounded_repr, check_tree, display_path, parse_json, parse_yaml, read_bounded_bytes, read_json_file,
     read_text_file, read_yaml_file)
 
@@ -137,7 +138,7 @@ def test_read_files(tmp_path):
 
 
 def test_write_atomic_writes_exactly_and_leaves_nothing_on_failure(tmp_path):
-    from timm_alphanet.spaces._io import write_atomic
+    from timm_alphanet.utils import write_atomic
     write_atomic(tmp_path / 'a.csv', 'x,y\r\n1,2\r\n')
     assert (tmp_path / 'a.csv').read_bytes() == b'x,y\r\n1,2\r\n'  # no newline translation
     write_atomic(tmp_path / 'a.csv', b'\x00\x01')
@@ -145,3 +146,70 @@ def test_write_atomic_writes_exactly_and_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(TypeError):
         write_atomic(tmp_path / 'a.csv', 3)  # fails mid-write: the old file stays, no temp file is left
     assert (tmp_path / 'a.csv').read_bytes() == b'\x00\x01' and sorted(p.name for p in tmp_path.iterdir()) == ['a.csv']
+
+
+def test_write_atomic_never_writes_through_a_planted_link(tmp_path):
+    # links planted for every temp name a predictable writer might use, and one at the target itself
+    import os
+    from timm_alphanet.utils import write_atomic
+    outside = tmp_path / 'outside.txt'
+    outside.write_text('keep')
+    folder = tmp_path / 'folder'
+    folder.mkdir()
+    for pid in range(os.getpid() - 2, os.getpid() + 3):
+        os.symlink(outside, folder / f'.config.json.tmp{pid}')
+    os.symlink(outside, folder / 'config.json')
+    write_atomic(folder / 'config.json', '{}')
+    assert outside.read_text() == 'keep'
+    assert not (folder / 'config.json').is_symlink() and (folder / 'config.json').read_text() == '{}'
+    mode = (folder / 'config.json').stat().st_mode & 0o777
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask  # not the private mode of a temp file
+
+
+def test_staged_directory_is_all_or_nothing(tmp_path):
+    from timm_alphanet.utils import staged_directory
+    target = tmp_path / 'out'
+    with pytest.raises(RuntimeError):
+        with staged_directory(target) as tmp:
+            (tmp / 'a').write_text('1')
+            raise RuntimeError('crash mid-write')
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written, no temp folder
+    with staged_directory(target) as tmp:
+        (tmp / 'a').write_text('1')
+    assert (target / 'a').read_text() == '1'
+    with staged_directory(target) as tmp:  # 'replace': the new folder, whole
+        (tmp / 'b').write_text('2')
+    assert sorted(p.name for p in target.iterdir()) == ['b']
+    with staged_directory(target, if_exists='keep') as tmp:  # 'keep': a finished cache stays as it is
+        (tmp / 'c').write_text('3')
+    assert sorted(p.name for p in target.iterdir()) == ['b'] and sorted(p.name for p in tmp_path.iterdir()) == ['out']
+    with pytest.raises(ValueError, match="if_exists must be 'replace' or 'keep', got 'merge'"):
+        with staged_directory(target, if_exists='merge'):
+            pass
+
+
+def test_replace_symlink_points_the_link_anew(tmp_path):
+    from timm_alphanet.utils import replace_symlink
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    replace_symlink(tmp_path / 'latest', 'a')
+    replace_symlink(tmp_path / 'latest', 'b')
+    assert os.readlink(tmp_path / 'latest') == 'b' and sorted(p.name for p in tmp_path.iterdir()) == ['a', 'b', 'latest']
+
+
+def test_sha256_file_matches_hashlib_on_bytes_over_several_chunks(tmp_path):
+    import hashlib
+    from timm_alphanet.utils import sha256_file
+    data = bytes(random.Random(0).getrandbits(8) for _ in range(10_000))
+    (tmp_path / 'w').write_bytes(data)
+    assert sha256_file(tmp_path / 'w', chunk=4096) == hashlib.sha256(data).hexdigest()
+
+
+def test_append_jsonl_appends_whole_lines(tmp_path):
+    from timm_alphanet.utils import append_jsonl
+    path = tmp_path / 'log.jsonl'
+    append_jsonl(path, {'a': 1})
+    append_jsonl(path, {'b': [1, 2]})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{'a': 1}, {'b': [1, 2]}]

@@ -1,21 +1,17 @@
-"""Plain-value helpers shared across the package: numbers from numpy/torch scalars, bounded reprs, the common
-start of every `from_dict`. Plain Python (no numpy or torch import): numpy and torch scalars are recognised by the
-protocols they implement (`__index__`, `numbers.Real`).
+"""Checks of plain values from files and callers: ints, floats, int lists, mappings; numpy/torch scalars are recognised
+by the protocols they implement (`__index__`, `numbers.Real`), so this module imports neither. Messages name the
+value and what is allowed, quoting the value through `bounded_repr`.
 """
 import math
 import numbers
 import operator
-import reprlib
-from typing import Any, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-__all__ = ['plain_number', 'plain_items', 'as_int', 'as_float', 'short_repr', 'short_text', 'instance_or_mapping']
+from .messages import bounded_repr
+
+__all__ = ['plain_number', 'plain_items', 'as_int', 'as_float', 'int_tuple', 'check_int', 'instance_or_mapping']
 
 T = TypeVar('T')
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = 60
-_REPR.maxother = 60
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 12  # an arch list has up to 9 entries
 
 
 def plain_number(value: Any) -> Any:
@@ -44,7 +40,7 @@ def as_int(name: str, value: Any, minimum: Optional[int] = None) -> int:
     """`value` as a Python int (numpy/torch integers too; bools and floats are refused), at least `minimum`."""
     value = plain_number(value)
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        raise ValueError(f'{name} must be an int{"" if minimum is None else f" >= {minimum}"}, got {short_repr(value)}')
+        raise ValueError(f'{name} must be an int{"" if minimum is None else f" >= {minimum}"}, got {bounded_repr(value)}')
     return value
 
 
@@ -59,18 +55,8 @@ def as_float(name: str, value: Any, low: float = -math.inf, high: float = math.i
         and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
     if not ok:
         interval = f'{"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
-        raise ValueError(f'{name} must be a number in {interval}, got {short_repr(value)}')
+        raise ValueError(f'{name} must be a number in {interval}, got {bounded_repr(value)}')
     return float(value)
-
-
-def short_repr(value: Any) -> str:
-    """repr(value), truncated, for error messages (a value from a file or a caller may be arbitrarily large)."""
-    return _REPR.repr(value)
-
-
-def short_text(text: str, limit: int = 200) -> str:
-    """`text` (e.g. a path), shortened in the middle to at most about `limit` characters, for messages."""
-    return text if len(text) <= limit else f'{text[:limit // 2]}...{text[-(limit // 2 - 3):]}'
 
 
 def instance_or_mapping(value: Any, cls: Type[T], what: str) -> Union[T, Mapping[str, Any]]:
@@ -82,3 +68,26 @@ def instance_or_mapping(value: Any, cls: Type[T], what: str) -> Union[T, Mapping
     if isinstance(value, cls) or isinstance(value, Mapping):
         return value
     raise ValueError(f'{what} must be a {cls.__name__} or a dict, got {type(value).__name__}')
+
+
+def int_tuple(name: str, value: Any) -> Tuple[int, ...]:
+    """`value` as a tuple of ints (integral floats accepted), or a ValueError naming `name` and the bad entry."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f'{name} must be a list of ints, got {bounded_repr(value)}')
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise ValueError(f'{name} must contain ints, got {bounded_repr(v)} at index {i} of '
+                                 f'{bounded_repr(value)}')
+        out.append(v)
+    return tuple(out)
+
+
+def check_int(name: str, value: Any) -> int:
+    """`value` if it is an int (not a bool), else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'{name} must be an int, got {bounded_repr(value)}')
+    return value

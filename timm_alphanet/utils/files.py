@@ -1,0 +1,222 @@
+"""Files: bounded reading of what users hand us, the one atomic writer, hashing and the append-only JSON lines log;
+no torch.
+
+Every file we read may be truncated, forged or huge: its size is checked before reading (and again while reading),
+text must be UTF-8, and errors are `ValueError` (`FileNotFoundError` for a missing file) with a one-line message
+that starts with the file name. Everything we write goes through `write_atomic` (whole files) or `append_jsonl`
+(one record per write), so a crash never leaves half a file.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
+
+from .messages import bounded_repr, display_path
+
+__all__ = ['MAX_TEXT_BYTES', 'PathLike', 'regular_file_size', 'read_bounded_bytes', 'read_text_file', 'write_atomic',
+           'replace_directory', 'staged_directory', 'replace_symlink', 'sha256_file', 'append_jsonl']
+
+PathLike = Union[str, os.PathLike]
+
+MAX_TEXT_BYTES = 1 << 20  # configs, arch files and config.json are a few KB; 1 MiB parses in ~3 s at worst
+
+
+def _with_article(what: str) -> str:
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
+def regular_file_size(path: PathLike, what: str = 'file') -> int:
+    """The size of `path`, checked to be an existing regular file (not a directory, FIFO or device).
+
+    Raises:
+        TypeError: `path` is not a str or os.PathLike.
+        FileNotFoundError: it does not exist.
+        ValueError: it is a directory or not a regular file, or cannot be examined.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f'{what} must be a path (str or os.PathLike), got {type(path).__name__}')
+    name = display_path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{what} not found: {name}') from None
+    except (OSError, ValueError) as e:  # ValueError: embedded NUL
+        raise ValueError(f'{name}: cannot read the {what}: {getattr(e, "strerror", None) or e}') from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f'{name}: is a directory, not {_with_article(what)}')
+    if not stat.S_ISREG(st.st_mode):  # FIFOs and devices can block or never end
+        raise ValueError(f'{name}: not a regular file, so not {_with_article(what)}')
+    return st.st_size
+
+
+def read_bounded_bytes(path: PathLike, max_bytes: int, what: str = 'file') -> bytes:
+    """The content of a regular file of at most `max_bytes` bytes.
+
+    Args:
+        path: the file.
+        max_bytes: refuse larger files (checked before reading, and again while reading).
+        what: what the file is, for messages (e.g. 'arch file').
+
+    Raises:
+        TypeError: `path` is not a str or os.PathLike.
+        FileNotFoundError: it does not exist.
+        ValueError: it is a directory or not a regular file, cannot be read, or is too large.
+    """
+    size = regular_file_size(path, what)
+    name = display_path(path)
+    too_large = f'{name}: too large for {_with_article(what)} ({{}} bytes; at most {max_bytes})'
+    if size > max_bytes:
+        raise ValueError(too_large.format(size))
+    try:
+        with open(path, 'rb') as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since stat()
+    except OSError as e:
+        raise ValueError(f'{name}: cannot read the {what}: {e.strerror or e}') from None
+    if len(data) > max_bytes:
+        raise ValueError(too_large.format(f'more than {max_bytes}'))
+    return data
+
+
+def read_text_file(path: PathLike, max_bytes: int = MAX_TEXT_BYTES, what: str = 'file') -> str:
+    """A UTF-8 text file of at most `max_bytes` bytes (see `read_bounded_bytes`); invalid UTF-8 is a ValueError."""
+    data = read_bounded_bytes(path, max_bytes, what)
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{display_path(path)}: not a UTF-8 text file (invalid byte at offset {e.start}), '
+                         f'so not {_with_article(what)}') from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
+    """Write `data` to `path` through a hidden temp file beside it, synced, then renamed: readers and a crash never
+    see half a file, and a failed write leaves no temp file behind.
+
+    The temp file gets an unpredictable name and is created exclusively (`tempfile.mkstemp`: O_EXCL), so a link
+    planted beside the target is never written through; the rename replaces a link at `path` itself, never the
+    file it points to.
+    """
+    path = os.fspath(path)
+    head, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=head or '.')
+    try:
+        # text as given: no newline translation, so every platform writes the same bytes
+        with os.fdopen(fd, 'wb') as f:
+            if not isinstance(data, (str, bytes)):
+                raise TypeError(f'write_atomic writes str or bytes, got {type(data).__name__}')
+            f.write(data if isinstance(data, bytes) else data.encode('utf-8'))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; it should look like any other
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def replace_directory(staged: PathLike, directory: PathLike) -> None:
+    """Move the finished folder `staged` to `directory`, replacing what is there: the old folder is moved aside
+    first and put back if the move fails, so `directory` is at every moment either the old folder or the new one.
+    `staged` and `directory` must be on one file system (make `staged` beside `directory`)."""
+    staged, directory = Path(staged), Path(directory)
+    if not (directory.exists() or directory.is_symlink()):
+        os.replace(staged, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', suffix='.old', dir=directory.parent))
+    try:
+        os.replace(directory, old / 'x')
+        try:
+            os.replace(staged, directory)
+        except BaseException:
+            os.replace(old / 'x', directory)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_directory(directory: PathLike, if_exists: str = 'replace',
+                     before_replace: Optional[Callable[[], None]] = None) -> Iterator[Path]:
+    """Yield an empty hidden folder beside `directory` that becomes `directory` when the block ends without an
+    exception; on any exception (a full disk, Ctrl-C) it is removed and `directory` is left as it was.
+
+    Args:
+        directory: the folder to produce.
+        if_exists: 'replace' an existing `directory` (`replace_directory`), or 'keep' it and drop ours (a cache
+            another process finished first).
+        before_replace: called just before the move (e.g. to check again that `directory` may be replaced).
+    """
+    if if_exists not in ('replace', 'keep'):
+        raise ValueError(f"if_exists must be 'replace' or 'keep', got {bounded_repr(if_exists)}")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', suffix='.tmp', dir=directory.parent))
+    try:
+        yield staged
+        mask = _umask()  # mkdtemp (and some writers) make files private; the result should look like any folder
+        os.chmod(staged, 0o777 & ~mask)
+        for f in staged.iterdir():
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o666 & ~mask)
+        if before_replace is not None:
+            before_replace()
+        if if_exists == 'keep' and (directory.exists() or directory.is_symlink()):
+            return
+        if if_exists == 'keep':
+            try:
+                os.replace(staged, directory)
+            except OSError:  # another process finished first (a non-empty folder cannot be replaced)
+                pass
+        else:
+            replace_directory(staged, directory)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def replace_symlink(link: PathLike, target: str) -> None:
+    """Point the symbolic link `link` at `target` (as given, e.g. relative), replacing an old link atomically.
+
+    Raises:
+        OSError: the file system has no symbolic links.
+    """
+    link = Path(link)
+    tmp = link.parent / f'.{link.name}.{secrets.token_hex(8)}.tmp'  # symlink() refuses an existing name
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    finally:
+        if tmp.is_symlink():
+            tmp.unlink()
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file's bytes, read in chunks (weights may be GBs)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def append_jsonl(path: PathLike, record: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single write, then fsync: a crash leaves at most a torn last line, which readers
+    of the log skip."""
+    data = (json.dumps(record, separators=(',', ':')) + '\n').encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
