@@ -1,8 +1,11 @@
 """Latency tables: every distinct layer of a space is timed (checked against brute-force enumeration), a
-prediction is the sum of the table's entries, foreign spaces/devices/files are refused, and the CLI works."""
+prediction is the sum of the table's entries, foreign spaces/devices/files are refused, and the CLI works; a build
+records and reports how noisy the machine was (a deterministic fake clock stands in for load), a forged negative or
+non-finite entry is refused, and validate warns (or with --strict fails) when predictions are off."""
 import itertools
 import json
 import random
+import statistics
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from timm_alphanet import SearchSpace, SubnetConfig
 from timm_alphanet.cli.latency import main as latency_main
 from timm_alphanet.cost import LatencyTable, subnet_ops
 from timm_alphanet.cost.latency import (OVERHEAD, LatencyValidation, TimingConfig, _op_calls, build_latency_table,
-                                        distinct_ops, op_signature)
+                                        distinct_ops, op_signature, validate_latency_table)
 from timm_alphanet.models.alphanet import AlphaNet
 
 TINY = {'resolutions': [16, 20], 'first_conv': {'c': [8, 16], 's': 2},
@@ -23,6 +26,8 @@ DEEP = {'resolutions': [16], 'first_conv': {'c': [8]},
         'mb2': {'c': [16, 24], 'd': [1], 'k': [3, 5], 't': [2], 's': 1},
         'mb3': {'c': [16, 24], 'd': [2], 'k': [3], 't': [3], 's': 2, 'se': True}, 'last_conv': {'c': [16]}}
 FAST = TimingConfig(warmup=0, repeats=2, trim=0.0)
+# FAST's cold, unwarmed runs are rightly reported as noise; the tests that are about noise check it themselves
+pytestmark = pytest.mark.filterwarnings('ignore::timm_alphanet.cost.latency.NoisyLatencyWarning')
 
 
 def _all_archs(space):
@@ -136,3 +141,194 @@ def test_cli_build_and_validate(tmp_path, capsys):
         latency_main(['build', '--space', str(tmp_path / 'none'), '--output', str(out)])
     assert e.value.code == 2
     assert "'alphanet', 'demo'" in capsys.readouterr().err
+
+
+# ---- noise: a table knows when it was timed on a busy machine, never predicts negative, validate warns
+
+class FakeClock:
+    """A deterministic stand-in for `time.perf_counter`: readings 1 ms apart, each gap `growth` longer than the
+    one before (a machine slowing down as load arrives) and, with `jitter`, every 4th gap 5x (preemptions)."""
+
+    def __init__(self, growth: float = 0.0, jitter: bool = False):
+        self.growth, self.jitter, self.n, self.t = growth, jitter, 0, 0.0
+
+    def __call__(self) -> float:
+        self.n += 1
+        self.t += 1e-3 * (1 + self.growth * self.n) * (5 if self.jitter and self.n % 4 == 0 else 1)
+        return self.t
+
+
+TIMED = TimingConfig(warmup=1, repeats=8, trim=0.25)
+
+
+def test_a_noisy_build_is_recorded_and_warned_with_its_figures(tmp_path, monkeypatch):
+    from timm_alphanet.cost import latency
+    monkeypatch.setattr(latency, '_clock', FakeClock(growth=1e-3, jitter=True))
+    with pytest.warns(latency.NoisyLatencyWarning) as caught:
+        table = build_latency_table(DEEP, threads=1, num_classes=3, timing=TIMED, progress=False)
+    noise = table.noise
+    # a quarter of every entry's repeats are 5x: (p90 - p10) / median = 400 %; the reference op's lower quartile
+    # ignores the jitter but follows the growth
+    assert noise['spread_median_pct'] == pytest.approx(400, rel=0.05)
+    assert noise['spread_p90_pct'] > latency.SPREAD_LIMIT_PCT
+    ref = noise['reference_ms']
+    assert len(ref) == len(list(latency._covering_archs(table.space))) + 1 and ref == sorted(ref)
+    assert noise['reference_drift_pct'] == pytest.approx(100 * (statistics.median(ref[-3:]) / statistics.median(ref[:3])
+                                                                - 1))
+    assert noise['reference_drift_pct'] > latency.REFERENCE_LIMIT_PCT
+    message = str(caught[0].message)
+    assert message == table.noise_warning()
+    assert message.startswith('timings are noisy: a tenth of the entries spread by '
+                              f'{noise["spread_p90_pct"]:.0f} % or more between repeats')
+    assert f'the reference op took {noise["reference_drift_pct"]:.0f} % longer at the end than at the start' in message
+    assert f'its time moving by {noise["reference_range_pct"]:.0f} % over {len(ref)} checks' in message
+    assert message.endswith('rebuild on a quiet machine')
+    table.save(tmp_path / 'lut.json')
+    assert LatencyTable.load(tmp_path / 'lut.json').noise == noise
+    with pytest.raises(ValueError, match=r'^timings are noisy: .* \(\(p90-p10\)/median; limit 100 %\)'):
+        build_latency_table(DEEP, threads=1, num_classes=3, timing=TIMED, progress=False, on_noise='raise')
+
+
+def test_a_steady_build_is_quiet_and_never_negative(monkeypatch):
+    import warnings
+
+    from timm_alphanet.cost import latency
+    monkeypatch.setattr(latency, '_clock', FakeClock())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', latency.NoisyLatencyWarning)
+        table = build_latency_table(DEEP, threads=1, num_classes=3, timing=TIMED, progress=False)
+    assert table.noise_warning() is None
+    assert table.noise['spread_max_pct'] == pytest.approx(0, abs=1e-6)
+    assert table.noise['reference_range_pct'] == pytest.approx(0, abs=1e-6)
+    # every op takes one tick and so does the whole plain forward: the measured overhead is negative, and
+    # clamped, so no subnet is predicted faster than its ops
+    assert table.noise['overhead_measured_ms'] < 0 and table.entries[OVERHEAD] == 0
+    space = table.space
+    assert all(table.predict(space.sample(random.Random(i))) > 0 for i in range(5))
+
+
+def test_cli_build_warns_or_refuses_when_noisy(tmp_path, monkeypatch, capsys):
+    from timm_alphanet.cost import latency
+    space_file = tmp_path / 'deep.yaml'
+    SearchSpace.from_dict(DEEP).to_yaml(space_file)
+    args = ['build', '--space', str(space_file), '--threads', '1', '--num-classes', '3', '--warmup', '1',
+            '--repeats', '8', '--no-progress', '--output']
+    monkeypatch.setattr(latency, '_clock', FakeClock(growth=1e-3, jitter=True))
+    assert latency_main([*args, str(tmp_path / 'strict.json'), '--strict']) == 1
+    err = capsys.readouterr().err
+    assert not (tmp_path / 'strict.json').exists()
+    assert err.startswith('alphanet-latency: error: timings are noisy: a tenth of the entries spread by ')
+    assert 'longer at the end than at the start' in err and 'strict.json not written' in err
+    monkeypatch.setattr(latency, '_clock', FakeClock(growth=1e-3, jitter=True))
+    assert latency_main([*args, str(tmp_path / 'warned.json')]) == 0
+    out, err = capsys.readouterr()
+    noise = LatencyTable.load(tmp_path / 'warned.json').noise
+    assert f'{noise["spread_p90_pct"]:.0f} % at the 90th percentile' in out
+    assert err.startswith('alphanet-latency: WARNING: timings are noisy: a tenth of the entries spread by '
+                          f'{noise["spread_p90_pct"]:.0f} % or more')
+    monkeypatch.setattr(latency, '_clock', FakeClock())
+    assert latency_main([*args, str(tmp_path / 'quiet.json'), '--strict']) == 0
+    out, err = capsys.readouterr()
+    assert err == '' and 'noise: entries spread (p90-p10)/median 0 % median' in out
+
+
+def _hand_table(space_spec=DEEP, num_classes=3):
+    space = SearchSpace.from_dict(space_spec)
+    entries = {sig: 0.25 for sig in distinct_ops(space, num_classes)}
+    entries[OVERHEAD] = 0.1
+    return LatencyTable(space, num_classes, 3, {'type': 'cpu', 'name': 'x', 'threads': 1, 'dtype': 'float32',
+                                                'memory_format': 'contiguous', 'batch_size': 1}, FAST, entries)
+
+
+@pytest.mark.parametrize('path, value, message', [
+    (('entries', OVERHEAD, 'ms'), -0.5, r'entry Overhead\(model\) has ms -0.5$'),
+    (('entries', 'first', 'ms'), float('nan'), r'entry BlockOp\(.*\) has ms nan$'),
+    (('entries', 'first', 'ms'), float('inf'), r'entry BlockOp\(.*\) has ms inf$'),
+    (('entries', 'first', 'std_ms'), -1.0, r'entry BlockOp\(.*\) has std_ms -1.0$'),
+    (('num_classes',), float('inf'), r'num_classes must be an integer >= 0, got inf$'),
+    (('noise', 'reference_drift_pct'), float('nan'), r'noise reference_drift_pct is nan$'),
+    (('noise', 'reference_ms'), [1.0, -2.0], r'noise reference_ms has -2.0$'),
+    (('noise',), 'loud', r'noise is a str, not a mapping$'),
+])
+def test_a_forged_table_with_a_bad_value_is_refused(tmp_path, path, value, message):
+    data = _hand_table().to_dict()
+    data['noise'] = {'reference_ms': [1.0, 1.1], 'reference_drift_pct': 10.0}
+    node = data
+    for key in path[:-1]:
+        node = node[next(k for k in node if k.startswith('BlockOp'))] if key == 'first' else node[key]
+    node[path[-1]] = value
+    (tmp_path / 'forged.json').write_text(json.dumps(data))  # NaN and Infinity, as Python's json writes them
+    with pytest.raises(ValueError, match=r'^\S*forged.json: malformed latency table: ' + message) as e:
+        LatencyTable.load(tmp_path / 'forged.json')
+    assert '\n' not in str(e.value)
+
+
+def test_validation_warning_by_hand():
+    arch = [None] * 4
+    assert LatencyValidation(arch, [1.0, 2.0, 3.0, 4.0], [1.05, 1.9, 3.1, 4.0]).warning() is None
+    off = LatencyValidation(arch, [3.0, 6.0, 9.0, 12.0], [1.0, 2.0, 3.0, 4.0])
+    assert off.warning().startswith('the predictions are 200.0 % off (MAPE; limit 10 %): rebuild the table on a '
+                                    'quiet machine')
+    busy = LatencyValidation(arch, [1.0] * 4, [2.0] * 4, reference_change_pct=80.0)
+    assert 'the reference op took 80 % longer now than when the table was built' in busy.warning()
+    noisy = LatencyValidation(arch, [1.0] * 4, [2.0] * 4, table_noise='timings are noisy: X')
+    assert noisy.warning().endswith('; its build recorded that timings are noisy: X')
+
+
+def test_cli_validate_warns_when_predictions_are_off(tmp_path, monkeypatch, capsys):
+    from timm_alphanet.cost import latency
+    table = _hand_table()
+    table.noise = {'reference_ms': [1.0, 1.0]}
+    table.device = latency.device_info('cpu', 1)
+    table.save(tmp_path / 'true.json')
+    table.entries = {k: 3 * v for k, v in table.entries.items()}
+    table.save(tmp_path / 'x3.json')
+    # a device on which the unscaled table is exact: the scaled one predicts 3x, 200 % off
+    truth = LatencyTable.load(tmp_path / 'true.json')
+    monkeypatch.setattr(latency, 'measure_subnet', lambda t, arch, timing=None: truth.predict(arch))
+    monkeypatch.setattr(latency._Reference, 'time', lambda self: 1.0)
+    args = ['validate', '--samples', '3', '--no-progress']
+    assert latency_main([*args, str(tmp_path / 'x3.json')]) == 0
+    out, err = capsys.readouterr()
+    assert 'MAPE 200.00 %' in out
+    assert err == ('alphanet-latency: WARNING: the predictions are 200.0 % off (MAPE; limit 10 %): rebuild the '
+                   'table on a quiet machine with the settings you deploy with (threads, batch, dtype, layout) and '
+                   'validate it quietly; if it stays off, this device does not add layers up (time whole subnets '
+                   'instead)\n')
+    assert latency_main([*args, str(tmp_path / 'x3.json'), '--strict']) == 1
+    assert capsys.readouterr().err.startswith('alphanet-latency: error: the predictions are 200.0 % off')
+    assert latency_main([*args, str(tmp_path / 'true.json'), '--strict']) == 0
+    out, err = capsys.readouterr()
+    assert 'MAPE 0.00 %' in out and err == ''
+    # the machine got busier since the build: the reference op says so
+    monkeypatch.setattr(latency._Reference, 'time', lambda self: 1.5)
+    assert latency_main([*args, str(tmp_path / 'x3.json')]) == 0
+    assert 'the reference op took 50 % longer now than when the table was built' in capsys.readouterr().err
+
+
+def test_cli_validate_of_a_real_table_scaled_3x(tmp_path, capsys):
+    """Real timings (tolerant: a loaded machine moves the MAPE either way): the warning appears exactly when the
+    printed MAPE is over the limit, and names it."""
+    from timm_alphanet.cost import latency
+    table = build_latency_table(DEEP, threads=1, num_classes=3, timing=TimingConfig(2, 5, 0.2), progress=False,
+                                on_noise='ignore')
+    table.entries = {k: 3 * v for k, v in table.entries.items()}
+    table.save(tmp_path / 'x3.json')
+    assert latency_main(['validate', str(tmp_path / 'x3.json'), '--samples', '3', '--no-progress']) == 0
+    out, err = capsys.readouterr()
+    mape = float(out.split('MAPE ')[1].split(' %')[0])
+    if mape > latency.MAPE_LIMIT_PCT:
+        assert err.startswith(f'alphanet-latency: WARNING: the predictions are {mape:.1f} % off (MAPE; limit 10 %)')
+    else:
+        assert 'the predictions are' not in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_a_cuda_table_adds_up_to_the_whole_forward():
+    table = build_latency_table(DEEP, device='cuda', num_classes=3, timing=TimingConfig(10, 30, 0.25),
+                                progress=False, on_noise='ignore')
+    assert table.missing() == [] and all(v >= 0 for v in table.entries.values())
+    result = validate_latency_table(table, samples=6, progress=False)
+    # per-op CUDA events add up to the pipelined forward; a synchronize per op overshot it by a launch latency
+    # per op, which at batch 1 for a model this small is most of its time
+    assert result.mape < 30, result.format()

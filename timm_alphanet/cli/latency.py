@@ -2,6 +2,9 @@
 
     alphanet-latency build --space alphanet --device cpu --batch-size 1 --threads 4 --output lut.json
     alphanet-latency validate lut.json --samples 30
+
+Both warn on stderr when the timings cannot be trusted (a noisy machine while building; predictions off by more
+than the MAPE limit while validating); with --strict they exit 1 instead (build then writes no table).
 """
 import argparse
 import os
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--dtype', default='float32', choices=('float32', 'float16', 'bfloat16'))
     _timing_args(b, defaults=True)
     b.add_argument('--output', required=True, help='the table to write (JSON)')
+    b.add_argument('--strict', action='store_true',
+                   help='exit 1 without writing the table when the timings were noisy (the spread of the repeats or '
+                        "the reference op's drift over its limit), instead of warning")
     b.add_argument('--no-progress', action='store_true', help='no progress bar')
     v = sub.add_parser('validate', formatter_class=HelpFormatter,
                        help='measure random subnets end to end and compare with the predictions')
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument('--samples', type=int_at_least(2), default=30, help='random subnets to measure')
     v.add_argument('--seed', type=int, default=0, help='seed of the random subnets')
     _timing_args(v, defaults=False)
+    v.add_argument('--strict', action='store_true',
+                   help='exit 1 when the predictions are off by more than the MAPE limit, instead of warning')
     v.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -64,11 +72,10 @@ def _timing_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
 
 def _space(text: str, num_classes: Optional[int]) -> Tuple[object, int]:
     """(space, num_classes) for --space."""
-    from ..archs import ALPHANET_SPACE, resolve_space
+    from ..archs import ALPHANET_SPACE, DEMO_SPACE, resolve_space
     if text == 'alphanet':
         return ALPHANET_SPACE, 1000 if num_classes is None else num_classes
     if text == 'demo':
-        from ..train.config import DEMO_SPACE
         return resolve_space(DEMO_SPACE), 10 if num_classes is None else num_classes
     if text.lower().endswith(('.yaml', '.yml')):
         if not os.path.isfile(text):
@@ -85,7 +92,8 @@ def _space(text: str, num_classes: Optional[int]) -> Tuple[object, int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console script ``alphanet-latency``; exits with status 2 and a one-line message on bad input."""
+    """Console script ``alphanet-latency``; exits with status 2 and a one-line message on bad input, and with
+    --strict, 1 when the timings cannot be trusted (a noisy build, predictions over the MAPE limit)."""
     args = build_parser().parse_args(argv)
 
     def run() -> int:
@@ -94,17 +102,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ..cost.latency import (DEVICE_TYPES, LatencyTable, TimingConfig, build_latency_table,
                                     validate_latency_table)
         from ..processes import check_device
+
+        def problem(text: str) -> int:
+            """Report untrustworthy timings: exit status 1 with --strict, else a warning and 0."""
+            label = 'error' if args.strict else 'WARNING'
+            print(f'{PROG}: {label}: {text}', file=sys.stderr, flush=True)
+            return 1 if args.strict else 0
+
         if args.command == 'build':
             check_device(args.device, DEVICE_TYPES)  # before the space (maybe a supernet) is read
             space, num_classes = _space(args.space, args.num_classes)
             timing = TimingConfig(args.warmup, args.repeats, args.trim)
             table = build_latency_table(space, args.device, args.batch_size, args.threads, args.channels_last,
-                                        args.dtype, num_classes, timing=timing, progress=not args.no_progress)
+                                        args.dtype, num_classes, timing=timing, progress=not args.no_progress,
+                                        on_noise='ignore')
+            noisy = table.noise_warning()
+            if noisy and args.strict:
+                return problem(f'{noisy} ({args.output} not written)')
             table.save(args.output)
             d = table.device
             print(f'{args.output}: {len(table.entries)} entries, {d["type"]} {d["name"]!r}, {d["threads"]} threads, '
                   f'{d["dtype"]}, {d["memory_format"]}, batch {d["batch_size"]}')
-            return 0
+            print(table.format_noise())
+            return problem(noisy) if noisy else 0
         table = LatencyTable.load(args.table)
         given = {k: getattr(args, k) for k in ('warmup', 'repeats', 'trim') if getattr(args, k) is not None}
         timing = replace(table.timing, **given)
@@ -113,6 +133,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'{args.table}: {d["type"]} {d["name"]!r}, {d["threads"]} threads, {d["dtype"]}, {d["memory_format"]}, '
               f'batch {d["batch_size"]}')
         print(result.format())
+        off = result.warning()
+        if off:
+            return problem(off)
+        if result.table_noise:  # the predictions held up this time, but the table's figures were noisy
+            print(f'{PROG}: WARNING: the table was built on a noisy machine: {result.table_noise}', file=sys.stderr)
         return 0
 
     return user_errors_exit(PROG, run)

@@ -8,7 +8,14 @@ end-to-end measurements of random subnets (MAPE and Kendall tau).
 
 once-for-all ships such tables (YAML per resolution) but not the code that builds them; HAT's builder times whole
 subnets. Neither is a library we can call, so the timing protocol here is written out: warm-up runs, then
-`repeats` timed runs, the slowest and fastest `trim` fraction dropped, the mean of the rest.
+`repeats` timed runs, the slowest and fastest `trim` fraction dropped, the mean of the rest. On CPU each op is
+timed with the clock inside a whole forward; on CUDA each op is bracketed by CUDA events recorded in the stream
+(no synchronize between ops), so the ops run pipelined as in a real forward and their times add up to it.
+
+A build also records how noisy the machine was (`LatencyTable.noise`): the spread of each entry's repeats, and a
+fixed reference op timed before, between and after the models (a change in its time is the machine changing).
+`LatencyTable.noise_warning` and `LatencyValidation.warning` say, with the measured figures, when a table or a
+validation should not be trusted.
 """
 import itertools
 import json
@@ -17,6 +24,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -27,17 +35,44 @@ from tqdm.auto import tqdm
 from ..archs import SpaceSpec, resolve_space
 from ..models.alphanet import AlphaNet
 from ..spaces import SearchSpace, SubnetConfig
-from ..utils import read_json_file, write_atomic
+from ..utils import import_optional, read_json_file, write_atomic
 from .ops import Op, subnet_ops
 
-__all__ = ['LatencyTable', 'TimingConfig', 'LatencyValidation', 'op_signature', 'distinct_ops', 'device_info',
-           'time_forward', 'build_latency_table', 'measure_subnet', 'validate_latency_table', 'FORMAT']
+__all__ = ['LatencyTable', 'TimingConfig', 'LatencyValidation', 'NoisyLatencyWarning', 'op_signature', 'distinct_ops',
+           'device_info', 'time_forward', 'build_latency_table', 'measure_subnet', 'validate_latency_table', 'FORMAT',
+           'SPREAD_LIMIT_PCT', 'REFERENCE_LIMIT_PCT', 'MAPE_LIMIT_PCT']
 
 FORMAT = 'timm_alphanet.latency/1'
 MAX_TABLE_BYTES = 8 << 20  # the full AlphaNet space's table is ~0.2 MB
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 DEVICE_TYPES = ('cpu', 'cuda')
 OVERHEAD = 'Overhead(model)'  # the entry for what a model's forward costs beyond its ops (container calls)
+
+# Noise limits, from builds of the demo space (default timing, 1 thread) on a 2-core CPU VM that other jobs shared.
+# The spread of an entry is (p90 - p10) / median of its repeats. Quiet, the median entry spread by 17-21 % and the
+# 90th percentile of entries by 29-50 %; with one CPU-bound process beside the build, by 33-138 % and 890-1020 %;
+# with two, 52-310 % and 1480-3130 %. A limit of 100 % at the 90th percentile is twice the quiet figure and a tenth
+# of the loaded one; the 90th percentile rather than the worst entry, because the worst of many entries is large
+# even when quiet (86-159 % of 133 entries here, and the full space has thousands).
+SPREAD_LIMIT_PCT = 100.0
+# The reference op is timed before, between and after the models. A single check can catch a passing burst (one
+# of 33 came out 30 % slow on a quiet machine), so the drift compares the median of the first three checks with
+# that of the last three, and the range is p10-p90 of the checks: quiet, both stayed within 4 %; load that
+# stopped halfway through a build moved them 10-12 %. A machine 20 % slower for part of a build leaves those
+# entries 20 % high, which alone can bring a table to the 10 % MAPE limit below.
+REFERENCE_LIMIT_PCT = 20.0
+# A quiet demo table predicts within 3-7 % (MAPE) on CPU; built under load, 41-84 % off. Search compares
+# candidates a few percent apart, and per-layer tables in the literature (FBNet, once-for-all) report errors of a
+# few percent; beyond 10 % the predictions are not worth searching with.
+MAPE_LIMIT_PCT = 10.0
+MIN_SPREAD_SAMPLES = 5  # fewer repeats of an entry give no meaningful p10/p90
+REFERENCE_WARMUP, REFERENCE_REPEATS = 3, 20
+REFERENCE_OP = 'Conv2d(32, 32, 3, padding=1), float32, batch 1, 32x56x56'
+_clock = time.perf_counter  # every CPU-side timing reads this (tests substitute a deterministic clock)
+
+
+class NoisyLatencyWarning(UserWarning):
+    """A latency table was timed on a machine too noisy to trust it (the message has the measured figures)."""
 
 
 def op_signature(op: Op) -> str:
@@ -131,10 +166,10 @@ def time_forward(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, timing: Tim
     _sync(x.device)
     samples = []
     for _ in range(timing.repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn(x)
         _sync(x.device)
-        samples.append((time.perf_counter() - t0) * 1e3)
+        samples.append((_clock() - t0) * 1e3)
     return _trimmed_mean(samples, timing.trim)
 
 
@@ -212,6 +247,52 @@ def _trimmed_mean(samples: List[float], trim: float) -> Tuple[float, float]:
     return mean, math.sqrt(sum((s - mean) ** 2 for s in kept) / len(kept))
 
 
+def _quantile(sorted_values: List[float], q: float) -> float:
+    """The `q` quantile of sorted values, linearly interpolated (numpy's default)."""
+    i = q * (len(sorted_values) - 1)
+    lo = int(i)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (i - lo)
+
+
+def _relative_spread(samples: List[float]) -> Optional[float]:
+    """(p90 - p10) / median of `samples`, or None for too few samples (or a zero median)."""
+    if len(samples) < MIN_SPREAD_SAMPLES:
+        return None
+    v = sorted(samples)
+    median = _quantile(v, 0.5)
+    return (_quantile(v, 0.9) - _quantile(v, 0.1)) / median if median > 0 else None
+
+
+class _Reference:
+    """A fixed conv, timed between models: the same work each time, so a change in its time is the machine
+    changing (load starting or stopping, clock throttling). Always float32 and batch 1: it watches the machine,
+    not the table's settings."""
+
+    def __init__(self, device: torch.device):
+        gen = torch.Generator().manual_seed(0)
+        conv = nn.Conv2d(32, 32, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+            conv.bias.zero_()
+        self.conv = conv.to(device).eval()
+        self.x = torch.randn(1, 32, 56, 56, generator=gen).to(device)
+
+    @torch.inference_mode()
+    def time(self) -> float:
+        """Its time in ms: the lower quartile of its repeats, which a one-off preemption does not move."""
+        for _ in range(REFERENCE_WARMUP):
+            self.conv(self.x)
+        _sync(self.x.device)
+        samples = []
+        for _ in range(REFERENCE_REPEATS):
+            t0 = _clock()
+            self.conv(self.x)
+            _sync(self.x.device)
+            samples.append((_clock() - t0) * 1e3)
+        return _quantile(sorted(samples), 0.25)
+
+
 @torch.inference_mode()
 def _time_in_context(model: AlphaNet, arch: SubnetConfig, x: torch.Tensor, timing: 'TimingConfig'
                      ) -> Tuple[List[List[float]], float]:
@@ -225,17 +306,129 @@ def _time_in_context(model: AlphaNet, arch: SubnetConfig, x: torch.Tensor, timin
     per_op: List[List[float]] = [[] for _ in calls]
     totals = []
     for rep in range(timing.warmup + timing.repeats):
-        h, stamps = x, [time.perf_counter()]
-        for call in calls:
-            h = call(h)
-            _sync(x.device)
-            stamps.append(time.perf_counter())
+        durations = _cuda_op_times(calls, x) if x.device.type == 'cuda' else _clock_op_times(calls, x)
         if rep >= timing.warmup:
-            for i, (a, b) in enumerate(zip(stamps, stamps[1:])):
-                per_op[i].append((b - a) * 1e3)
-            totals.append((stamps[-1] - stamps[0]) * 1e3)
+            for i, d in enumerate(durations):
+                per_op[i].append(d)
+            totals.append(sum(durations))
     plain = time_forward(model, x, TimingConfig(0, timing.repeats, timing.trim))[0]
     return per_op, plain - _trimmed_mean(totals, timing.trim)[0]
+
+
+def _clock_op_times(calls: List[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor) -> List[float]:
+    """One forward through `calls`, each op's wall time (ms) read from the clock after it."""
+    h, stamps = x, [_clock()]
+    for call in calls:
+        h = call(h)
+        _sync(x.device)
+        stamps.append(_clock())
+    return [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]
+
+
+def _cuda_op_times(calls: List[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor) -> List[float]:
+    """One forward through `calls`, each op's time (ms) between CUDA events recorded in the stream around it.
+
+    No synchronize between ops: the host launches ahead as in a real forward, so the GPU runs the ops pipelined,
+    and an op's time is when the GPU finished it minus when it finished the previous one (including any wait for
+    its launch). The times add up to the GPU's span of the whole forward; a synchronize after every op would add
+    a launch latency per op and overshoot it.
+    """
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream(x.device)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(len(calls) + 1)]
+        h = x
+        events[0].record(stream)
+        for call, event in zip(calls, events[1:]):
+            h = call(h)
+            event.record(stream)
+        events[-1].synchronize()
+        return [a.elapsed_time(b) for a, b in zip(events, events[1:])]
+
+
+def _finite(value: Any, what: str, minimum: Optional[float] = None) -> float:
+    """`value` as a float; ValueError naming it unless it is a finite number (>= `minimum`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (minimum is not None and value < minimum):
+        raise ValueError(f'{what} {value!r:.40}')
+    return float(value)
+
+
+def _count(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f'{what} must be an integer >= {minimum}, got {value!r:.40}')
+    return value
+
+
+_NOISE_FIGURES = ('spread_median_pct', 'spread_p90_pct', 'spread_max_pct', 'reference_drift_pct',
+                  'reference_range_pct', 'overhead_measured_ms')
+
+
+def _read_noise(n: Any) -> Dict[str, Any]:
+    """A table file's noise record, checked (numbers finite, the signature bounded); unknown keys are dropped."""
+    if not isinstance(n, Mapping):
+        raise ValueError(f'noise is a {type(n).__name__}, not a mapping')
+    out: Dict[str, Any] = {}
+    for key in _NOISE_FIGURES:
+        if n.get(key) is not None:
+            out[key] = _finite(n[key], f'noise {key} is', minimum=None if key in (
+                'reference_drift_pct', 'overhead_measured_ms') else 0)
+    if n.get('reference_ms') is not None:
+        ref = n['reference_ms']
+        if not isinstance(ref, list):
+            raise ValueError(f'noise reference_ms is a {type(ref).__name__}, not a list')
+        out['reference_ms'] = [_finite(v, 'noise reference_ms has', minimum=0) for v in ref]
+    for key in ('spread_max_entry', 'reference_op'):
+        if n.get(key) is not None:
+            out[key] = str(n[key])[:1000]
+    return out
+
+
+def _noise_record(samples: Mapping[str, List[float]], reference_ms: List[float], overhead: float
+                  ) -> Dict[str, Any]:
+    """The figures `LatencyTable.noise` describes, from each entry's samples and the reference checkpoints."""
+    spreads = {sig: r for sig, r in ((sig, _relative_spread(v)) for sig, v in samples.items()) if r is not None}
+    noise: Dict[str, Any] = {'spread_median_pct': None, 'spread_p90_pct': None, 'spread_max_pct': None,
+                             'spread_max_entry': None}
+    if spreads:
+        ordered = sorted(spreads.values())
+        worst = max(spreads, key=spreads.get)
+        noise.update(spread_median_pct=100 * _quantile(ordered, 0.5), spread_p90_pct=100 * _quantile(ordered, 0.9),
+                     spread_max_pct=100 * spreads[worst], spread_max_entry=worst)
+    noise.update(reference_op=REFERENCE_OP, reference_ms=list(reference_ms), reference_drift_pct=None,
+                 reference_range_pct=None, overhead_measured_ms=overhead)
+    if len(reference_ms) >= 2 and min(reference_ms) > 0:
+        # medians of the first and last few checks and p10-p90 of all: a single passing burst is not drift
+        k = min(3, max(1, len(reference_ms) // 2))
+        start, end = _quantile(sorted(reference_ms[:k]), 0.5), _quantile(sorted(reference_ms[-k:]), 0.5)
+        ordered = sorted(reference_ms)
+        low, high = _quantile(ordered, 0.1), _quantile(ordered, 0.9)
+        noise['reference_drift_pct'] = 100 * (end - start) / start
+        noise['reference_range_pct'] = 100 * (high - low) / low
+    return noise
+
+
+def _noise_problem(noise: Mapping[str, Any]) -> Optional[str]:
+    """The warning for a noise record over the limits (`SPREAD_LIMIT_PCT`, `REFERENCE_LIMIT_PCT`), or None."""
+    problems = []
+    p90 = noise.get('spread_p90_pct')
+    worst = max(p90 or 0.0, noise.get('spread_max_pct') or 0.0)  # a file may carry one figure without the other
+    if p90 is not None and p90 > SPREAD_LIMIT_PCT:
+        problems.append(f'a tenth of the entries spread by {p90:.0f} % or more between repeats, up to {worst:.0f} % '
+                        f'((p90-p10)/median; limit {SPREAD_LIMIT_PCT:.0f} %)')
+    drift, span = noise.get('reference_drift_pct') or 0.0, noise.get('reference_range_pct')
+    if span is not None and max(span, abs(drift)) > REFERENCE_LIMIT_PCT:
+        checks = len(noise.get('reference_ms') or ())
+        end = (f'{abs(drift):.0f} % {"longer" if drift >= 0 else "less"} at the end than at the start (medians of '
+               f'the first and last checks)')
+        if abs(drift) > REFERENCE_LIMIT_PCT:
+            problems.append(f'the reference op took {end}, its time moving by {span:.0f} % over {checks} checks '
+                            f'(p10-p90; limit {REFERENCE_LIMIT_PCT:.0f} %)')
+        else:
+            problems.append(f'the reference op\'s time moved by {span:.0f} % over {checks} checks during the build '
+                            f'(p10-p90; limit {REFERENCE_LIMIT_PCT:.0f} %; {drift:+.0f} % end vs start)')
+    if not problems:
+        return None
+    return 'timings are noisy: ' + '; '.join(problems) + ': rebuild on a quiet machine'
 
 
 @dataclass
@@ -246,6 +439,12 @@ class LatencyTable:
         space: the space it was built for; num_classes, in_chans: of the model whose head and stem it timed.
         device: `device_info` of the measuring device. timing: the `TimingConfig` used.
         entries: op signature -> trimmed mean in ms. spread: op signature -> standard deviation in ms.
+        noise: how noisy the build was (`_noise_record`; empty for a table made by hand): `spread_*_pct`, the
+            median, 90th percentile and maximum over entries of (p90 - p10) / median of an entry's repeats (%),
+            `spread_max_entry`; `reference_ms`, the reference op's time at each checkpoint (start, after each
+            model), `reference_drift_pct` (the median of the last three checks vs that of the first three) and
+            `reference_range_pct` ((p90 - p10) / p10 of the checks);
+            `overhead_measured_ms`, the model overhead as measured, before a negative one was clamped to 0.
     """
     space: SearchSpace
     num_classes: int
@@ -255,6 +454,30 @@ class LatencyTable:
     entries: Dict[str, float]
     spread: Dict[str, float] = field(default_factory=dict)
     source: str = ''  # the file it was read from, for messages
+    noise: Dict[str, Any] = field(default_factory=dict)
+
+    def noise_warning(self) -> Optional[str]:
+        """Why the table's timings should not be trusted, with the measured figures; None when they look quiet."""
+        problem = _noise_problem(self.noise)
+        if problem and self.timing.warmup == 0:
+            problem += ', with a warm-up (each model\'s first, cold run was timed too)'
+        return problem
+
+    def format_noise(self) -> str:
+        """The noise record in one line."""
+        n = self.noise
+        if not n:
+            return 'noise: not recorded'
+        def pct(key: str, sign: str = '') -> str:
+            return '?' if n.get(key) is None else f'{n[key]:{sign}.0f}'
+        parts = []
+        if n.get('spread_p90_pct') is not None:
+            parts.append(f"entries spread (p90-p10)/median {pct('spread_median_pct')} % median, "
+                         f"{pct('spread_p90_pct')} % at the 90th percentile, {pct('spread_max_pct')} % worst")
+        if n.get('reference_range_pct') is not None:
+            parts.append(f"reference op {pct('reference_drift_pct', '+')} % end vs start, range "
+                         f"{pct('reference_range_pct')} %")
+        return 'noise: ' + ('; '.join(parts) or 'too few repeats to judge')
 
     def missing(self, space: Optional[SearchSpace] = None, num_classes: Optional[int] = None,
                 in_chans: Optional[int] = None) -> List[str]:
@@ -289,7 +512,8 @@ class LatencyTable:
     def to_dict(self) -> Dict[str, Any]:
         return {'format': FORMAT, 'space': self.space.to_dict(), 'num_classes': self.num_classes,
                 'in_chans': self.in_chans, 'device': dict(self.device), 'timing': asdict(self.timing),
-                'entries': {k: {'ms': v, 'std_ms': self.spread.get(k)} for k, v in sorted(self.entries.items())}}
+                'entries': {k: {'ms': v, 'std_ms': self.spread.get(k)} for k, v in sorted(self.entries.items())},
+                'noise': dict(self.noise)}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = '') -> 'LatencyTable':
@@ -303,20 +527,23 @@ class LatencyTable:
         try:
             space = SearchSpace.from_dict(d['space'])
             timing = TimingConfig(**d['timing'])
+            num_classes = _count(d['num_classes'], 'num_classes', 0)
+            in_chans = _count(d['in_chans'], 'in_chans', 1)
             entries, spread = {}, {}
             for sig, e in d['entries'].items():
-                ms = e['ms']
-                if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) \
-                        or (ms < 0 and sig != OVERHEAD):
-                    raise ValueError(f'entry {str(sig)[:200]} has ms {ms!r:.40}')
-                entries[str(sig)], spread[str(sig)] = float(ms), e.get('std_ms')
+                # negative entries would predict negative latencies (the build clamps the overhead at 0)
+                entries[str(sig)] = _finite(e['ms'], f'entry {str(sig)[:200]} has ms', minimum=0)
+                std = e.get('std_ms')
+                spread[str(sig)] = None if std is None else _finite(std, f'entry {str(sig)[:200]} has std_ms',
+                                                                    minimum=0)
             device = dict(d['device'])
             for key in ('type', 'name', 'threads', 'dtype', 'memory_format', 'batch_size'):
                 if key not in device:
                     raise ValueError(f'device record is missing {key!r}')
+            noise = _read_noise(d.get('noise') or {})  # absent in tables written before it was recorded
         except (TypeError, KeyError, AttributeError, ValueError) as e:
             raise ValueError(f'{where}: malformed latency table: {str(e)[:300]}') from None
-        return cls(space, int(d['num_classes']), int(d['in_chans']), device, timing, entries, spread, source)
+        return cls(space, num_classes, in_chans, device, timing, entries, spread, source, noise)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write JSON atomically (temp file, then rename)."""
@@ -348,6 +575,7 @@ def build_latency_table(
         in_chans: int = 3,
         timing: TimingConfig = TimingConfig(),
         progress: bool = True,
+        on_noise: str = 'warn',
 ) -> LatencyTable:
     """Time every distinct op of `space` (default AlphaNet's) on `device` and return the table.
 
@@ -361,25 +589,45 @@ def build_latency_table(
         num_classes, in_chans: of the models whose latency the table predicts (the stem and head depend on them).
         timing: warm-up, repeats and trimming.
         progress: show a progress bar.
+        on_noise: when the machine was too noisy (`LatencyTable.noise_warning`): 'warn' (a
+            `NoisyLatencyWarning`), 'raise' (ValueError) or 'ignore' (the caller reads `noise_warning`).
+
+    Raises:
+        ValueError: bad settings, or with on_noise='raise', timings too noisy (the message has the figures).
     """
+    if on_noise not in ('warn', 'raise', 'ignore'):
+        raise ValueError(f"on_noise must be 'warn', 'raise' or 'ignore', got {on_noise!r:.40}")
     space = resolve_space(space)
     info = device_info(device, threads, dtype, channels_last, batch_size)
     samples: Dict[str, List[float]] = {}
-    overheads = []
+    overheads, reference_ms = [], []
     with _Settings(info) as settings:
+        reference = _Reference(torch.device(info['type']))
+        reference_ms.append(reference.time())
         for arch in tqdm(list(_covering_archs(space)), desc='timing layers', disable=not progress, leave=False):
             model = settings.place(AlphaNet(arch, space, num_classes=num_classes, in_chans=in_chans))
             per_op, overhead = _time_in_context(model, arch, settings.input(in_chans, arch.resolution), timing)
             for op, durations in zip(subnet_ops(arch, space, num_classes, in_chans), per_op):
                 samples.setdefault(op_signature(op), []).extend(durations)
             overheads.append(overhead)
+            reference_ms.append(reference.time())  # after every model: load that comes and goes shows as a range
     stats = {sig: _trimmed_mean(v, timing.trim) for sig, v in samples.items()}
     entries = {sig: m for sig, (m, _) in stats.items()}
     spread = {sig: sd for sig, (_, sd) in stats.items()}
-    # the median over archs (one difference of two noisy means per arch, so outliers are expected); negative
-    # where the device overlaps consecutive ops that the per-op timing had to separate (a GPU's async launches)
-    entries[OVERHEAD] = sorted(overheads)[len(overheads) // 2]
-    return LatencyTable(space, num_classes, in_chans, info, timing, entries, spread)
+    # the median over archs (one difference of two noisy means per arch, so outliers are expected). It can come out
+    # negative: on CPU the instrumented forward's clock reads cost about what the containers' calls do, so noise
+    # decides the sign; a negative overhead made tiny subnets' predictions negative, so it is clamped at 0 (and
+    # the measured value kept in the noise record)
+    measured_overhead = sorted(overheads)[len(overheads) // 2]
+    entries[OVERHEAD] = max(0.0, measured_overhead)
+    table = LatencyTable(space, num_classes, in_chans, info, timing, entries, spread,
+                         noise=_noise_record(samples, reference_ms, measured_overhead))
+    problem = table.noise_warning()
+    if problem and on_noise == 'raise':
+        raise ValueError(problem)
+    if problem and on_noise == 'warn':
+        warnings.warn(problem, NoisyLatencyWarning, stacklevel=2)
+    return table
 
 
 def measure_subnet(table: LatencyTable, arch: Union[SubnetConfig, Mapping[str, Any]],
@@ -393,10 +641,17 @@ def measure_subnet(table: LatencyTable, arch: Union[SubnetConfig, Mapping[str, A
 
 @dataclass
 class LatencyValidation:
-    """Predicted vs measured latency of sampled subnets."""
+    """Predicted vs measured latency of sampled subnets.
+
+    `reference_change_pct`: how much longer (%) the reference op took while validating than when the table was
+    built (None for a table without that record): a busier or different machine now than then.
+    `table_noise`: the table's own `noise_warning`, if any.
+    """
     archs: List[SubnetConfig]
     predicted: List[float]
     measured: List[float]
+    reference_change_pct: Optional[float] = None
+    table_noise: Optional[str] = None
 
     @property
     def mape(self) -> float:
@@ -406,8 +661,27 @@ class LatencyValidation:
     @property
     def kendall_tau(self) -> float:
         """Rank agreement of predicted and measured latency (scipy's tau-b)."""
-        from scipy.stats import kendalltau
-        return float(kendalltau(self.predicted, self.measured).statistic)
+        stats = import_optional('scipy.stats', "a latency table's rank agreement (Kendall tau)")
+        return float(stats.kendalltau(self.predicted, self.measured).statistic)
+
+    def warning(self) -> Optional[str]:
+        """What is wrong and what to do when the MAPE is over `MAPE_LIMIT_PCT`; None when it is within."""
+        mape = self.mape
+        if mape <= MAPE_LIMIT_PCT:
+            return None
+        text = f'the predictions are {mape:.1f} % off (MAPE; limit {MAPE_LIMIT_PCT:.0f} %)'
+        change = self.reference_change_pct
+        if change is not None and abs(change) > REFERENCE_LIMIT_PCT:
+            text += (f': the reference op took {abs(change):.0f} % {"longer" if change > 0 else "less"} now than '
+                     f'when the table was built, so this machine is {"busier" if change > 0 else "quieter"} now '
+                     f'than then (or not the same): validate, or rebuild, when it is quiet')
+        elif self.table_noise:
+            text += f'; its build recorded that {self.table_noise}'
+        else:
+            text += (': rebuild the table on a quiet machine with the settings you deploy with (threads, batch, '
+                     'dtype, layout) and validate it quietly; if it stays off, this device does not add layers up '
+                     '(time whole subnets instead)')
+        return text
 
     def format(self) -> str:
         lines = ['| # | resolution | depths | predicted ms | measured ms | error % |', '|---|---|---|---|---|---|']
@@ -422,6 +696,9 @@ def validate_latency_table(table: LatencyTable, samples: int = 30, seed: int = 0
                            timing: Optional[TimingConfig] = None, progress: bool = True) -> LatencyValidation:
     """Measure `samples` random subnets (seeded) end to end and compare with the table's predictions.
 
+    The reference op is timed before and after the measurements; their mean against the table's first
+    reference time is `LatencyValidation.reference_change_pct`.
+
     Raises:
         ValueError: the table was measured on another device, or `samples` < 2.
     """
@@ -431,7 +708,13 @@ def validate_latency_table(table: LatencyTable, samples: int = 30, seed: int = 0
     rng = random.Random(seed)
     archs = [table.space.sample(rng) for _ in range(samples)]
     predicted = [table.predict(a) for a in archs]
+    with _Settings(table.device):
+        reference = _Reference(torch.device(table.device['type']))
+        before = reference.time()
     measured = [measure_subnet(table, a, timing) for a in tqdm(archs, desc='measuring subnets',
                                                                  disable=not progress, leave=False)]
-    return LatencyValidation(archs, predicted, measured)
-
+    with _Settings(table.device):
+        now = (before + reference.time()) / 2
+    built = (table.noise.get('reference_ms') or [None])[0]
+    change = 100 * (now - built) / built if built else None
+    return LatencyValidation(archs, predicted, measured, change, table.noise_warning())
