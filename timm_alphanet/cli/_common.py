@@ -1,7 +1,7 @@
 """What every console script shares: user errors become one line on stderr and exit code 2.
 
 The library raises `ValueError` / `FileNotFoundError` / `TypeError` (and `pickle.UnpicklingError` for refused
-checkpoints) naming the bad value; only here do they turn into exit codes. Anything else is a bug and keeps
+checkpoints, `MissingExtraError` for an extra that is not installed) naming the bad value; only here do they turn into exit codes. Anything else is a bug and keeps
 its traceback.
 """
 import argparse
@@ -9,10 +9,12 @@ import pickle
 import sys
 from typing import Callable, NoReturn, Tuple, Type
 
+from ..utils import MissingExtraError
+
 __all__ = ['USER_ERRORS', 'MAX_MESSAGE', 'HelpFormatter', 'int_at_least', 'fail', 'user_errors_exit']
 
 USER_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                                PermissionError, TypeError, pickle.UnpicklingError)
+                                                PermissionError, TypeError, pickle.UnpicklingError, MissingExtraError)
 MAX_MESSAGE = 2000  # a backstop: library messages are bounded already, a console line should be too
 
 

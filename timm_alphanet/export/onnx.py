@@ -4,9 +4,10 @@ from typing import Any, Dict, Union
 
 import torch
 
+from ..utils import import_optional
 from .timing import describe_device, images_per_second
 
-__all__ = ['OnnxCheckError', 'export_onnx', 'ONNX_ATOL']
+__all__ = ['OnnxCheckError', 'export_onnx', 'require_onnx', 'ONNX_ATOL']
 
 ONNX_ATOL = 1e-4  # largest max-abs logit difference onnxruntime vs torch that passes
 
@@ -15,13 +16,11 @@ class OnnxCheckError(ValueError):
     """onnxruntime's logits differ from torch's by more than the tolerance."""
 
 
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ValueError('ONNX export needs onnx, onnxscript and onnxruntime: pip install "timm_alphanet[onnx]"') \
-            from None
-    return onnxruntime
+def require_onnx():
+    """onnxruntime, after checking that ONNX export's packages are installed (`MissingExtraError` names the extra)."""
+    for name in ('onnx', 'onnxscript'):  # torch.onnx.export(dynamo=True) imports them; check before any work
+        import_optional(name, 'ONNX export')
+    return import_optional('onnxruntime', 'ONNX export')
 
 
 @torch.no_grad()
@@ -39,9 +38,9 @@ def export_onnx(model: torch.nn.Module, path: Union[str, os.PathLike], resolutio
 
     Raises:
         OnnxCheckError: onnxruntime disagrees with torch by more than `atol`.
-        ValueError: onnxruntime is not installed.
+        MissingExtraError: onnx, onnxscript or onnxruntime is not installed.
     """
-    ort = _onnxruntime()
+    ort = require_onnx()
     model = model.eval().cpu()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_chans, resolution, resolution, generator=g)

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import numpy as np
 
 from ..spaces import SearchSpace, SubnetConfig
+from ..utils import import_optional
 from .evolution import Record, arch_key
 from .pareto import crowding_distance, non_dominated_sort, objective_vector
 
@@ -36,9 +37,9 @@ class AccuracyPredictor:
     seed; a small MLP ranked held-out archs no better in our trials and is slower to fit)."""
 
     def __init__(self, space: SearchSpace, seed: int = 0):
-        from sklearn.ensemble import GradientBoostingRegressor
+        ensemble = import_optional('sklearn.ensemble', 'the accuracy predictor (--predictor)')
         self.space = space
-        self.model = GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
+        self.model = ensemble.GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
                                                random_state=seed)
 
     def fit(self, archs: Sequence[SubnetConfig], top1: Sequence[float]) -> 'AccuracyPredictor':

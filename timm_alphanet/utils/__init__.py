@@ -5,6 +5,7 @@ from .files import (
     replace_symlink, sha256_file, staged_directory, write_atomic,
 )
 from .messages import MAX_REPR, bounded_repr, display_path, short_message
+from .optional import EXTRAS, MissingExtraError, import_optional
 from .model_dir import MAX_CONFIG_BYTES, MAX_SAFETENSORS_HEADER, check_model_dir, check_model_spec, check_safetensors
 from .trees import (
     INT_HASH_MODULUS, MAX_DEPTH, MAX_NODES, check_tree, parse_json, parse_yaml, read_json_file, read_yaml_file,
@@ -13,8 +14,9 @@ from .values import as_float, as_int, check_int, instance_or_mapping, int_tuple,
 
 __all__ = [
     'MAX_CONFIG_BYTES', 'MAX_DEPTH', 'MAX_NODES', 'MAX_REPR', 'MAX_SAFETENSORS_HEADER', 'MAX_TEXT_BYTES',
-    'INT_HASH_MODULUS', 'PathLike', 'append_jsonl', 'as_float', 'as_int', 'bounded_repr', 'check_int',
-    'check_model_dir', 'check_model_spec', 'check_safetensors', 'check_tree', 'display_path', 'instance_or_mapping',
+    'EXTRAS', 'INT_HASH_MODULUS', 'MissingExtraError', 'PathLike', 'append_jsonl', 'as_float', 'as_int', 'bounded_repr', 'check_int',
+    'check_model_dir', 'check_model_spec', 'check_safetensors', 'check_tree', 'display_path', 'import_optional',
+    'instance_or_mapping',
     'int_tuple', 'parse_json', 'parse_yaml', 'plain_items', 'plain_number', 'read_bounded_bytes', 'read_json_file',
     'read_text_file', 'read_yaml_file', 'regular_file_size', 'replace_directory', 'replace_symlink', 'sha256_file',
     'short_message', 'staged_directory', 'write_atomic',
