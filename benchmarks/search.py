@@ -21,12 +21,11 @@ from torch.utils.data import TensorDataset
 import timm_alphanet  # noqa: F401  (registers the models)
 from _results import add_json_argument, write_json
 from _timing import timed
-from timm_alphanet.archs import resolve_space
+from timm_alphanet.archs import DEMO_SPACE, resolve_space
 from timm_alphanet.calibration import CalibrationRecipe, resize_to
 from timm_alphanet.search import EvolutionConfig, SearchConfig, run_search
-from timm_alphanet.search.runner import _Scorer
+from timm_alphanet.search.scoring import Scorer
 from timm_alphanet.testing import randomize_bn_stats
-from timm_alphanet.train.config import DEMO_SPACE
 
 # space -> (space spec, classes, calibration images, selection images, batch)
 SETTINGS = {
@@ -63,7 +62,7 @@ def bench_space(name, candidates, threads):
     targets = torch.randint(0, classes, (n_sel,), generator=gen)
     rng = random.Random(0)
     archs = sorted((space.sample(rng) for _ in range(candidates)), key=lambda a: a.resolution)  # runner order
-    scorer = _Scorer(supernet, calib, images, targets, batch, batch)
+    scorer = Scorer(supernet, calib, images, targets, batch, batch)
     scorer.top1(archs[0])  # warm-up (allocator, first-call costs)
     floor(supernet, archs[0], calib, images, batch)
     cost, pure = [], []

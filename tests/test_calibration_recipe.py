@@ -44,3 +44,22 @@ def test_resize_to_is_identity_at_size_and_bicubic_otherwise():
     assert resize_to(x, 8) is x
     ref = torch.nn.functional.interpolate(x, size=(5, 5), mode='bicubic', align_corners=False)
     torch.testing.assert_close(resize_to(x, 5), ref, rtol=0, atol=0)
+
+
+def test_recipe_for_takes_what_is_not_given_from_the_model():
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from timm_alphanet.calibration import mean_std_of, recipe_for
+    from timm_alphanet.testing.tiny import tiny_supernet
+
+    bare = torch.nn.Conv2d(3, 4, 1)  # no pretrained_cfg: timm's ImageNet defaults, the recipe's own defaults
+    assert mean_std_of(bare) == (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    assert recipe_for(bare) == CalibrationRecipe()
+    bare.pretrained_cfg = {'mean': [0.5] * 3, 'std': [0.25] * 3, 'crop_pct': 1.0, 'interpolation': 'bilinear',
+                           'input_size': (3, 40, 40)}
+    assert recipe_for(bare, seed=None, num_images=8) == CalibrationRecipe(
+        num_images=8, image_size=40, interpolation='bilinear', crop_pct=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    supernet = tiny_supernet(seed=0)  # a supernet calibrates at its largest resolution
+    assert recipe_for(supernet).image_size == max(supernet.space.resolutions)
+    with pytest.raises(ValueError, match=r"unknown calibration recipe keys \['batches'\]"):
+        recipe_for(bare, batches=2)

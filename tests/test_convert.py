@@ -7,9 +7,13 @@ import timm
 import torch
 import yaml
 from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, SearchSpace, SubnetConfig, load_original_checkpoint
+from timm_alphanet.calibration import CalibrationRecipe, recipe_for
 from timm_alphanet.cli.convert import main
+from timm_alphanet.data import build_digits_folder, open_image_dataset
 from timm_alphanet.original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
 from timm_alphanet.export import extract_subnet
+from timm_alphanet.calibration import calibration_images
+from timm_alphanet.export.subnets import export_subnets, resolve_requests
 from timm_alphanet.models import AlphaNet, AlphaNetSupernet
 from timm_alphanet.original import (
     UnsafeCheckpointError, convert_original_state_dict, layout_from_supernet_config, read_original_checkpoint)
@@ -185,7 +189,8 @@ def test_missing_files(tmp_path, small_ckpt, capsys):
     for argv, message in [
         ([str(tmp_path / 'nope.pth')], 'checkpoint not found'),
         ([str(small_ckpt), '--config', str(tmp_path / 'nope.yml')], 'config file not found'),
-        ([str(small_ckpt), '--subnets', 'min', '--calib-data', str(tmp_path / 'none')], 'calibration data not found'),
+        ([str(small_ckpt), '--subnets', 'min', '--calib-data', str(tmp_path / 'none')],
+         f'calibration data {tmp_path / "none"}: not found'),
     ]:
         with pytest.raises(SystemExit) as info:
             main(argv + ['--out', str(tmp_path / 'out'), '--no-progress'])
@@ -258,7 +263,7 @@ def test_cli_small_space_uncalibrated(small_ckpt, tmp_path, capsys):
         with torch.no_grad():
             torch.testing.assert_close(model(x), supernet(x), rtol=0, atol=1e-5, msg=name)
         card = (directory / 'README.md').read_text()
-        assert 'UNCALIBRATED' in card and 'calibrate_bn' in card
+        assert 'UNCALIBRATED' in card and 'alphanet-convert --calib-data' in card
     meta = json.loads((out / 'conversion.json').read_text())
     assert [s['name'] for s in meta['subnets']] == ['min', 'max', 'mine']
     assert all(s['calibration'] is None for s in meta['subnets'])
@@ -267,7 +272,7 @@ def test_cli_small_space_uncalibrated(small_ckpt, tmp_path, capsys):
 def test_cli_small_space_calibrated(small_ckpt, calib_images, tmp_path, capsys):
     out = tmp_path / 'out'
     argv = [str(small_ckpt), '--out', str(out), '--subnets', 'min,max', '--calib-data', str(calib_images),
-            '--calib-batches', '2', '--calib-batch-size', '3', '--workers', '0', '--no-progress']
+            '--calib-images', '6', '--calib-batch-size', '3', '--workers', '0', '--no-progress']
     assert main(argv) == 0
     stdout = capsys.readouterr().out
     assert 'UNCALIBRATED' not in stdout
@@ -281,9 +286,16 @@ def test_cli_small_space_calibrated(small_ckpt, calib_images, tmp_path, capsys):
             assert torch.isfinite(value).all(), key
             assert not torch.allclose(value, uncalibrated[key]), key
         card = (directory / 'README.md').read_text()
-        assert 'calibrated on 2 batches' in card and 'uncalibrated' not in card.lower()
+        assert f'calibrated on 6 images of `{calib_images.name}`' in card and 'uncalibrated' not in card.lower()
     meta = json.loads((out / 'conversion.json').read_text())
-    assert meta['subnets'][0]['calibration']['batches'] == 2
+    # the recipe the flags name, the rest from the supernet (as alphanet-export fills it): its largest resolution,
+    # its pretrained_cfg's preprocessing
+    expected = recipe_for(supernet, num_images=6, batch_size=3)
+    assert expected.image_size == max(SMALL_SPACE.resolutions)
+    for record in meta['subnets']:
+        assert record['calibration'] == {'recipe': expected.to_dict(), 'data': calib_images.name, 'batches': 2}
+        folder_meta = json.loads((out / record['dir'] / 'config.json').read_text())['timm_alphanet']
+        assert folder_meta['calibration'] == record['calibration']
 
     # a fixed seed: the same statistics again
     assert main(argv[:2] + [str(tmp_path / 'again')] + argv[3:]) == 0
@@ -321,8 +333,8 @@ def test_named_arch_outside_the_space(small_ckpt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('extra, message', [
-    (['--calib-batches', '0'], 'expected a positive integer, got 0'),
-    (['--calib-batches', 'x'], "expected a positive integer, got 'x'"),
+    (['--calib-images', '0'], 'expected a positive integer, got 0'),
+    (['--calib-images', 'x'], "expected a positive integer, got 'x'"),
     (['--calib-batch-size', '-1'], 'expected a positive integer'),
     (['--workers', '-2'], 'expected a non-negative integer'),
 ])
@@ -334,7 +346,37 @@ def test_bad_numbers(small_ckpt, calib_images, tmp_path, capsys, extra, message)
 
 def test_calib_options_need_calib_data(small_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main([str(small_ckpt), '--out', str(tmp_path / 'o'), '--calib-batches', '8'])
-    assert '--calib-batches/--calib-batch-size need --calib-data' in capsys.readouterr().err
-    with pytest.raises(ValueError, match='calib_batches must be a positive integer'):
-        convert_checkpoint(small_ckpt, tmp_path / 'o', calib_batches=0)
+        main([str(small_ckpt), '--out', str(tmp_path / 'o'), '--calib-images', '8', '--calib-seed', '1'])
+    assert '--calib-images/--calib-seed need --calib-data' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='calibration num_images must be a positive integer, got 0'):
+        convert_checkpoint(small_ckpt, tmp_path / 'o', recipe={'num_images': 0})
+    with pytest.raises(ValueError, match=r"unknown calibration recipe keys \['batches'\]; allowed: \['split'"):
+        convert_checkpoint(small_ckpt, tmp_path / 'o', recipe={'batches': 2})
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    return build_digits_folder(tmp_path_factory.mktemp('data') / 'digits32')
+
+
+def test_convert_and_export_calibrate_identically(small_ckpt, digits, tmp_path):
+    """One recipe, one way to calibrate: alphanet-convert's subnets get exactly alphanet-export's BN statistics."""
+    recipe = CalibrationRecipe(num_images=12, batch_size=5, seed=3, image_size=64)  # batches of 5, 5 and 2
+    convert_checkpoint(small_ckpt, tmp_path / 'converted', subnets='min,max', calib_data=digits, recipe=recipe,
+                       workers=0, progress=False, log=lambda m: None)
+    supernet = load_original_checkpoint(small_ckpt)
+    images = calibration_images(open_image_dataset('', digits, recipe.split), recipe, progress=False)
+    export_subnets(supernet, resolve_requests(supernet.space, ['min', 'max']), tmp_path / 'exported',
+                   calib_images=images, recipe=recipe, calib_data=digits.name, measure_latency=False, progress=False)
+    for name in ('alphanet_min', 'alphanet_max'):
+        converted = timm.create_model(f'local-dir:{tmp_path / "converted" / name}', pretrained=True)
+        exported = timm.create_model(f'local-dir:{tmp_path / "exported" / name}', pretrained=True)
+        a, b = _bn_stats(converted), _bn_stats(exported)
+        assert a.keys() == b.keys() and a
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+        assert not all(torch.equal(v, _bn_stats(extract_subnet(supernet, converted.arch))[k]) for k, v in a.items())
+        recorded = [json.loads((tmp_path / d / name / 'config.json').read_text())['timm_alphanet']['calibration']
+                    for d in ('converted', 'exported')]
+        assert recorded[0] == recorded[1] == {'recipe': recipe.to_dict(), 'data': digits.name, 'batches': 3}

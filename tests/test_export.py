@@ -14,11 +14,12 @@ from torchvision import transforms
 from timm_alphanet import calibrate_bn, save_pretrained
 from timm_alphanet.calibration import CalibrationRecipe
 from timm_alphanet.cli.export import main as export_main
-from timm_alphanet.export.subnets import calibration_images, export_subnets, resolve_requests
+from timm_alphanet.calibration import calibration_images
+from timm_alphanet.export.subnets import export_subnets, resolve_requests
 from timm_alphanet.sources import load_supernet
 from timm_alphanet.testing.pareto import pareto_dict
 from timm_alphanet.testing.tiny import tiny_supernet
-from timm_alphanet.train.data import build_digits_folder
+from timm_alphanet.data import build_digits_folder
 
 
 @pytest.fixture(scope='module')
@@ -110,8 +111,9 @@ def test_pareto_export_carries_metrics_recipe_and_plot(tmp_path, digits, superne
     assert card.data.license == 'cc-by-nc-4.0' and card.data.library_name == 'timm'
     results = {(r.dataset_split, r.metric_value) for r in card.data.eval_results}
     assert results == {('train', 80.0), ('validation', 60.0)}
-    assert '![The Pareto front; this model is the marked point](pareto.svg)' in card.text
-    assert '<title>point 2:' in (folder / 'pareto.svg').read_text()
+    assert '![The Pareto front; this model is the marked point](pareto.png)' in card.text
+    assert meta['pareto']['plot'] == 'pareto.png' and not (folder / 'pareto.svg').exists()
+    assert (folder / 'pareto.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert '3.50 ms, batch 1, on test CPU (pareto.json)' in card.text
 
 
@@ -201,23 +203,46 @@ def test_onnx_round_trip_and_a_disagreeing_runtime_fails(tmp_path, supernet_dir,
     assert os.listdir(tmp_path / 'out2') == []
 
 
-def test_slimmable_supernet_exports_plain_timm_models(tmp_path):
+def test_slimmable_supernet_exports_plain_timm_models(tmp_path, capsys):
     from timm_alphanet.testing import randomize_bn_stats
     supernet = timm.create_model('slimmable_mobilenetv2_100', num_classes=5)
     randomize_bn_stats(supernet, torch.Generator().manual_seed(0))
     save_pretrained(supernet.eval(), tmp_path / 'slim')
-    assert export_main([str(tmp_path / 'slim'), '--arch', 'min', '--output', str(tmp_path / 'out'), '--no-calib',
-                        '--no-progress', '--no-latency']) == 0
-    folder = tmp_path / 'out' / 'slimmable_mobilenetv2_min'
-    config = json.loads((folder / 'config.json').read_text())
-    assert config['architecture'] == 'mobilenetv2_035'  # timm's own model of the smallest width
-    card = ModelCard.load(folder / 'README.md')
-    assert card.data.license == supernet.pretrained_cfg['license'] and 'import timm_alphanet' not in card.text
-    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
-    supernet.set_subnet(supernet.space.min_config())
+    # the space's one resolver: a width as text names the folder after the width, as train's final/ does
+    assert export_main([str(tmp_path / 'slim'), '--arch', 'min', '0.5', '--output', str(tmp_path / 'out'),
+                        '--no-calib', '--no-progress', '--no-latency']) == 0
+    assert sorted(os.listdir(tmp_path / 'out')) == ['slimmable_mobilenetv2_min', 'slimmable_mobilenetv2_w0.5']
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), supernet.eval()(x), rtol=1e-5, atol=1e-5)
+    for name, width, timm_name in (('min', 0.35, 'mobilenetv2_035'), ('w0.5', 0.5, 'mobilenetv2_050')):
+        folder = tmp_path / 'out' / f'slimmable_mobilenetv2_{name}'
+        config = json.loads((folder / 'config.json').read_text())
+        assert config['architecture'] == timm_name  # timm's own model of that width
+        card = ModelCard.load(folder / 'README.md')
+        assert card.data.license == supernet.pretrained_cfg['license'] and 'import timm_alphanet' not in card.text
+        loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+        supernet.set_subnet(width)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), supernet.eval()(x), rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    common = ['--output', str(tmp_path / 'bad'), '--no-calib', '--no-progress', '--no-latency']
+    assert 'width 0.36 not allowed; allowed: [0.35, 0.4' in _fail(capsys, [str(tmp_path / 'slim'), '--arch', '0.36',
+                                                                           *common])
+    assert "unknown arch 'a3' for a WidthSpace; allowed: max, min, a width of" in _fail(
+        capsys, [str(tmp_path / 'slim'), '--arch', 'a3', *common])
+
+
+def test_requests_resolve_with_the_spaces_resolver_and_name_custom_archs_by_the_supernets_cost(supernet_dir):
+    supernet, _ = load_supernet(str(supernet_dir))
+    arch = supernet.space.sample(random.Random(7))
+    requests = resolve_requests(supernet.space, ['alphanet_min', json.dumps(arch.to_dict())],
+                                cost=supernet.macs_and_params)
+    mflops = supernet.macs_and_params(arch)[0] / 1e6  # with the supernet's 10-class head, as search records it
+    label = str(round(mflops)) if mflops >= 10 else f'{mflops:.2g}'
+    assert [r.name for r in requests] == ['alphanet_min', f'alphanet_custom_{label}mf']
+    assert [r.arch for r in requests] == [supernet.space.min_config(), arch]
+    assert resolve_requests(supernet.space, [arch])[0].name == 'alphanet_custom0'  # no cost: numbered
+    with pytest.raises(ValueError, match=r"unknown arch '0\.35'; allowed: a0, .*max, min"):
+        resolve_requests(supernet.space, ['0.35'])
 
 
 def test_calibration_images_use_the_recipes_own_transform_in_the_recipes_order(monkeypatch):

@@ -6,7 +6,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import timm_alphanet  # noqa: F401  (registers the models)
+import timm_alphanet  # registers the models
 from timm_alphanet import ALPHANET_ARCHS, ALPHANET_SPACE, count_macs_and_params, mflops, num_params
 
 # DESIGN 1.2: MFLOPs by the official counter and params (M) of the modules that run
@@ -72,3 +72,36 @@ def test_space_and_arch_given_like_everywhere_else(tmp_path):
         mflops('a9')
     with pytest.raises(FileNotFoundError):
         mflops(ALPHANET_ARCHS['a3'], space=str(tmp_path / 'missing.yml'))
+
+
+# one stage of one block, no SE: small enough to count by hand
+_HAND_SPACE = {
+    'resolutions': [8],
+    'first_conv': {'c': [4], 'act_func': 'swish', 's': 2},
+    'mb1': {'c': [4], 'd': [1], 'k': [3], 't': [1], 's': 1, 'act_func': 'swish', 'se': False},
+    'last_conv': {'c': [16], 'act_func': 'swish'},
+}
+
+
+def test_mflops_and_num_params_take_the_classifier_size():
+    space = timm_alphanet.SearchSpace.from_dict(_HAND_SPACE)
+    arch = space.max_config()
+    # by hand, MACs = in_chs * out_elements * k * k / groups; linear = in * out. 8 px in, stem stride 2: 4x4 after
+    stem = 3 * (4 * 4 * 4) * 3 * 3 // 1           # 3x3 conv 3 -> 4 channels
+    dw = 4 * (4 * 4 * 4) * 3 * 3 // 4              # expand ratio 1: no expansion conv; depthwise 3x3 on 4 channels
+    pw = 4 * (4 * 4 * 4)                           # 1x1 projection 4 -> 4 (in == out: no shortcut conv)
+    head = 4 * (24 * 4 * 4) + 24 * 16              # 1x1 to 6 x 4 = 24 channels, pool, 1x1 24 -> 16
+    for classes in (1000, 10):
+        expected = (stem + dw + pw + head + 16 * classes) / 1e6
+        assert mflops(arch, space, num_classes=classes) == pytest.approx(expected, rel=0, abs=1e-12)
+        macs, _ = count_macs_and_params(arch, space, num_classes=classes)
+        assert mflops(arch, space, num_classes=classes) == macs / 1e6
+        assert num_params(arch, space, num_classes=classes) == count_macs_and_params(arch, space, classes)[1]
+    difference = mflops(arch, space) - mflops(arch, space, num_classes=10)
+    assert difference == pytest.approx((1000 - 10) * 16 / 1e6, rel=0, abs=1e-12)
+    assert num_params(arch, space) - num_params(arch, space, num_classes=10) == (1000 - 10) * (16 + 1)  # + bias
+    # the paper's arch with a 10-class head: what a search of a 10-class supernet records
+    a0 = ALPHANET_ARCHS['a0']
+    assert mflops(a0, num_classes=10) == count_macs_and_params(a0, num_classes=10)[0] / 1e6
+    assert mflops(a0) - mflops(a0, num_classes=10) == pytest.approx((1000 - 10) * 1792 / 1e6)
+    assert mflops(a0, in_chans=1) < mflops(a0)

@@ -292,7 +292,7 @@ def test_convert_push_creates_the_repositories_pretrained_true_loads(tmp_path, h
     with pytest.raises(SystemExit):  # publishing uncalibrated subnets under the registry's names is refused
         convert_main(common)
     assert 'calibrate them' in capsys.readouterr().err and not hub.calls
-    assert convert_main([*common, '--calib-data', str(images.parent), '--calib-batches', '1',
+    assert convert_main([*common, '--calib-data', str(images.parent), '--calib-images', '2',
                          '--calib-batch-size', '2']) == 0
     assert [c[1]['repo_id'] for c in hub.calls if c[0] == 'upload_folder'] == [
         f'{HF_HUB_ORG}/alphanet_supernet', f'{HF_HUB_ORG}/alphanet_a0.in1k']

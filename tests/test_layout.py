@@ -13,15 +13,18 @@ PKG = Path(__file__).resolve().parent.parent / 'timm_alphanet'
 TIERS = {
     'utils': 0,
     'spaces': 1, 'archs': 1, 'cost.ops': 1, 'cost.flops': 1, 'search.evolution': 1, 'search.pareto': 1,
-    'layers': 2,
+    # pareto.json and its report: torch-free, so export (tier 4) and the runner (tier 5) read it through one module
+    'search.pareto_file': 1, 'search.pareto_report': 1,
+    'layers': 2, 'cost.slimmable': 2,  # torch, but no model: the slimmable models count their widths with it
     'models': 3,
-    'loss': 4, 'task': 4, 'calibration': 4, 'evaluation': 4, 'export': 4, 'original': 4, 'cost': 4, 'sources': 4,
-    'processes': 4,
+    'loss': 4, 'task': 4, 'calibration': 4, 'data': 4, 'evaluation': 4, 'export': 4, 'original': 4, 'cost': 4,
+    'sources': 4, 'processes': 4,
     'train': 5, 'search': 5,
     'testing': 6,
     'cli': 7,
 }
-TORCH_FREE = ('utils', 'spaces', 'cost.ops', 'cost.flops', 'archs', 'search.evolution', 'search.pareto')
+TORCH_FREE = ('utils', 'spaces', 'cost.ops', 'cost.flops', 'archs', 'search.evolution', 'search.pareto',
+              'search.pareto_file', 'search.pareto_report')
 TOP = ('__init__',)  # the package root may import anything
 
 

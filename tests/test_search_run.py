@@ -20,11 +20,11 @@ from timm_alphanet.calibration import CalibrationRecipe, calibrate_bn, disjoint_
 from timm_alphanet.cli.search import main as search_main
 from timm_alphanet.cost.latency import TimingConfig, build_latency_table
 from timm_alphanet.cost.slimmable import width_macs_and_params
-from timm_alphanet.export.pareto import read_pareto
+from timm_alphanet.search.pareto_file import FORMAT, read_pareto
 from timm_alphanet.search.runner import default_image_counts
 from timm_alphanet.utils import sha256_file
 from timm_alphanet.testing import randomize_bn_stats
-from timm_alphanet.train.data import build_digits_folder
+from timm_alphanet.data import build_digits_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {'resolutions': [12, 16], 'first_conv': {'c': [8], 's': 2}, 'mb1': {'c': [8], 'd': [1, 2], 'k': [3], 't': [1]},
@@ -84,7 +84,7 @@ def _cli(setup, args, launcher=(sys.executable, '-m')):
 def test_outputs_record_the_recipe_and_a_non_dominated_front(setup, reference):
     doc, lines = _doc(reference), _lines(reference)
     space = timm.create_model('alphanet_supernet', space=TINY).space
-    assert doc['format'] == 'timm_alphanet.pareto/1' and doc['progress']['complete']
+    assert doc['format'] == FORMAT and doc['progress']['complete']
     assert doc['supernet']['sha256'] == sha256_file(Path(setup['supernet']) / 'model.safetensors')
     cal = doc['calibration']
     assert (cal['split'], cal['num_images'], cal['batch_size'], cal['seed'], cal['image_size']) == ('train', 128, 64, 0,
@@ -103,7 +103,8 @@ def test_outputs_record_the_recipe_and_a_non_dominated_front(setup, reference):
         macs, params = count_macs_and_params(p['arch'], space, num_classes=10)
         assert p['mflops'] == macs / 1e6 and p['params_m'] == params / 1e6
     # export reads the file as written (same recipe, every point, the supernet's sha256 checked)
-    front = read_pareto(reference / 'pareto.json', space, sha256_file(Path(setup['supernet']) / 'model.safetensors'))
+    front = read_pareto(reference / 'pareto.json', space, sha256_file(Path(setup['supernet']) / 'model.safetensors'),
+                        CalibrationRecipe.from_dict)
     assert front.recipe == CalibrationRecipe.from_dict(cal) and len(front.points) == len(doc['points'])
     assert front.report_split == 'validation' and front.complete
     md = (reference / 'pareto.md').read_text()

@@ -14,8 +14,8 @@ from timm_alphanet.layers.dynamic import DynamicBatchNormAct2d
 from timm_alphanet.layers.sync_bn import SyncDynamicBatchNormAct2d
 from timm_alphanet.models.slimmable_mobilenet import SLIMMABLE_FAMILIES
 from timm_alphanet.spaces import WidthConfig, WidthSpace
-from timm_alphanet.train import (TrainConfig, build_accelerator, build_digits_folder, build_model, build_task, run,
-                                 validation_archs)
+from timm_alphanet.data import build_digits_folder
+from timm_alphanet.train import TrainConfig, build_accelerator, build_model, build_task, run, validation_archs
 
 from test_train_run import COMMON, _assert_same_weights, _train, _weights, env  # noqa: F401 (env: a fixture)
 
@@ -93,7 +93,8 @@ def test_validation_archs_resolve_widths_by_the_models_space(acc, digits):
     for bad, message in (('0.6', r'eval_archs: .*width 0.6 not allowed; allowed: \[0.5, 0.75, 1.0\]'),
                          ('a3', r"eval_archs: unknown arch 'a3' for a WidthSpace; allowed: max, min"),
                          ('{width: 0.5, resolution: 32}', r'resolution 32 not allowed; allowed: \[16\]'),
-                         ('[', r'eval_archs: eval arch')):
+                         ('[', r"eval_archs: unknown arch '\['"),
+                         ('{width: [', r'eval_archs: arch text: not valid YAML')):
         with pytest.raises(ValueError, match=message):
             validation_archs(_cfg(digits, eval_archs=(bad,)), model)
     with pytest.raises(ValueError, match=r'ambiguous in a space with resolutions \[16, 24\]'):

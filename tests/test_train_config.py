@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from timm_alphanet.archs import ALPHANET_ARCHS
+from timm_alphanet.archs import ALPHANET_ARCHS, DEMO_SPACE
 from timm_alphanet.cli.train import build_parser, main, parse_args
 from timm_alphanet.spaces import SearchSpace
-from timm_alphanet.train import DEMO_SPACE, TrainConfig, learning_rate
+from timm_alphanet.train import TrainConfig, learning_rate
 from timm_alphanet.train.config import MAX_CONFIG_BYTES
 
 CONFIGS = Path(__file__).resolve().parent.parent / 'train_configs'

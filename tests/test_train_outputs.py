@@ -13,7 +13,7 @@ import timm
 import yaml
 from accelerate import Accelerator
 
-from timm_alphanet.cli._datasets import open_image_dataset
+from timm_alphanet.data import dataset_and_root, open_image_dataset
 from timm_alphanet.cost.flops import count_macs_and_params
 from timm_alphanet.evaluation import validate_model
 from timm_alphanet.sources import load_supernet
@@ -79,7 +79,7 @@ def test_final_models_score_what_was_printed_when_loaded_as_a_user_would(demo_ru
         macs, _ = count_macs_and_params(arch, space, num_classes=10)
         assert meta['mflops'] == pytest.approx(macs / 1e6)  # the model's 10 classes, not 1000
         [result] = meta['results']
-        val = open_image_dataset(data, 'validation')
+        val = open_image_dataset(*dataset_and_root(data), 'validation')
         assert (result['split'], result['pipeline'], result['num_images']) == ('validation', 'timm', len(val))
         # as a user would: timm.create_model('local-dir:...') and timm's pipeline from its own pretrained_cfg
         model = timm.create_model(f'local-dir:{folder}', pretrained=True)

@@ -37,7 +37,7 @@ KD = ['--model', 'mobilenetv2_050', '--input-size', '3', '16', '16']
     (['--lr', '0'], 'lr: must be a finite number in (0, inf), got 0.0'),
     (['--epochs', '0'], 'epochs: must be >= 1, got 0'),
     (['-b', '0'], 'batch_size: must be >= 1, got 0'),
-    (['--dataset', '', '--data-dir', '{tmp}/nowhere'], "data_dir '{tmp}/nowhere' is not a folder"),
+    (['--dataset', '', '--data-dir', '{tmp}/nowhere'], 'data_dir {tmp}/nowhere: not found'),
     (['--dataset', '', '--data-dir', '{tmp}/empty'], "no images for split 'train' in {tmp}/empty"),
     (['--model', 'alphanet_supernett'], "unknown timm model 'alphanet_supernett'"),
     ([*KD, '--teacher', 'resnet10tt'], "teacher: unknown timm model 'resnet10tt'"),

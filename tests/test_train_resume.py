@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from timm_alphanet.cli._datasets import open_image_dataset
+from timm_alphanet.data import open_image_dataset
 from timm_alphanet.evaluation import validate_model
 from timm_alphanet.train import TrainConfig, run
 from timm_alphanet.train.run import plan_run
@@ -121,7 +121,7 @@ def test_two_kd_runs_are_bit_identical_and_final_is_the_student_as_trained(tmp_p
     assert model.pretrained_cfg['input_size'] == (3, 16, 16) and model.num_classes == 10
     import json
     [recorded] = json.loads((tmp_path / 'a' / 'final' / 'config.json').read_text())['timm_alphanet']['results']
-    again = validate_model(Accelerator(cpu=True), model, open_image_dataset(digits, 'validation'), 'timm')
+    again = validate_model(Accelerator(cpu=True), model, open_image_dataset('', digits, 'validation'), 'timm')
     assert again['top1'] == pytest.approx(recorded['top1'], abs=1e-5)  # the same images right, any batch size
 
 

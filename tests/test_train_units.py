@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from timm_alphanet.train import CheckpointManager, TrainState, build_digits_folder, find_checkpoint
+from timm_alphanet.data import build_digits_folder
+from timm_alphanet.train import CheckpointManager, TrainState, find_checkpoint
 from timm_alphanet.train.checkpoint import load_checkpoint_extras
 
 

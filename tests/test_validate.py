@@ -126,8 +126,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     save_pretrained(timm.create_model('alphanet_a0', num_classes=3), tmp_path / 'a0')
     cases = [
         (['--model', 'no_such_model', '--data-dir', str(tmp_path)], 'unknown model'),
-        (['--model', 'alphanet_a0', '--data-dir', str(tmp_path / 'nope')], 'image folder not found'),
-        (['--model', 'alphanet_a0', '--data-dir', str(tmp_path)], "no images in"),
+        (['--model', 'alphanet_a0', '--data-dir', str(tmp_path / 'nope')],
+         f'--data-dir {tmp_path / "nope"}: not found'),
+        (['--model', 'alphanet_a0', '--data-dir', str(tmp_path)], "no images for split 'validation' in"),
         (['--model', 'alphanet_a0', '--data-dir', str(tmp_path), '--write-to', str(tmp_path / 'x')],
          'not a model folder'),
     ]

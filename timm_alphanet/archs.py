@@ -1,17 +1,18 @@
-"""The AlphaNet search space, the eight searched architectures of the paper (arXiv:2102.07954), and the one
-place that turns what users write for a space or an arch into a validated object."""
+"""The AlphaNet search space, the eight searched architectures of the paper (arXiv:2102.07954), the demo's small
+space, and the one place that turns what users write for a space or an arch into a validated object."""
 import os
 from typing import Any, Dict, Mapping, Union
 
 from .spaces import SearchSpace, StageSpace, SubnetConfig
+from .spaces.protocol import MAX_ARCH_BYTES, is_arch_file, unwrap_arch_data
 from .utils import display_path, parse_json, read_json_file, read_yaml_file, short_message
 
-__all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1', 'ARCH_NAMES', 'resolve_arch', 'resolve_space',
-           'read_arch_file']
+__all__ = ['ALPHANET_SPACE', 'ALPHANET_ARCHS', 'ALPHANET_TOP1', 'ARCH_NAMES', 'DEMO_SPACE', 'resolve_arch',
+           'resolve_space', 'read_arch_file']
 
 ArchSpec = Union[SubnetConfig, Mapping[str, Any], str, os.PathLike]
 SpaceSpec = Union[SearchSpace, Mapping[str, Any], str, os.PathLike, None]
-MAX_ARCH_FILE_BYTES = 1 << 20  # an arch is a few hundred bytes; refuse anything that is clearly not one
+MAX_ARCH_FILE_BYTES = MAX_ARCH_BYTES
 
 
 def _stage(name, widths, depths, ks, ts, stride, se):
@@ -33,6 +34,21 @@ ALPHANET_SPACE = SearchSpace(
     ),
     head_widths=(1792, 1984),
 )
+
+
+# The demo's space (the trainer's default, original schema): a small AlphaNet-style space for 32x32 inputs, 4 stages,
+# two resolutions, ~20-70k parameters
+DEMO_SPACE: Dict[str, Any] = {
+    'use_v3_head': True,
+    'resolutions': [24, 32],
+    'first_conv': {'c': [8, 16], 'act_func': 'swish', 's': 2},
+    'mb1': {'c': [8, 16], 'd': [1, 2], 'k': [3], 't': [1], 's': 1, 'act_func': 'swish', 'se': False},
+    'mb2': {'c': [16, 24], 'd': [1, 2], 'k': [3, 5], 't': [3, 4], 's': 2, 'act_func': 'swish', 'se': False},
+    'mb3': {'c': [24, 32], 'd': [1, 2], 'k': [3, 5], 't': [3, 4], 's': 2, 'act_func': 'swish', 'se': True},
+    'mb4': {'c': [32, 48], 'd': [1, 2], 'k': [3], 't': [3, 4], 's': 2, 'act_func': 'swish', 'se': True},
+    'last_conv': {'c': [96, 128], 'act_func': 'swish'},
+    'head_expand_ratio': 2,
+}
 
 
 def _arch(res, widths, depths, ks, ts) -> SubnetConfig:
@@ -58,7 +74,6 @@ ALPHANET_TOP1: Dict[str, float] = {
 
 # names `resolve_arch` accepts besides dicts, JSON text and files
 ARCH_NAMES = (*ALPHANET_ARCHS, 'max', 'min')
-_ARCH_FILE_EXTS = ('.json', '.yaml', '.yml')
 
 
 def resolve_space(space: SpaceSpec = None) -> SearchSpace:
@@ -100,7 +115,7 @@ def resolve_arch(arch: ArchSpec, space: SpaceSpec = None) -> SubnetConfig:
         if len(text) > MAX_ARCH_FILE_BYTES:
             raise ValueError(f'arch JSON of {len(text)} characters is too large (at most {MAX_ARCH_FILE_BYTES})')
         return space.validate(_unwrap_arch(parse_json(text, 'arch JSON'), 'arch JSON'))
-    if text.lower().endswith(_ARCH_FILE_EXTS) or os.path.isfile(text):
+    if is_arch_file(text):
         return space.validate(read_arch_file(text))
     raise ValueError(f'unknown arch {text[:80]!r}; allowed: {", ".join(ARCH_NAMES)}, a dict, a JSON object, or a '
                      f'path to a JSON/YAML arch file')
@@ -121,14 +136,7 @@ def read_arch_file(path: Union[str, os.PathLike]) -> SubnetConfig:
 
 
 def _unwrap_arch(data: Any, where: str) -> Mapping[str, Any]:
-    if isinstance(data, Mapping) and isinstance(data.get('arch'), Mapping):
-        data = data['arch']
-    elif isinstance(data, Mapping) and isinstance(data.get('model_args'), Mapping) \
-            and isinstance(data['model_args'].get('arch'), Mapping):
-        data = data['model_args']['arch']  # a timm config.json of an exported model
-    if not isinstance(data, Mapping):
-        raise ValueError(f'{where}: expected a mapping with resolution, width, depth, kernel_size, expand_ratio; '
-                         f'got {type(data).__name__}')
+    data = unwrap_arch_data(data, where, 'resolution, width, depth, kernel_size, expand_ratio')
     try:
         return SubnetConfig.from_dict(data).to_dict()
     except (ValueError, TypeError) as e:

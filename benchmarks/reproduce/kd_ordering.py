@@ -25,14 +25,10 @@ per-seed value), ``kd_ordering.png``; ``results.jsonl`` records each finished ru
 continues where an interrupted one stopped; ``runs/<run>/`` holds each run's summary (the teacher's ``final/``
 model too), ``logs/<run>.txt`` its output.
 
-    python benchmarks/reproduce/kd_ordering.py                     # the miniature: ~17 min on 2 free CPU cores
+    python benchmarks/reproduce/kd_ordering.py                     # the miniature (5 seeds x 3 methods x 4 rows)
 
-Sizing of the default (5 seeds x 3 methods x (supernet + 3 students) + the teacher = 61 runs): measured CPU seconds
-per epoch with 1 thread per run (AMD EPYC, probes of 5 and 15 epochs; the fixed cost per run is ~0): supernet 1.5,
-MobileNetV2 0.5x/0.35x 0.8, the ViT 1.0, the teacher 0.9. That is ~1930 CPU s, ~16 min on 2 free cores with 2 runs in
-parallel, inside the 30-minute goal with room for slower CPUs; the report states each run's CPU time. The default
-run of 2026-11-26 measured 31.4 CPU min in all (15.7 min on 2 free cores; 56 min of wall time on a machine shared
-with other jobs, load ~7 on 2 cores).
+The default is sized to about half an hour of CPU time on 2 cores (61 runs at 1 thread each, 2 in parallel); the
+report states each run's CPU time, and the README's Results section the measured cost of a full run.
     python benchmarks/reproduce/kd_ordering.py --parts students --seeds 0 1 2 3 4 5 6 7 8 9 --epochs 60
     # full scale: each run is distributed over the launched processes, runs follow one another
     accelerate launch --multi_gpu --num_processes 8 benchmarks/reproduce/kd_ordering.py --parts students \\
@@ -76,7 +72,7 @@ PLACEHOLDER_TEACHER = 'test_efficientnet'  # tiny; its logits get weight 0 (see 
 def mini_space(resolution: int) -> Dict[str, Any]:
     """The trainer's demo space (`DEMO_SPACE`, made for 32 px) for `resolution` px inputs: stride-1 stem, resolutions
     `resolution` and 2 px less; 15-60k parameters."""
-    from timm_alphanet.train import DEMO_SPACE
+    from timm_alphanet.archs import DEMO_SPACE
     space = json.loads(json.dumps(DEMO_SPACE))  # a deep copy
     space['first_conv']['s'] = 1  # three stride-2 stages are enough for ~12 px
     space['resolutions'] = sorted({max(4, resolution - 2), resolution})
@@ -110,7 +106,7 @@ class Job:
 def digits_subset(root: Path, fraction: float, size: int = 32) -> Path:
     """A fixed `fraction` of the digits training split (per class, `random.Random(0)`) and the whole validation split,
     as an image folder under `root` (written once, atomically)."""
-    from timm_alphanet.train import build_digits_folder
+    from timm_alphanet.data import build_digits_folder
     folder = root / f'digits{size}_train{fraction:g}'
     if (folder / 'train').is_dir():
         return folder
@@ -279,22 +275,8 @@ def _output_to(path: Path) -> Iterator[None]:
 
 def _run_without_inplace_kd(cfg):
     """`run(cfg)` with in-place KD off (the supernet's no-KD baseline)."""
-    import importlib
-    from unittest import mock
-
-    from timm_alphanet.train import TrainConfig, run
-    if 'inplace_kd' in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return run(cfg.replace(inplace_kd=False))
-    # this trainer has no switch for it yet: its own task builder, then the task's documented `inplace_kd` off
-    run_module = importlib.import_module('timm_alphanet.train.run')
-    build_task = run_module.build_task
-
-    def without_inplace_kd(cfg, accelerator, model):
-        task = build_task(cfg, accelerator, model)
-        task.inplace_kd = False
-        return task
-    with mock.patch.object(run_module, 'build_task', without_inplace_kd):
-        return run(cfg)
+    from timm_alphanet.train import run
+    return run(cfg.replace(inplace_kd=False))
 
 
 def _log_path(job: Job) -> Path:
@@ -422,7 +404,7 @@ def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any
     return {'rows': rows, 'teacher': done.get('teacher', {}).get('top1')}
 
 
-def _pm(stats: Optional[Dict[str, float]], signed: bool = False) -> str:
+def _mean_pm_std(stats: Optional[Dict[str, float]], signed: bool = False) -> str:
     if not stats:
         return 'n/a'
     fmt = '{:+.2f}' if signed else '{:.2f}'
@@ -440,8 +422,8 @@ def table(summary: Dict[str, Any], part: str) -> str:
         ci = 'n/a' if not d or math.isnan(d['ci95'][0]) else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
         seeds = ', '.join(f'{v:+.1f}' for v in d['per_seed'].values()) if d else 'n/a'
         wins = f"{d['wins']}/{d['n']}" if d else 'n/a'
-        cells = [r['row'], *(_pm(r.get(m)) for m in METHODS), _pm(d, signed=True), ci, wins, seeds,
-                 _pm(r.get('kl_minus_none'), signed=True)]
+        cells = [r['row'], *(_mean_pm_std(r.get(m)) for m in METHODS), _mean_pm_std(d, signed=True), ci, wins, seeds,
+                 _mean_pm_std(r.get('kl_minus_none'), signed=True)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 

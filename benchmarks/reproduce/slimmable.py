@@ -10,18 +10,16 @@ table, mean +- std over seeds, next to the paper's ImageNet numbers), ``slimmabl
 matplotlib, ``slimmable.png`` into ``--out``. Finished runs are reused and interrupted ones resumed, so a killed
 benchmark continues where it stopped.
 
-    python benchmarks/reproduce/slimmable.py                         # digits at 64 px: ~15 min on 2 idle CPU cores
+    python benchmarks/reproduce/slimmable.py                         # digits at 64 px, 2 seeds x 8 epochs
     python benchmarks/reproduce/slimmable.py --seeds 0 1 2 3 --epochs 30 --jobs 4 --threads 4
     python benchmarks/reproduce/slimmable.py --dataset '' --data-dir /data/imagenet --image-size 224 --epochs 250 \\
         --batch-size 128 --lr 0.5 --launcher 'accelerate launch --multi_gpu --num_processes 8' --jobs 1 --threads 8
 
 Digits are 8x8 images (written at 32 px): at 32 px a MobileNet's stride-32 features are 1x1, so the miniature runs at
-64 px (2x2 features), which costs ~2.3x the CPU time of 32 px (measured, batch 64).
+64 px (2x2 features).
 
-The default budget (2 seeds x 8 epochs, 12 runs) took 29.6 CPU-minutes (~15 minutes on an idle 2-core machine;
-60 minutes of wall time on one shared with other jobs, load ~8): ~14 s per MobileNet-V2 epoch, ~12 s per V1 epoch and
-~18 s start-up and evaluation per run with one thread, estimated beforehand as ~25 CPU-minutes. Two seeds rather
-than more epochs: one seed cannot tell a KD gain from the noise of 355 validation images (one image is 0.28 points),
+The default budget (2 seeds x 8 epochs, 12 runs) is sized to about half an hour of CPU time on 2 cores (the README's
+Results section states what a full run measured). Two seeds rather than more epochs: one seed cannot tell a KD gain from the noise of 355 validation images (one image is 0.28 points),
 and at 8 epochs the max width is at 89-97 % top-1 already. The three KD settings always share the budget.
 """
 import argparse

@@ -12,6 +12,7 @@ import torch
 from ..original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
 from ..export.hub import push_converted
 from ..processes import check_device
+from ._calibration import RECIPE_FLAGS, add_recipe_arguments, recipe_fields
 from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ._publish import Publishing
 
@@ -36,14 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--subnets', default=None,
                         help=f"comma-separated subnets to export: {', '.join(SUBNET_NAMES)}, 'all' (a0..a6), "
                              'or paths to JSON/YAML arch files (default: none, only the supernet)')
-    parser.add_argument('--calib-data', default=None,
-                        help='image folder (e.g. ImageNet train) for BN calibration of each subnet')
-    parser.add_argument('--calib-batches', type=int_at_least(1), default=None, help='batches per subnet (default 64)')
-    parser.add_argument('--calib-batch-size', type=int_at_least(1), default=None,
-                        help='images per batch (default 256)')
+    calib = parser.add_argument_group('BN calibration (the recipe alphanet-export uses)')
+    calib.add_argument('--calib-data', default=None,
+                       help="image folder (e.g. ImageNet train, or one with the recipe's split as a sub-folder) or "
+                            'sklearn/digits, for BN calibration of each subnet')
+    add_recipe_arguments(calib)
     parser.add_argument('--workers', type=int_at_least(0), default=min(4, os.cpu_count() or 1),
                         help='data loader processes')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the calibration data')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='device for calibration')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
@@ -59,8 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``alphanet-convert``; exits with status 2 and a one-line message on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.calib_data is None and (args.calib_batches is not None or args.calib_batch_size is not None):
-        parser.error('--calib-batches/--calib-batch-size need --calib-data')
+    given = recipe_fields(args)
+    if args.calib_data is None and given:
+        parser.error(f'{"/".join(RECIPE_FLAGS[k] for k in given)} need{"s" * (len(given) == 1)} --calib-data')
 
     publishing: List[Publishing] = []
 
@@ -74,8 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         publisher = publishing[0].publisher
         result = convert_checkpoint(
             args.checkpoint, args.out, config=args.config, subnets=args.subnets, calib_data=args.calib_data,
-            calib_batches=args.calib_batches or 64, calib_batch_size=args.calib_batch_size or 256,
-            workers=args.workers, seed=args.seed, device=args.device, progress=not args.no_progress,
+            recipe=given, workers=args.workers, device=args.device, progress=not args.no_progress,
             log=lambda msg: print(msg, flush=True))
         print(f'done: supernet in {result.supernet}' +
               (f', subnets in {", ".join(result.subnets.values())}' if result.subnets else ''))

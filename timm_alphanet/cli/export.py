@@ -12,13 +12,15 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..calibration import CalibrationRecipe
+from ..calibration import CalibrationRecipe, recipe_for
+from ..data import DIGITS, data_name, dataset_and_root, open_image_dataset
 from ..export.hub import push_folders
-from ..export.pareto import read_pareto
-from ..export.subnets import calibration_images, export_subnets, resolve_requests
+from ..calibration import calibration_images
+from ..export.subnets import export_subnets, resolve_requests
 from ..export.folder import check_output_folder
+from ..search.pareto_file import read_pareto, read_pareto_file
+from ._calibration import RECIPE_FLAGS, add_recipe_arguments, recipe_fields
 from ._common import HelpFormatter, int_at_least, user_errors_exit
-from ._datasets import open_image_dataset
 from ._publish import Publishing
 
 __all__ = ['build_parser', 'main']
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "hf-hub:ORG/NAME, or an original AlphaNet .pth.tar checkpoint")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument('--arch', nargs='+', default=None, metavar='ARCH',
-                      help='archs to export: a0 .. a6, max, min, a JSON object, or a JSON/YAML file')
+                      help='archs to export: max, min, a JSON object, or a JSON/YAML arch file; a0 .. a6 (AlphaNet '
+                           'supernets); a width such as 0.35 (slimmable supernets)')
     what.add_argument('--pareto', default=None, metavar='FILE', help="alphanet-search's pareto.json")
     parser.add_argument('--points', default='all', help='with --pareto: all, or comma-separated indices (0,3,5)')
     parser.add_argument('--output', required=True, metavar='DIR', help='output folder (one sub-folder per model)')
@@ -54,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                             '(default: the data of the supernet\'s training run)')
     calib.add_argument('--no-calib', action='store_true',
                        help='export with the supernet\'s BN statistics (the cards say UNCALIBRATED)')
-    calib.add_argument('--calib-split', default=None, help='recipe split (default train); not with --pareto')
-    calib.add_argument('--calib-images', type=int_at_least(1), default=None, help='recipe images (default 2048)')
-    calib.add_argument('--calib-batch-size', type=int_at_least(1), default=None, help='recipe batch (default 256)')
-    calib.add_argument('--calib-seed', type=int, default=None, help='recipe seed (default 0)')
-    calib.add_argument('--calib-image-size', type=int_at_least(1), default=None,
-                       help="recipe image size (default: the space's largest resolution)")
+    add_recipe_arguments(calib, split_note='; not with --pareto')
     hub = parser.add_argument_group('Publishing')
     hub.add_argument('--push-to-hub', default=None, metavar='ORG[/PREFIX]',
                      help='push each folder to ORG/[PREFIX-]<name>; a Pareto front becomes a collection')
@@ -75,30 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _recipe(args, space, front) -> CalibrationRecipe:
-    overrides = {'split': args.calib_split, 'num_images': args.calib_images, 'batch_size': args.calib_batch_size,
-                 'seed': args.calib_seed, 'image_size': args.calib_image_size}
-    given = {k: v for k, v in overrides.items() if v is not None}
+def _recipe(args, supernet, front) -> CalibrationRecipe:
+    given = recipe_fields(args)
     if front is not None:
         if given:
-            raise ValueError(f'--calib-{"/".join(given)} cannot be combined with --pareto: the recipe is the one '
-                             'the search recorded in pareto.json')
+            raise ValueError(f'{"/".join(RECIPE_FLAGS[k] for k in given)} cannot be combined with --pareto: the '
+                             'recipe is the one the search recorded in pareto.json')
         return front.recipe
-    given.setdefault('image_size', max(space.resolutions))
-    return CalibrationRecipe(**given)
+    return recipe_for(supernet, **given)
 
 
 def _recorded_calib_data(supernet: str, pareto: Optional[str]) -> Optional[Tuple[str, str]]:
     """(images, the run folder that recorded them): the data of the supernet's training run (its args.yaml, found
     from SUPERNET or from the supernet path pareto.json records) when it is an image folder or sklearn/digits."""
     from ..sources import training_data
-    from ..utils import read_json_file
-    from ..train.data import DIGITS
 
     folders = [supernet]
     if pareto is not None:
         try:
-            folders.append(str(read_json_file(pareto, what='pareto.json')['supernet']['path']))
+            folders.append(str(read_pareto_file(pareto).document['supernet']['path']))
         except (ValueError, TypeError, KeyError, OSError):
             pass  # read_pareto names what is wrong with it later
     for folder in folders:
@@ -143,9 +136,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         publishing.append(Publishing(PROG, args.push_to_hub, args.private, args.revision, args.output))
         publisher = publishing[0].publisher
         supernet, source = load_supernet(args.supernet, args.config)
-        front = read_pareto(args.pareto, supernet.space, source.sha256) if args.pareto else None
-        requests = resolve_requests(supernet.space, args.arch or (), front, args.points, prefix=_prefix(supernet))
-        recipe = _recipe(args, supernet.space, front)
+        front = read_pareto(args.pareto, supernet.space, source.sha256, CalibrationRecipe.from_dict) \
+            if args.pareto else None
+        requests = resolve_requests(supernet.space, args.arch or (), front, args.points, prefix=_prefix(supernet),
+                                    cost=supernet.macs_and_params)
+        recipe = _recipe(args, supernet, front)
         images = None
         calib_data = args.calib_data
         if recorded is not None:
@@ -153,9 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f'calibration data: {calib_data} (recorded by the training run of {recorded[1]}; --calib-data '
                   'overrides)', flush=True)
         if not args.no_calib:
-            dataset = open_image_dataset(calib_data, recipe.split)
+            dataset = open_image_dataset(*dataset_and_root(calib_data), recipe.split, what='--calib-data')
             images = calibration_images(dataset, recipe, workers=args.workers, progress=not args.no_progress)
-        calib_name = None if calib_data is None else os.path.basename(os.path.normpath(calib_data))
+        calib_name = None if calib_data is None else data_name(calib_data)
         folders = export_subnets(
             supernet, requests, args.output, source=source.to_dict(), calib_images=images, recipe=recipe,
             calib_data=calib_name, front=front, onnx=args.onnx, overwrite=args.overwrite,

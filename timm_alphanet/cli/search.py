@@ -4,7 +4,6 @@
     accelerate launch -m timm_alphanet.cli.search SUPERNET --output DIR --dataset "" --data-dir /data/imagenet
 """
 import argparse
-import os
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -117,26 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _datasets(args: argparse.Namespace, data: Dict[str, Any], recipe: Any) -> Tuple[Any, Any]:
-    from timm.data import create_dataset
-
-    from ..train.data import DIGITS, build_digits_folder
-    name = data.get('dataset') or ''
-    root = data.get('data_dir')
-    if name == DIGITS:
-        name, root = '', str(build_digits_folder(root))
-    elif not root:
-        raise ValueError(f'--dataset {name!r} needs --data-dir')
-    elif not os.path.exists(root) and not name.startswith(('hfds/', 'hfids/', 'tfds/', 'wds/')):
-        raise FileNotFoundError(f'--data-dir {root[:300]}: not found')
-    common = dict(root=root, download=args.dataset_download, class_map=data.get('class_map') or '')
+    from ..data import open_image_dataset
 
     def open_split(split: str) -> Any:
-        try:
-            dataset = create_dataset(name, split=split, is_training=False, **common)
-        except RuntimeError as e:  # timm: 'Found 0 images in subfolders of ...'
-            raise ValueError(f'no images in {root[:300]} (split {split[:40]!r}): {str(e)[:200]}') from None
-        if len(dataset) == 0:
-            raise ValueError(f'no images in {root[:300]} (split {split[:40]!r})')
+        dataset = open_image_dataset(data.get('dataset') or '', data.get('data_dir'), split,
+                                     download=args.dataset_download, class_map=data.get('class_map'),
+                                     what='--data-dir')
         dataset.transform = recipe.transform()
         return dataset
     train = open_split(data.get('train_split') or 'train')
@@ -145,9 +130,12 @@ def _datasets(args: argparse.Namespace, data: Dict[str, Any], recipe: Any) -> Tu
 
 
 def _num_classes(dataset: Any) -> Optional[int]:
-    reader = getattr(dataset, 'reader', None)
-    mapping = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None)
-    return len(mapping) if mapping else None
+    from ..data import num_classes_of
+
+    try:
+        return num_classes_of(dataset)
+    except ValueError:  # a dataset that names no classes: the supernet's head is taken on trust
+        return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -157,13 +145,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         build_parser().error('--max-latency-ms needs --latency-table')
 
     def run() -> int:
-        from ..calibration import CalibrationRecipe
+        from ..calibration import CalibrationRecipe, recipe_for
         from ..cost.latency import LatencyTable
         from ..search import EvolutionConfig, Limits, SearchConfig, run_search
-        from ..search.pareto import check_objectives, pareto_markdown
+        from ..search.pareto import check_objectives
+        from ..search.pareto_report import pareto_markdown
         from ..search.runner import default_image_counts, process_state
         from ..sources import RUN_DATA_KEYS, load_supernet, training_data
-        from ..train.data import DIGITS
+        from ..data import DIGITS
 
         objectives = check_objectives(args.objectives)
         if 'latency' in objectives and args.latency_table is None:
@@ -195,14 +184,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = {'dataset': DIGITS, **data, **given}
         where = f'{data["dataset"] or "image folder"} {data.get("data_dir") or ""}'.strip()
         say(f'data: {where} ({origin})', flush=True)
-        cfg = supernet.pretrained_cfg or {}
-        recipe = CalibrationRecipe(
-            split=data.get('train_split') or 'train', num_images=1, batch_size=args.calib_batch_size,
-            seed=args.data_seed, image_size=args.image_size or max(supernet.space.resolutions),
-            interpolation=args.interpolation or cfg.get('interpolation', 'bicubic'),
-            crop_pct=args.crop_pct if args.crop_pct is not None else cfg.get('crop_pct', 0.875),
-            mean=tuple(args.mean or cfg.get('mean', (0.485, 0.456, 0.406))),
-            std=tuple(args.std or cfg.get('std', (0.229, 0.224, 0.225))))
+        recipe = recipe_for(
+            supernet, split=data.get('train_split') or 'train', num_images=1, batch_size=args.calib_batch_size,
+            seed=args.data_seed, image_size=args.image_size, interpolation=args.interpolation, crop_pct=args.crop_pct,
+            mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None)
         train, val = _datasets(args, data, recipe)
         classes = _num_classes(train)
         if classes is not None and classes != supernet.num_classes:

@@ -11,12 +11,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..data import data_name, dataset_and_root, open_image_dataset
 from ..evaluation import PIPELINES, validate_model
 from ..export.folder import record_evaluation
 from ..utils import check_model_spec
 from ._common import HelpFormatter, int_at_least, user_errors_exit
-from ..train.data import DIGITS
-from ._datasets import open_image_dataset
 
 __all__ = ['build_parser', 'main']
 
@@ -67,15 +66,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not timm.is_model(spec) and not spec.startswith(('hf-hub:', 'local-dir:')):
             raise ValueError(f'unknown model {spec[:100]!r}; give a registered name (e.g. alphanet_a0), '
                              'hf-hub:ORG/NAME, local-dir:FOLDER or a model folder')
-        dataset = open_image_dataset(args.data_dir, args.split)
+        dataset = open_image_dataset(*dataset_and_root(args.data_dir), args.split, what='--data-dir')
         check_model_spec(spec)
         model = timm.create_model(spec, pretrained=True).eval()
         cpu = not torch.cuda.is_available()
         accelerator = Accelerator(cpu=cpu)
         result = validate_model(accelerator, model, dataset, args.pipeline, args.batch_size, args.workers,
                                 progress=not args.no_progress)
-        name = args.data_dir if args.data_dir == DIGITS else os.path.basename(os.path.normpath(args.data_dir))
-        result.update(dataset=args.dataset_name or name, split=args.split)
+        result.update(dataset=args.dataset_name or data_name(args.data_dir), split=args.split)
         accelerator.print(f'{args.model}: top1 {result["top1"]:.3f} top5 {result["top5"]:.3f} loss '
                           f'{result["loss"]:.4f} ({result["num_images"]} images, {args.pipeline} pipeline, '
                           f'{accelerator.num_processes} process(es))')

@@ -19,11 +19,12 @@ def count_macs_and_params(arch: ArchSpec, space: SpaceSpec = None, num_classes: 
     return sum(c.macs for c in convs), sum(c.params for c in convs)
 
 
-def mflops(arch: ArchSpec, space: SpaceSpec = None) -> float:
-    """Millions of MACs of `arch` by the original counter's convention (the paper's "MFLOPs")."""
-    return count_macs_and_params(arch, space)[0] / 1e6
+def mflops(arch: ArchSpec, space: SpaceSpec = None, num_classes: int = 1000, in_chans: int = 3) -> float:
+    """Millions of MACs of `arch` by the original counter's convention (the paper's "MFLOPs"), with a
+    `num_classes` classifier (a 10-class demo supernet's subnets: pass 10, as search records them)."""
+    return count_macs_and_params(arch, space, num_classes=num_classes, in_chans=in_chans)[0] / 1e6
 
 
-def num_params(arch: ArchSpec, space: SpaceSpec = None, num_classes: int = 1000) -> int:
+def num_params(arch: ArchSpec, space: SpaceSpec = None, num_classes: int = 1000, in_chans: int = 3) -> int:
     """Parameters of the modules that run in `arch` (unused shortcut convs are not counted)."""
-    return count_macs_and_params(arch, space, num_classes=num_classes)[1]
+    return count_macs_and_params(arch, space, num_classes=num_classes, in_chans=in_chans)[1]

@@ -50,14 +50,16 @@ def chain_convs(model: nn.Module, resolution: int) -> List[Conv]:
     return out
 
 
-def width_macs_and_params(supernet: Any, arch: Optional[Any] = None) -> Tuple[int, int]:
+def width_macs_and_params(supernet: Any, arch: Optional[Any] = None,
+                          num_classes: Optional[int] = None) -> Tuple[int, int]:
     """(MACs, parameters) of subnet `arch` (default: the active one) of a slimmable supernet.
 
     Counted on the supernet's `static_model_for(arch)` built on the meta device, so with the supernet's classes
-    and input channels, at the subnet's resolution, batch 1.
+    (or `num_classes`) and input channels, at the subnet's resolution, batch 1.
     """
     arch = supernet.active_subnet if arch is None else supernet.space.validate(arch)
-    model = supernet.static_model_for(arch, device='meta')
+    extra = {} if num_classes is None else {'num_classes': num_classes}
+    model = supernet.static_model_for(arch, device='meta', **extra)
     convs = chain_convs(model, arch.resolution)
     bn_params = sum(2 * m.num_features for m in model.modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine)

@@ -4,27 +4,27 @@ Per arch: the static model (`extract_subnet`; folders of the paper's searched ar
 ``alphanet_aX``), BatchNorm calibration with the deterministic recipe (the one the search recorded in pareto.json),
 metrics (MFLOPs, params, latency, top-1 with its split), optionally ONNX, written whole into ``<output>/<name>/``.
 """
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from ..archs import ALPHANET_ARCHS, resolve_arch
-from ..calibration import CalibrationRecipe, calibrate_bn, disjoint_subsets, load_images
+from ..archs import ARCH_NAMES
+from ..calibration import CalibrationRecipe, calibrate_with_recipe
 from ..processes import check_device
-from ..spaces import SearchSpace, SubnetConfig
+from ..utils import import_optional
+from ..search.pareto_file import ParetoFront, ParetoPoint, select_points
+from ..search.pareto_report import plot_front
+from ..spaces import Space, SubnetConfig
 from .extract import extract_subnet
 from .folder import check_output_folder, model_metadata, staged_folder, write_model_folder
-from .pareto import ParetoFront, ParetoPoint, pareto_svg, select_points
 from .timing import latency
 
-__all__ = ['ExportRequest', 'resolve_requests', 'calibration_images', 'calibrate_with_recipe',
-           'export_subnets', 'UNCALIBRATED_EXPORT_NOTE']
+__all__ = ['ExportRequest', 'resolve_requests', 'export_subnets', 'UNCALIBRATED_EXPORT_NOTE']
 
 UNCALIBRATED_EXPORT_NOTE = (
     'BatchNorm statistics: UNCALIBRATED (exported with --no-calib). The running statistics are the supernet\'s, '
@@ -40,55 +40,53 @@ class ExportRequest:
     point: Optional[ParetoPoint] = None
 
 
-def _arch_name(text: str, arch: Any, space: Any, prefix: str, index: int) -> str:
-    stripped = text.strip()
-    short = stripped[len('alphanet_'):] if stripped.startswith('alphanet_') else stripped
-    if short in ('max', 'min') or (isinstance(space, SearchSpace) and short in ALPHANET_ARCHS):
+def _arch_name(spec: Any, arch: Any, space: Space, prefix: str, index: int,
+               cost: Optional[Callable[[Any], Tuple[int, int]]]) -> str:
+    """A paper or extreme arch by its name, an arch file by its stem, else the space's label (``w0.35``), else
+    the MFLOPs by `cost`, else the index."""
+    stripped = spec.strip() if isinstance(spec, str) else ''
+    short = stripped.removeprefix('alphanet_')
+    if short in ARCH_NAMES:  # it resolved, so a paper arch's name is one of this space
         return f'{prefix}_{short}'
-    if not stripped.startswith('{') and os.path.isfile(stripped):
+    if stripped and not stripped.startswith('{') and os.path.isfile(stripped):
         stem = re.sub(r'[^A-Za-z0-9._-]+', '_', Path(stripped).stem).strip('._-') or 'arch'
         return f'{prefix}_{stem}'[:80]
-    if isinstance(space, SearchSpace):
-        from ..cost.flops import mflops
-        return f'{prefix}_custom_{_mflops_label(mflops(arch, space))}mf'
+    label = space.label(arch)
+    if label is not None:
+        return f'{prefix}_{label}'
+    if cost is not None:
+        return f'{prefix}_custom_{_mflops_label(cost(arch)[0] / 1e6)}mf'
     return f'{prefix}_custom{index}'
+
+
+def _front_plot(front: ParetoFront, highlight: int) -> bytes:
+    """The card's plot: the search's front plot (`plot_front`) with the exported model's point marked."""
+    return plot_front([p.record() for p in front.points], front.objectives, highlight=highlight,
+                      title=f'Pareto front of {front.supernet.get("spec") or "the supernet"}',
+                      top1_label=f'top-1 on the {front.selection_split} selection images (%)')
 
 
 def _mflops_label(value: float) -> str:
     return str(round(value)) if value >= 10 else f'{value:.2g}'
 
 
-def _resolve(arch: Any, space: Any) -> Any:
-    """`resolve_arch` for AlphaNet spaces; other spaces (slimmable widths) take 'max', 'min', dicts and JSON text."""
-    if isinstance(space, SearchSpace):
-        return resolve_arch(arch, space)
-    text = arch.strip() if isinstance(arch, str) else None
-    if text in ('max', 'min'):
-        return space.max_config() if text == 'max' else space.min_config()
-    if text is not None and text.startswith('{'):
-        try:
-            arch = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f'arch JSON: not valid JSON ({str(e)[:200]})') from None
-    elif text is not None:
-        raise ValueError(f'unknown arch {text[:80]!r} for this supernet; allowed: max, min, or a JSON object')
-    return space.validate(arch)
-
-
-def resolve_requests(space: Any, archs: Sequence[Union[str, SubnetConfig, Dict[str, Any]]] = (),
+def resolve_requests(space: Space, archs: Sequence[Union[str, SubnetConfig, Dict[str, Any]]] = (),
                      front: Optional[ParetoFront] = None, points: Union[str, Sequence[int], None] = 'all',
-                     prefix: str = 'alphanet') -> List[ExportRequest]:
-    """What to export: `archs` (names, JSON text, files, dicts; see `resolve_arch`) or the `points` of `front`.
+                     prefix: str = 'alphanet', cost: Optional[Callable[[Any], Tuple[int, int]]] = None,
+                     ) -> List[ExportRequest]:
+    """What to export: `archs` (anything `space.resolve` takes: names, widths, JSON text, files, dicts) or the
+    `points` of `front`.
 
-    Models are named ``<prefix>_<arch name>`` (``alphanet_a3``, ``alphanet_max``, ``alphanet_pareto03_357mf``).
+    Models are named ``<prefix>_<arch name>`` (``alphanet_a3``, ``alphanet_max``, ``slimmable_mobilenetv2_w0.35``,
+    ``alphanet_pareto03_357mf``); an arch without a name is named by its MFLOPs when `cost` (the supernet's
+    `macs_and_params`) is given (``alphanet_custom_357mf``), else by its index.
     Raises ValueError for an arch outside `space` (naming the gene and its allowed values), an index out of range,
     or two models that would get the same name.
     """
     out: List[ExportRequest] = []
     for a in archs:
-        arch = _resolve(a, space)
-        name = _arch_name(a, arch, space, prefix, len(out)) if isinstance(a, str) else f'{prefix}_custom{len(out)}'
-        out.append(ExportRequest(name, arch))
+        arch = space.resolve(a)
+        out.append(ExportRequest(_arch_name(a, arch, space, prefix, len(out), cost), arch))
     if front is not None:
         width = len(str(len(front.points) - 1))
         for p in select_points(front, points):
@@ -100,29 +98,6 @@ def resolve_requests(space: Any, archs: Sequence[Union[str, SubnetConfig, Dict[s
     if dup:
         raise ValueError(f'two exported models would share the name(s) {dup[:5]}; give each arch once')
     return out
-
-
-def calibration_images(dataset: Any, recipe: CalibrationRecipe, workers: int = 0, progress: bool = True
-                       ) -> torch.Tensor:
-    """The recipe's calibration images of `dataset` (the recipe's split), decoded once, in the recipe's order.
-
-    The indices are the first of `disjoint_subsets(len(dataset), [num_images, ...], seed)`, so they are the images
-    the search calibrated with; the dataset's transform is set to `recipe.transform()`.
-    """
-    dataset.transform = recipe.transform()
-    indices = disjoint_subsets(len(dataset), [recipe.num_images], recipe.seed)[0]
-    images, _ = load_images(dataset, indices, batch_size=recipe.batch_size, workers=workers, progress=progress,
-                            desc='calibration images')
-    return images
-
-
-def calibrate_with_recipe(model: torch.nn.Module, images: torch.Tensor, recipe: CalibrationRecipe,
-                          resolution: int) -> int:
-    """Calibrate `model`'s BN on `images` in the recipe's batches, each resized to `resolution`; returns batches."""
-    device = next(model.parameters()).device
-    batches = [b.to(device) for b in images.split(recipe.batch_size)]
-    return calibrate_bn(model, batches, num_batches=len(batches), resolution=resolution, distributed=False,
-                        progress=False)
 
 
 def _results(point: ParetoPoint, front: ParetoFront) -> List[Dict[str, Any]]:
@@ -177,6 +152,11 @@ def export_subnets(
         raise ValueError('calib_images need the recipe they were drawn with')
     device = check_device(device)
     output = check_output_folder(output, overwrite)
+    if front is not None:  # the cards carry the front plot: a missing extra is refused before any folder is built
+        import_optional('matplotlib.figure', "the model cards' front plot")
+    if onnx:
+        from .onnx import require_onnx
+        require_onnx()
     say = log or (lambda msg: None)
     written = []
     for req in tqdm(requests, desc='export', disable=not progress):
@@ -203,12 +183,12 @@ def export_subnets(
         if point is not None and front is not None:
             meta['results'] = _results(point, front)
             meta['pareto'] = {'index': point.index, 'num_points': len(front.points), 'file_sha256': front.file_sha256,
-                              'objectives': list(front.objectives), 'plot': 'pareto.svg', 'complete': front.complete}
+                              'objectives': list(front.objectives), 'plot': 'pareto.png', 'complete': front.complete}
         model.cpu()
         folder = output / req.name
         with staged_folder(folder, overwrite) as tmp:
             if meta.get('pareto'):
-                (tmp / 'pareto.svg').write_text(pareto_svg(front, highlight=point.index))
+                (tmp / 'pareto.png').write_bytes(_front_plot(front, point.index))
             if onnx:
                 from .onnx import export_onnx
                 meta['onnx'] = export_onnx(model, tmp / 'model.onnx', req.arch.resolution,

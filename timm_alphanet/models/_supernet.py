@@ -5,7 +5,7 @@ AlphaNet supernet today, slimmable MobileNets next. Nothing checks model names.
 """
 import contextlib
 import random
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, Tuple, runtime_checkable
 
 __all__ = ['SUBNET_KINDS', 'Supernet', 'is_supernet', 'sample_from_space']
 
@@ -17,12 +17,16 @@ class Supernet(Protocol):
     """A model that runs one subnet of its `space` at a time.
 
     Members:
-        space: the search space (`validate`, `max_config`, `min_config`, `sample(rng)`, `to_dict`).
+        space: the search space, a `timm_alphanet.spaces.Space` (`validate`, `resolve`, `max_config`,
+            `min_config`, `sample(rng)`, mutation and crossover, `to_dict`).
         active_subnet: the subnet forward runs (a frozen arch with a `resolution`).
         set_subnet(arch): run `arch` (validated against `space`).
         sample_subnet(kind, rng): 'max', 'min' or 'random' arch of the space, without switching to it.
         regularized(drop_rate=None, drop_path=True): a context inside which forward applies dropout and drop path
             (the recipe regularizes the max subnet only).
+        macs_and_params(arch=None, num_classes=None): (MACs, parameters) of `arch` (default: the active subnet)
+            with the model's input channels and classifier (or one of `num_classes`), by the original counter's
+            convention: the one cost of a subnet that search and export record, whatever the space.
     """
     space: Any
 
@@ -35,6 +39,8 @@ class Supernet(Protocol):
 
     def regularized(self, drop_rate: Optional[float] = None,
                     drop_path: bool = True) -> contextlib.AbstractContextManager: ...
+
+    def macs_and_params(self, arch: Any = None, num_classes: Optional[int] = None) -> Tuple[int, int]: ...
 
 
 def is_supernet(model: Any) -> bool:

@@ -27,6 +27,7 @@ from timm.models import build_model_with_cfg
 # timm's private generators are the one source of the MobileNet layouts and their channel rounding
 from timm.models.efficientnet import EfficientNet, _gen_mobilenet_v1, _gen_mobilenet_v2
 
+from ..cost.slimmable import width_macs_and_params
 from ..layers.elastic import elastic_convs, make_elastic
 from ..spaces import WidthConfig, WidthSpace, check_width, width_range
 from ._checkpoint import checkpoint_filter_fn
@@ -188,6 +189,13 @@ class SlimmableMobileNet(EfficientNet):
     def sample_subnet(self, kind: str, rng: Optional[random.Random] = None) -> WidthConfig:
         """'max', 'min' or 'random' (needs an explicit `rng`) subnet of the space; the active one is unchanged."""
         return sample_from_space(self.space, kind, rng)
+
+    @torch.jit.ignore
+    def macs_and_params(self, arch: Optional[Union[WidthConfig, Mapping[str, Any], float]] = None,
+                        num_classes: Optional[int] = None) -> Tuple[int, int]:
+        """(MACs, parameters) of `arch` (default: the active subnet), counted on its static timm model (built on the
+        meta device) with this model's input channels and classes (or `num_classes`); see `cost.slimmable`."""
+        return width_macs_and_params(self, arch, num_classes)
 
     def _set_drop_path(self, enabled: bool) -> None:
         for name, module in self.named_modules():

@@ -7,13 +7,14 @@ The caller feeds images at the subnet's resolution: nothing is resized inside fo
 """
 import contextlib
 import random
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from ..archs import ArchSpec, SpaceSpec, resolve_arch, resolve_space
+from ..cost.flops import count_macs_and_params
 from ..spaces import SubnetConfig
 from ..layers.dynamic import DynamicBatchNormAct2d, DynamicConv2d, DynamicLinear
 from ..layers.dynamic_blocks import DynamicConvBnAct, DynamicMBConv, DynamicStage
@@ -90,6 +91,14 @@ class AlphaNetSupernet(AlphaNet):
     def sample_subnet(self, kind: str, rng: Optional[random.Random] = None) -> SubnetConfig:
         """'max', 'min' or 'random' (needs an explicit `rng`) subnet of the space; the active one is unchanged."""
         return sample_from_space(self.space, kind, rng)
+
+    @torch.jit.ignore
+    def macs_and_params(self, arch: Optional[ArchSpec] = None, num_classes: Optional[int] = None) -> Tuple[int, int]:
+        """(MACs, parameters) of `arch` (default: the active subnet) counted from the space's block specs, with this
+        model's input channels and classes (or `num_classes`); see `cost.flops`."""
+        arch = self.arch if arch is None else arch
+        return count_macs_and_params(arch, self.space, self.num_classes if num_classes is None else num_classes,
+                                     self.in_chans)
 
     @torch.jit.ignore
     @contextlib.contextmanager

@@ -1,11 +1,11 @@
 """Original AlphaNet/AttentiveNAS checkpoints: safe reading, key conversion, loading and `alphanet-convert`."""
 from .checkpoint import load_original_checkpoint, read_original_checkpoint
-from .convert import ConvertedPaths, SUBNET_NAMES, convert_checkpoint, make_calibration_loader, resolve_subnets
+from .convert import ConvertedPaths, SUBNET_NAMES, convert_checkpoint, resolve_subnets
 from .keys import check_converted_state_dict, convert_original_state_dict, layout_from_supernet_config
 from .unpickler import UnsafeCheckpointError, restricted_pickle
 
 __all__ = [
     'UnsafeCheckpointError', 'restricted_pickle', 'read_original_checkpoint', 'convert_original_state_dict',
     'check_converted_state_dict', 'layout_from_supernet_config', 'load_original_checkpoint',
-    'ConvertedPaths', 'SUBNET_NAMES', 'convert_checkpoint', 'make_calibration_loader', 'resolve_subnets',
+    'ConvertedPaths', 'SUBNET_NAMES', 'convert_checkpoint', 'resolve_subnets',
 ]

@@ -207,16 +207,9 @@ def _resolve_space(config: Any, args: Optional[Mapping[str, Any]], path: str) ->
 
     if config is None:
         return ALPHANET_SPACE if stored_space is None else stored_space
-    if isinstance(config, SearchSpace):
-        space = config
-    elif isinstance(config, (str, os.PathLike)):
+    if isinstance(config, (str, os.PathLike)):
         regular_file_size(config, 'config file')  # 'config file not found: ...', or not a file
-        space = SearchSpace.from_yaml(config)
-    elif isinstance(config, Mapping):
-        space = SearchSpace.from_dict(config)
-    else:
-        raise TypeError(f'config must be an original YAML path, a SearchSpace or a supernet_config dict, '
-                        f'got {type(config).__name__}')
+    space = SearchSpace.coerce(config)  # a SearchSpace, a supernet_config dict or an original YAML path
     if stored_space is not None and stored_space != space:
         raise ValueError(
             f"{path}: the given config disagrees with the supernet_config stored in the checkpoint's args: "

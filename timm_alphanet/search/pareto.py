@@ -1,23 +1,16 @@
-"""Pareto fronts over top-1 and costs: non-dominated sorting, crowding distance, hypervolume (plain Python), and
-the pareto.json / pareto.md / pareto.png files (matplotlib, imported only to draw).
+"""Pareto fronts over top-1 and costs: non-dominated sorting, crowding distance, hypervolume (plain Python). The
+pareto.json file is `pareto_file`'s, its report and plot `pareto_report`'s.
 
 A *record* is a mapping with the metric keys (``top1``, ``mflops``, ``params_m``, ``latency_ms``) and usually an
 ``arch``: the evolution's records, the points of a pareto.json and the lines of a candidates.jsonl all are.
 Objectives are named by the user (``top1``, ``mflops``, ``params``, ``latency``); top-1 is maximised, the costs
 minimised. pymoo has the same algorithms, but not as a dependency worth adding for ~100 lines.
 """
-import io
-import json
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-from ..utils import write_atomic  # noqa: F401  (public here too: the runner writes its files with it)
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 __all__ = ['OBJECTIVES', 'check_objectives', 'objective_vector', 'dominates', 'non_dominated_sort',
-           'crowding_distance', 'pareto_front', 'hypervolume', 'FORMAT', 'arch_text', 'pareto_markdown',
-           'pareto_report', 'write_atomic', 'plot_pareto', 'dumps']
-
-FORMAT = 'timm_alphanet.pareto/1'
+           'crowding_distance', 'pareto_front', 'hypervolume']
 
 # objective name -> (record key, 'max' | 'min')
 OBJECTIVES: Dict[str, Tuple[str, str]] = {
@@ -138,95 +131,3 @@ def hypervolume(vectors: Sequence[Sequence[float]], reference: Sequence[float]) 
         if upper > p[-1]:
             volume += (upper - p[-1]) * hypervolume([q[:-1] for q in pts[:i + 1]], ref[:-1])
     return volume
-
-
-# ---- files
-AXIS_LABELS = {'mflops': 'MFLOPs (millions of multiply-adds)', 'params': 'parameters (millions)',
-               'latency': 'predicted latency (ms)'}
-
-
-def arch_text(arch: Mapping[str, Any]) -> str:
-    """Compact one-line arch: ``r32 w8,16,24 d1,2 k3,5 t1,4`` (original keys or ours); other arch types (e.g. a
-    slimmable ``{'width': 0.5, 'resolution': 224}``) as ``key=value`` pairs."""
-    if not any(k in arch for k in ('depth', 'depths')):
-        return ' '.join(f'{k}={v}' for k, v in arch.items())
-
-    def get(*keys: str) -> Any:
-        return next(arch[k] for k in keys if k in arch)
-    parts = [f'r{get("resolution")}']
-    for tag, keys in (('w', ('width', 'widths')), ('d', ('depth', 'depths')), ('k', ('kernel_size', 'kernel_sizes')),
-                      ('t', ('expand_ratio', 'expand_ratios'))):
-        parts.append(tag + ','.join(map(str, get(*keys))))
-    return ' '.join(parts)
-
-
-def _num(value: Optional[float], digits: int) -> str:
-    return '' if value is None else f'{value:.{digits}f}'
-
-
-def pareto_markdown(doc: Mapping[str, Any]) -> str:
-    """The Pareto table of a pareto.json document (one row per point, numbered as in pareto.png)."""
-    lines = ['| # | top-1 sel. % | top-1 val. % | MFLOPs | params M | latency ms | arch |',
-             '|---|---|---|---|---|---|---|']
-    for i, p in enumerate(doc['points']):
-        lines.append(f'| {i} | {_num(p["top1"], 2)} | {_num(p.get("top1_val"), 2)} | {_num(p["mflops"], 2)} | '
-                     f'{_num(p["params_m"], 3)} | {_num(p.get("latency_ms"), 3)} | {arch_text(p["arch"])} |')
-    return '\n'.join(lines)
-
-
-def pareto_report(doc: Mapping[str, Any]) -> str:
-    """pareto.md: what was searched, how it was scored, and the table."""
-    prog, sel, cal = doc['progress'], doc['selection'], doc['calibration']
-    limits = ', '.join(f'{k} {v}' for k, v in doc['limits'].items() if v is not None) or 'none'
-    val = doc.get('validation')
-    lines = [
-        '# Pareto front', '',
-        f'- supernet: `{doc["supernet"].get("spec") or "?"}` (sha256 `{doc["supernet"]["sha256"][:16]}`)',
-        f'- objectives: {", ".join(doc["objectives"])}; limits: {limits}',
-        f'- progress: generation {prog["generations_done"]} of {prog["generations"]}, {prog["evaluated"]} subnets '
-        f'evaluated{"" if prog["complete"] else " (running)"}',
-        f'- BN calibration: {cal["num_images"]} images of the {cal["split"]} split (seed {cal["seed"]}), batches of '
-        f'{cal["batch_size"]}, {cal["image_size"]} px, crop {cal["crop_pct"]}',
-        f'- selection (top-1 sel.): {sel["num_images"]} other images of the {sel["split"]} split',
-        '- top-1 val.: ' + (f'the {val["num_images"]} images of the {val["split"]} split, front points only'
-                             if val else 'not measured (no validation split)'),
-    ]
-    if doc.get('latency'):
-        d = doc['latency']['device']
-        lines.append(f'- latency: table on {d["type"]} {d["name"]!r}, {d["threads"]} threads, batch {d["batch_size"]}')
-    return '\n'.join(lines + ['', pareto_markdown(doc), ''])
-
-
-def plot_pareto(path: str, doc: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> None:
-    """pareto.png: every evaluated subnet (grey) and the front (labelled as in pareto.md), one panel per cost."""
-    from matplotlib.figure import Figure
-
-    costs = [o for o in doc['objectives'] if o != 'top1']
-    fig = Figure(figsize=(6.4 * len(costs), 4.8), layout='constrained')
-    axes = fig.subplots(1, len(costs), squeeze=False)[0]
-    for ax, cost in zip(axes, costs):
-        key = OBJECTIVES[cost][0]
-        ax.scatter([r[key] for r in records], [r['top1'] for r in records], s=10, c='0.65',
-                   label=f'evaluated ({len(records)})')
-        pts = sorted(doc['points'], key=lambda p: p[key])
-        ax.plot([p[key] for p in pts], [p['top1'] for p in pts], '-o', c='tab:red', ms=5,
-                label=f'Pareto front ({len(pts)})')
-        for i, p in enumerate(doc['points']):
-            ax.annotate(str(i), (p[key], p['top1']), textcoords='offset points', xytext=(4, -10), fontsize=8)
-        label = AXIS_LABELS[cost]
-        if cost == 'latency' and doc.get('latency'):
-            d = doc['latency']['device']
-            label = f'predicted latency (ms, {d["type"]}, batch {d["batch_size"]})'
-        ax.set_xlabel(label)
-        ax.set_ylabel('top-1 on the selection images (%)')
-        ax.grid(alpha=0.3)
-        ax.legend(loc='lower right')
-    fig.suptitle(f'{doc["supernet"].get("spec") or "supernet"}: generation {doc["progress"]["generations_done"]}'
-                 f' of {doc["progress"]["generations"]}', fontsize=10)
-    png = io.BytesIO()
-    fig.savefig(png, format='png', dpi=100)
-    write_atomic(path, png.getvalue())
-
-
-def dumps(doc: Mapping[str, Any]) -> str:
-    return json.dumps(doc, indent=1) + '\n'

@@ -2,7 +2,8 @@
 
 It validates archs, gives the extremes, samples with an explicit RNG and resolves each block's shape
 (`BlockSpec`, shared by the models and the cost model). It round-trips through plain dicts (JSON/YAML) in the
-original schema (`c/d/k/t/s/se/act_func`). Nothing here imports torch.
+original schema (`c/d/k/t/s/se/act_func`). It follows the `Space` protocol (spaces/protocol.py). Nothing here
+imports torch.
 """
 from __future__ import annotations
 
@@ -172,6 +173,18 @@ class SearchSpace:
         except ValueError:
             return False
         return True
+
+    def resolve(self, spec: Union[SubnetConfig, Mapping[str, Any], str, os.PathLike]) -> SubnetConfig:
+        """The arch of this space that `spec` names (the `Space` grammar: an arch or its dict, 'max', 'min',
+        AlphaNet's a0..a6, JSON text or an arch file); ValueError naming what is wrong and what is allowed."""
+        # archs.py imports this module (its spaces are SearchSpaces), so its resolver is imported on use
+        from ..archs import resolve_arch
+        return resolve_arch(spec, self)
+
+    def label(self, cfg: Union[SubnetConfig, Mapping[str, Any]]) -> Optional[str]:
+        """None: an AlphaNet arch has no short name of its own (callers name it, e.g. by its MFLOPs)."""
+        self.validate(cfg)
+        return None
 
     def _pick(self, pick) -> SubnetConfig:
         return SubnetConfig(

@@ -1,20 +1,22 @@
 """Width spaces of slimmable networks: one width multiplier (and input resolution) per subnet; no torch.
 
 A `WidthConfig` is one subnet (a width multiplier of the full network and a resolution); a `WidthSpace` is the
-list of multipliers and resolutions a slimmable supernet runs. The space has the same interface as the AlphaNet
-`SearchSpace` (validate, extremes, sampling, mutation and crossover with an explicit RNG, dict round trips), so
-sandwich training and search work on it unchanged. The channel counts of a width are not computed here: they
-come from timm's own model of that width (see models/slimmable_mobilenet.py).
+list of multipliers and resolutions a slimmable supernet runs. Like the AlphaNet `SearchSpace` it follows the
+`Space` protocol (spaces/protocol.py: validate, resolve, extremes, sampling, mutation and crossover with an explicit
+RNG, dict round trips), so sandwich training, search and export work on it unchanged. The channel counts of a width
+are not computed here: they come from timm's own model of that width (see models/slimmable_mobilenet.py).
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import reprlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
-from ..utils import check_int
+from ..utils import bounded_repr, check_int, display_path, parse_yaml, short_message
+from .protocol import MAX_ARCH_BYTES, is_arch_file, read_arch_data, unwrap_arch_data
 
 __all__ = ['WidthConfig', 'WidthSpace', 'check_width', 'width_range']
 
@@ -142,6 +144,41 @@ class WidthSpace:
             return False
         return True
 
+    def resolve(self, spec: Union[WidthConfig, Mapping[str, Any], int, float, str, os.PathLike]) -> WidthConfig:
+        """The subnet of this space that `spec` names (the `Space` grammar): a WidthConfig or its dict, 'max',
+        'min', a bare width (0.35 or '0.35', with one resolution), a mapping as JSON or YAML flow text
+        ('{width: 0.5, resolution: 224}'), or a JSON/YAML arch file; ValueError naming the value and the allowed.
+        """
+        if not isinstance(spec, (str, os.PathLike)):
+            return self.validate(spec)
+        text = os.fspath(spec).strip()
+        if len(text) > MAX_ARCH_BYTES:
+            raise ValueError(f'an arch of {len(text)} characters is too long (at most {MAX_ARCH_BYTES})')
+        if text in ('max', 'min'):
+            return self.max_config() if text == 'max' else self.min_config()
+        if text.startswith('{'):  # YAML flow style takes JSON objects too
+            return self.validate(unwrap_arch_data(parse_yaml(text, 'arch text'), 'arch text', 'width, resolution'))
+        try:
+            width = float(text)
+        except ValueError:
+            width = None
+        if width is not None:
+            return self.validate(width)
+        if is_arch_file(text):
+            data = read_arch_data(text, 'width, resolution')
+            try:
+                return self.validate(data)
+            except ValueError as e:
+                raise ValueError(f'{display_path(text)}: {short_message(e, 500)}') from None
+        raise ValueError(f'unknown arch {bounded_repr(text)} for a WidthSpace; allowed: max, min, a width of '
+                         f'{bounded_repr(list(self.widths))} (e.g. {self.widths[0]}), {{width: ..., resolution: ...}} '
+                         f'as a mapping or JSON/YAML text, or a JSON/YAML arch file')
+
+    def label(self, arch: Union[WidthConfig, Mapping[str, Any], int, float]) -> str:
+        """``w<width>`` (``w0.35``), with ``@<resolution>`` when the space has several resolutions."""
+        arch = self.validate(arch)
+        return f'w{arch.width}' + (f'@{arch.resolution}' if len(self.resolutions) > 1 else '')
+
     def max_config(self) -> WidthConfig:
         """The widest subnet at the largest resolution."""
         return WidthConfig(self.widths[-1], self.resolutions[-1])
@@ -167,11 +204,13 @@ class WidthSpace:
         return WidthConfig(rng.choice(self.widths), rng.choice(self.resolutions))
 
     def mutate(self, arch: Union[WidthConfig, Mapping[str, Any]], rng: random.Random, prob: float = 0.1,
-               resolution_prob: float = 0.5) -> WidthConfig:
+               resolution_prob: Optional[float] = 0.5) -> WidthConfig:
         """`arch` with its width replaced by a different choice with probability `prob`, and its resolution with
-        probability `resolution_prob` (the original evolution's per-gene mutation; once-for-all's defaults)."""
+        probability `resolution_prob` (None: `prob`, as `SearchSpace.mutate`) (the original evolution's per-gene
+        mutation; once-for-all's defaults)."""
         arch = self.validate(arch)
         _check_rng(rng)
+        resolution_prob = prob if resolution_prob is None else resolution_prob
         for name, p in (('prob', prob), ('resolution_prob', resolution_prob)):
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
                 raise ValueError(f'{name} must be a probability in [0, 1], got {reprlib.repr(p)}')

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
+from ..calibration import mean_std_of
 from ..utils import check_model_spec, check_safetensors
 
 __all__ = ['TeacherSpec', 'create_teacher', 'student_normalization', 'teacher_logits']
@@ -129,9 +129,8 @@ def _file_classes(path: str, name: str) -> Optional[int]:
 def student_normalization(student: nn.Module, device: Optional[torch.device] = None,
                           dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The student's input mean and std (from its `pretrained_cfg`, ImageNet's by default) as [1, C, 1, 1] tensors."""
-    cfg = getattr(unwrap_model(student), 'pretrained_cfg', None) or {}
-    return tuple(torch.tensor(cfg.get(key, default), device=device, dtype=dtype).view(1, -1, 1, 1)
-                 for key, default in (('mean', IMAGENET_DEFAULT_MEAN), ('std', IMAGENET_DEFAULT_STD)))
+    return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, -1, 1, 1)
+                 for v in mean_std_of(unwrap_model(student)))
 
 
 @torch.no_grad()

@@ -1,8 +1,10 @@
-"""A pareto.json as `alphanet-search` writes it (``timm_alphanet.pareto/1``), for export tests: built from the format's
+"""A pareto.json as `alphanet-search` writes it (format version 1), for export tests: built from the format's
 description (format, supernet source + sha256, space, objectives, limits, search parameters, seed, calibration recipe,
 selection split, validation split, latency table device, progress, points with arch in the original keys, mflops,
 params_m, latency_ms, top1, top1_val)."""
 from typing import Any, Dict, Optional, Sequence
+
+from ..search.pareto_file import FORMAT_NAME
 
 __all__ = ['pareto_dict']
 
@@ -21,7 +23,7 @@ def pareto_dict(space: Any, sha256: str, archs: Sequence[Any], recipe: Dict[str,
             'top1': (top1[i] if top1 is not None else 50.0 + 10 * i), 'top1_val': 40.0 + 10 * i if i else None,
         })
     data = {
-        'format': 'timm_alphanet.pareto/1',
+        'format': f'{FORMAT_NAME}/1',  # version 1 as written, even once the package writes a later one
         'supernet': {'spec': 'runs/supernet', 'kind': 'local-dir', 'path': 'runs/supernet', 'sha256': sha256},
         'space': space.to_dict(),
         'objectives': ['top1', 'mflops'],

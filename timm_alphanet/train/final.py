@@ -9,7 +9,6 @@ what ``alphanet-validate --model local-dir:final/<name>`` runs), and that number
 writes the student itself as ``final/``, measured the same way. ``final/`` is staged and renamed into place whole.
 """
 import copy
-import os
 import shlex
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,17 +18,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..calibration import CalibrationRecipe
+from ..calibration import CalibrationRecipe, calibrate_with_recipe, calibration_images, recipe_for
+from ..data import DIGITS, data_name
 from ..evaluation import format_table, validate_model
 from ..export.extract import extract_subnet
 from ..export.folder import model_metadata, read_config, staged_folder, write_model_folder
-from ..export.subnets import calibrate_with_recipe, calibration_images
 from ..models import is_supernet
 from ..utils import sha256_file
 from .build import PREPROCESSING
 from .checkpoint import no_space_left
 from .config import TrainConfig
-from .data import DIGITS
 
 __all__ = ['FinalModel', 'SUPERNET_NOTE', 'final_recipe', 'write_final', 'read_final', 'final_report', 'next_steps']
 
@@ -56,7 +54,7 @@ def dataset_name(cfg: TrainConfig) -> str:
     if cfg.dataset == DIGITS:
         return DIGITS
     if cfg.dataset == '' and cfg.data_dir:
-        return os.path.basename(os.path.normpath(cfg.data_dir))[:100] or cfg.data_dir[:100]
+        return data_name(cfg.data_dir)
     return cfg.dataset[:100]
 
 
@@ -68,12 +66,9 @@ def final_recipe(cfg: TrainConfig, model: nn.Module, num_train_images: int) -> C
     Raises:
         ValueError: preprocessing a recipe cannot name (e.g. an interpolation it does not support).
     """
-    data = model.pretrained_cfg
-    return CalibrationRecipe(
-        split=cfg.train_split, num_images=min(cfg.bn_calib_batches * cfg.batch_size, num_train_images),
-        batch_size=cfg.batch_size, seed=cfg.seed, image_size=int(data['input_size'][-1]),
-        interpolation=data['interpolation'], crop_pct=float(data['crop_pct']), mean=tuple(data['mean']),
-        std=tuple(data['std']))
+    return recipe_for(
+        model, split=cfg.train_split, num_images=min(cfg.bn_calib_batches * cfg.batch_size, num_train_images),
+        batch_size=cfg.batch_size, seed=cfg.seed, image_size=int(model.pretrained_cfg['input_size'][-1]))
 
 
 def _with_preprocessing(model: nn.Module, source: nn.Module, resolution: int) -> nn.Module:

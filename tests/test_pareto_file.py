@@ -1,0 +1,187 @@
+"""pareto.json's one module: what the writer writes the reader reads back; the reader refuses an unknown format,
+an oversized or deeply nested file with one line naming the file; a resume names what differs; the format tag lives
+in one place; and the one front plot labels a narrow MFLOPs range with distinct ticks."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from timm_alphanet.calibration import CalibrationRecipe
+from timm_alphanet.search import EvolutionConfig, Limits, pareto_file
+from timm_alphanet.search.pareto_file import (
+    FORMAT, check_resume, fingerprint_differences, front_point, pareto_document, pareto_header, progress_record,
+    read_pareto, read_pareto_file, resume_fingerprint, write_pareto,
+)
+from timm_alphanet.search.pareto_report import front_figure, plot_front
+from timm_alphanet.spaces import SearchSpace
+from timm_alphanet.testing.tiny import TINY_SPACE
+
+SPACE = SearchSpace.from_dict(TINY_SPACE)
+SHA = 'ab' * 32
+RECIPE = CalibrationRecipe(num_images=32, batch_size=16, seed=5, image_size=24)
+PKG = Path(__file__).resolve().parent.parent / 'timm_alphanet'
+
+
+def _header(**change):
+    args = dict(supernet={'spec': 'runs/supernet', 'kind': 'local-dir', 'sha256': SHA}, dataset='sklearn/digits',
+                space=SPACE.to_dict(), num_classes=10, objectives=('top1', 'mflops'), limits=Limits().to_dict(),
+                search={**EvolutionConfig(population=8, generations=2).to_dict(), 'predictor': False},
+                calibration=RECIPE.to_dict(), selection_images=64, batch_size=32, validation=('validation', 355),
+                latency=None)
+    return pareto_header(**{**args, **change})
+
+
+def _document(header=None):
+    records = [{'arch': a, 'mflops': m, 'params_m': 0.1, 'latency_ms': None, 'top1': t}
+               for a, m, t in ((SPACE.min_config(), 0.5, 50.0), (SPACE.max_config(), 1.5, 60.25))]
+    points = [front_point(r, top1_val=40.0 + i, latency_device=None) for i, r in enumerate(records)]
+    return pareto_document(header or _header(), points, progress_record(2, 2, 16, True))
+
+
+def _one_line_naming(e, path):
+    message = str(e.value)
+    assert '\n' not in message and message.startswith(str(path)), message
+    return message
+
+
+def test_the_written_tag_is_the_one_files_in_the_wild_carry():
+    assert FORMAT == 'timm_alphanet.pareto/1'
+
+
+def test_the_format_tag_is_spelled_in_one_module():
+    tag = re.compile(r'timm_alphanet\.pareto\b(?!_)')
+    holders = sorted(str(p.relative_to(PKG)) for p in PKG.rglob('*.py') if tag.search(p.read_text()))
+    assert holders == ['search/pareto_file.py']
+
+
+def test_round_trip_writer_to_reader(tmp_path):
+    doc = _document()
+    path = tmp_path / 'pareto.json'
+    write_pareto(path, doc)
+    read = read_pareto_file(path)
+    assert read.document == json.loads(json.dumps(doc)) and read.version == 1
+    front = read_pareto(path, SPACE, SHA, CalibrationRecipe.from_dict)
+    assert front.recipe == RECIPE and front.format == 1 and front.file_sha256 == read.sha256
+    assert [p.arch for p in front.points] == [SPACE.min_config(), SPACE.max_config()]
+    assert [p.record()['top1'] for p in front.points] == [50.0, 60.25]
+    assert front.selection_split == 'train' and front.report_split == 'validation' and front.complete
+    assert front.objectives == ('top1', 'mflops') and front.supernet['spec'] == 'runs/supernet'
+    assert read_pareto(path, SPACE).recipe == RECIPE.to_dict()  # without a recipe reader: the mapping
+
+
+@pytest.mark.parametrize('tag, shown', [('timm_alphanet.pareto/2', "'timm_alphanet.pareto/2'"), (2, '2'),
+                                        ('other.pareto/1', "'other.pareto/1'"), (None, 'None'), (True, 'True')])
+def test_an_unknown_format_tag_is_refused_in_one_line_naming_the_file(tmp_path, tag, shown):
+    path = tmp_path / 'pareto.json'
+    path.write_text(json.dumps({**_document(), 'format': tag}))
+    for read in (read_pareto_file, lambda p: read_pareto(p, SPACE, SHA), lambda p: check_resume(p, _header())):
+        with pytest.raises(ValueError) as e:
+            read(path)
+        message = _one_line_naming(e, path)
+        assert f'unknown pareto.json format {shown}; this version reads format {FORMAT}' in message
+
+
+def test_an_oversized_file_is_refused_before_parsing(tmp_path, monkeypatch):
+    path = tmp_path / 'pareto.json'
+    write_pareto(path, _document())
+    monkeypatch.setattr(pareto_file, 'MAX_PARETO_BYTES', 100)
+    with pytest.raises(ValueError) as e:
+        read_pareto_file(path)
+    assert 'too large for a pareto.json' in _one_line_naming(e, path) and 'at most 100' in str(e.value)
+    monkeypatch.setattr(pareto_file, 'MAX_PARETO_BYTES', 64 << 20)
+    monkeypatch.setattr(pareto_file, 'MAX_PARETO_NODES', 50)
+    with pytest.raises(ValueError) as e:
+        read_pareto_file(path)
+    assert 'more than 50 values' in _one_line_naming(e, path)
+
+
+@pytest.mark.parametrize('text', ['[' * 100_000, '{"format": 1, "x": ' + '[' * 70 + ']' * 70 + '}'])
+def test_deep_nesting_is_refused_in_one_line_naming_the_file(tmp_path, text):
+    path = tmp_path / 'pareto.json'
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        read_pareto_file(path)
+    assert re.search(r': (nested deeper than 64 levels|not valid JSON)', _one_line_naming(e, path))
+
+
+@pytest.mark.parametrize('text, match', [('[]', 'expected a JSON object, got list'),
+                                         ('{"format": 1,', 'not valid JSON')])
+def test_other_unreadable_files(tmp_path, text, match):
+    path = tmp_path / 'pareto.json'
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        read_pareto_file(path)
+    assert match in _one_line_naming(e, path)
+    with pytest.raises(FileNotFoundError):
+        read_pareto_file(tmp_path / 'missing.json')
+
+
+def test_resume_accepts_the_same_search_with_more_generations(tmp_path):
+    path = tmp_path / 'pareto.json'
+    write_pareto(path, _document())
+    more = _header(search={**EvolutionConfig(population=8, generations=5).to_dict(), 'predictor': False})
+    assert check_resume(path, more).document['progress']['generations'] == 2
+
+
+def test_resume_names_every_difference(tmp_path):
+    path = tmp_path / 'pareto.json'
+    write_pareto(path, _document())
+    other = _header(supernet={'sha256': 'cd' * 32}, search={**EvolutionConfig(population=8, seed=1).to_dict(),
+                                                             'predictor': False})
+    with pytest.raises(ValueError) as e:
+        check_resume(path, other)
+    message = _one_line_naming(e, f'cannot resume {path}')
+    assert 'it records a different search: ' in message
+    assert 'search.seed (0 there, 1 here); supernet.sha256 (abababab' in message and 'cdcdcdcd' in message
+    many = _header(num_classes=3, objectives=('top1', 'params'), selection_images=1, batch_size=1,
+                   calibration=CalibrationRecipe(num_images=2, image_size=8).to_dict(), supernet={'sha256': '0' * 64})
+    with pytest.raises(ValueError, match=r' \(\+\d+ more\)$'):
+        check_resume(path, many)
+
+
+def test_resume_refuses_a_file_without_the_header(tmp_path):
+    path = tmp_path / 'pareto.json'
+    doc = _document()
+    del doc['selection']
+    write_pareto(path, doc)
+    with pytest.raises(ValueError) as e:
+        check_resume(path, _header())
+    assert "not a readable pareto.json (KeyError: 'selection'); cannot resume from it" in _one_line_naming(e, path)
+
+
+def test_fingerprint_and_differences():
+    old = resume_fingerprint(_header())
+    assert 'generations' not in old['search'] and old['supernet.sha256'] == SHA
+    assert fingerprint_differences(old, old) == []
+    assert fingerprint_differences({'a': {'b': 1, 'c': 2}}, {'a': {'b': 1, 'c': 3, 'd': 4}}) == [
+        'a.c (2 there, 3 here)', 'a.d (None there, 4 here)']
+
+
+def _tick_labels(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    return [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+
+
+def test_the_plot_labels_a_narrow_mflops_range_with_distinct_ticks():
+    # the hand-written SVG this plot replaced labelled both ends of such a front '0'
+    points = [{'top1': 60.0 + 40 * (m - 0.2), 'mflops': m} for m in (0.20, 0.21, 0.23, 0.25)]
+    labels = _tick_labels(front_figure(points, ('top1', 'mflops')))
+    assert len(labels) >= 3 and len(set(labels)) == len(labels) and all(labels), labels
+    values = [float(t.replace('\u2212', '-')) for t in labels]  # no offset: the labels are the MFLOPs themselves
+    assert all(0.19 <= v <= 0.26 for v in values), labels
+
+
+def test_the_plot_marks_the_exported_point_and_shows_text_as_given():
+    points = [{'top1': 50.0, 'mflops': 1.0}, {'top1': 70.0, 'mflops': 2.0, 'latency_ms': None}, {'top1': None,
+                                                                                                  'mflops': 3.0}]
+    fig = front_figure(points, ('top1', 'mflops', 'latency'), highlight=1, title='runs/$x$_1 {bad $\\frac',
+                       top1_label='top-1 on the $y selection images (%)')
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert 'this model (point 1)' in legend and 'Pareto front (2)' in legend  # the point without top-1 is left out
+    assert len(fig.axes) == 2 and fig.axes[1].get_legend().get_texts()[0].get_text() == 'Pareto front (0)'
+    png = plot_front(points, ('top1', 'mflops'), highlight=1, title='runs/$x$_1 {bad $\\frac')  # draws: no formula
+    assert png[:8] == b'\x89PNG\r\n\x1a\n'
