@@ -2,6 +2,7 @@
 space and the digits (supernet and teacher KD)."""
 import copy
 import hashlib
+import math
 import random
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from timm_alphanet.archs import ALPHANET_ARCHS
 from timm_alphanet.layers.sync_bn import SyncDynamicBatchNormAct2d
 from timm_alphanet.models import is_supernet
 from timm_alphanet.spaces import SearchSpace
+from timm_alphanet.testing.host_reads import count_host_reads
 from timm_alphanet.task import AlphaDistillationTask, SandwichTask, sandwich_subnets
+from timm_alphanet.data import build_digits_folder
 from timm_alphanet.train import (NonFiniteLossError, TrainConfig, TrainState, build_accelerator, build_data,
-                                 build_digits_folder, build_loaders, build_model, build_optimizer, build_scheduler,
+                                 build_loaders, build_model, build_optimizer, build_scheduler,
                                  build_task, data_config_for, model_is_supernet, run, train_one_epoch,
                                  validation_archs)
 
@@ -301,3 +304,16 @@ def test_run_kd_validates_the_student(tmp_path, digits, teacher_dir):
     summary = yaml.safe_load((tmp_path / 'kd' / 'summary.json').read_text())
     assert summary[0]['epoch'] == -1 and set(summary[0]['teacher']) == {'top1', 'top5', 'loss'}
     assert Path(tmp_path / 'kd' / 'final' / 'config.json').exists()
+
+
+def test_train_one_epoch_reads_the_device_once_per_step_outside_log_steps(acc, digits):
+    # one read per step (are all losses finite?) and one where the loss is shown: no float(loss) per step, no
+    # .item() in the sandwich or the KD loss
+    cfg, _, task = _supernet_task(acc, digits, log_interval=1000)
+    state = TrainState()
+    opt = torch.optim.SGD(task.trainable_module.parameters(), lr=0.1)
+    batches = _batches(5)
+    with count_host_reads() as reads:
+        train_one_epoch(cfg, acc, task, batches, opt, _Scheduler(), state, 1000)  # no log step in 5 batches
+    assert len(reads) == 5 + 1, reads  # 5 finite checks + the epoch-end read of the summed loss
+    assert state.loss_steps == 5 and math.isfinite(state.loss_sum)

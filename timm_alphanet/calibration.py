@@ -14,11 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from tqdm.auto import tqdm
 
 from .utils import as_int
 
-__all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS', 'CalibrationRecipe', 'disjoint_subsets', 'load_images']
+__all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS', 'CalibrationRecipe', 'disjoint_subsets', 'load_images',
+           'mean_std_of', 'recipe_for', 'calibration_images', 'calibrate_with_recipe']
 
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'nearest-exact', 'area')
 
@@ -49,8 +51,8 @@ class CalibrationRecipe:
     image_size: int = 224
     interpolation: str = 'bicubic'
     crop_pct: float = 0.875
-    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: Tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: Tuple[float, ...] = IMAGENET_DEFAULT_STD
 
     def __post_init__(self) -> None:
         for name in ('num_images', 'batch_size', 'image_size'):
@@ -91,6 +93,39 @@ class CalibrationRecipe:
         if unknown:
             raise ValueError(f'unknown calibration recipe keys {unknown[:10]}; allowed: {allowed}')
         return cls(**d)
+
+
+def mean_std_of(model: Optional[nn.Module]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The normalisation `model` expects: its pretrained_cfg's mean and std, else timm's ImageNet defaults."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    mean = cfg.get('mean') or IMAGENET_DEFAULT_MEAN
+    std = cfg.get('std') or IMAGENET_DEFAULT_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def recipe_for(model: nn.Module, **fields: Any) -> CalibrationRecipe:
+    """The `CalibrationRecipe` with `fields` (None values count as not given) for `model`, the rest from the model.
+
+    Unset, the preprocessing is the model's own eval preprocessing (its pretrained_cfg's interpolation, crop_pct and
+    `mean_std_of`; the recipe's defaults where it names none) and the image size is a supernet's largest resolution,
+    else the model's input size. Every command that calibrates (export, convert, search) starts from here, so the
+    same model and flags give the same recipe.
+
+    Raises:
+        ValueError: an unknown field, or a value the recipe refuses (naming it and what is allowed).
+    """
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    resolutions = getattr(getattr(model, 'space', None), 'resolutions', None)
+    if resolutions:
+        image_size = max(resolutions)
+    elif cfg.get('input_size'):
+        image_size = int(cfg['input_size'][-1])
+    else:
+        image_size = CalibrationRecipe.image_size
+    mean, std = mean_std_of(model)
+    defaults = {'image_size': image_size, 'interpolation': cfg.get('interpolation') or CalibrationRecipe.interpolation,
+                'crop_pct': cfg.get('crop_pct') or CalibrationRecipe.crop_pct, 'mean': mean, 'std': std}
+    return CalibrationRecipe.from_dict({**defaults, **{k: v for k, v in fields.items() if v is not None}})
 
 
 def disjoint_subsets(num_items: int, counts: Sequence[int], seed: int) -> List[List[int]]:
@@ -214,12 +249,15 @@ def calibrate_bn(
     try:
         for bn in bns:
             bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the calibration batches
         model.train()
         with tqdm(total=total, desc='BN calibration', disable=not progress, leave=False) as bar:
             x = first
             while True:
                 x = x.to(device, non_blocking=True)
+                for bn in bns:
+                    # the cumulative average over the batches: what momentum=None computes, but BN would read its
+                    # batch counter from the device for that (a host sync per layer per batch)
+                    bn.momentum = 1.0 / (used + 1)
                 model(resize_to(x, resolution) if resolution is not None else x)
                 used += 1
                 bar.update(1)
@@ -235,14 +273,16 @@ def calibrate_bn(
             bn.momentum = m
         model.train(was_training)
     try:
+        buffers = [buf for bn in bns for buf in (bn.running_mean, bn.running_var)]
         if distributed:
-            # every process averaged the same number of batches, so the mean of the means is the global average
-            for bn in bns:
-                for buf in (bn.running_mean, bn.running_var):
-                    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-                    buf.div_(dist.get_world_size())
-        bad = [i for i, bn in enumerate(bns)
-               if not (torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all())]
+            # every process averaged the same number of batches, so the mean of the means is the global average;
+            # one all-reduce of all the statistics, not two per layer
+            flat = torch.cat([buf.reshape(-1) for buf in buffers])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(dist.get_world_size())
+            torch._foreach_copy_(buffers, list(flat.split([buf.numel() for buf in buffers])))
+        finite = torch.stack([torch.isfinite(buf).all() for buf in buffers]).view(len(bns), 2).all(1)
+        bad = [] if bool(finite.all()) else [i for i, ok in enumerate(finite.tolist()) if not ok]
         if bad:
             raise ValueError(f'calibrate_bn: {len(bad)} of {len(bns)} BatchNorm layers got NaN/inf statistics (do '
                              f'the images hold NaN/inf?); the previous statistics are kept')
@@ -256,3 +296,26 @@ def _restore(bns: List[nn.modules.batchnorm._BatchNorm], saved: List[Dict[str, t
     for bn, state in zip(bns, saved):
         for name, value in state.items():
             getattr(bn, name).copy_(value)
+
+
+def calibration_images(dataset: Any, recipe: CalibrationRecipe, workers: int = 0, progress: bool = True
+                       ) -> torch.Tensor:
+    """The recipe's calibration images of `dataset` (the recipe's split), decoded once, in the recipe's order.
+
+    The indices are the first of `disjoint_subsets(len(dataset), [num_images, ...], seed)`, so they are the images
+    the search calibrated with; the dataset's transform is set to `recipe.transform()`.
+    """
+    dataset.transform = recipe.transform()
+    indices = disjoint_subsets(len(dataset), [recipe.num_images], recipe.seed)[0]
+    images, _ = load_images(dataset, indices, batch_size=recipe.batch_size, workers=workers, progress=progress,
+                            desc='calibration images')
+    return images
+
+
+def calibrate_with_recipe(model: torch.nn.Module, images: torch.Tensor, recipe: CalibrationRecipe,
+                          resolution: int) -> int:
+    """Calibrate `model`'s BN on `images` in the recipe's batches, each resized to `resolution`; returns batches."""
+    device = next(model.parameters()).device
+    batches = [b.to(device) for b in images.split(recipe.batch_size)]
+    return calibrate_bn(model, batches, num_batches=len(batches), resolution=resolution, distributed=False,
+                        progress=False)

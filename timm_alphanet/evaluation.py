@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.utils import accuracy
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from tqdm.auto import tqdm
 
 from .calibration import calibrate_bn, resize_to
@@ -26,7 +26,8 @@ def evaluate(accelerator, model: Callable[[torch.Tensor], torch.Tensor], loader:
     """Top-1, top-5 (in %) and mean cross-entropy of `model` on `loader` (inputs resized to `resolution`)."""
     if isinstance(model, nn.Module):
         model.eval()
-    correct1 = correct5 = loss_sum = 0.0
+    # correct top-1, correct top-k and summed loss, kept on the device: read once at the end, not per batch
+    totals = None
     count = 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not (progress and accelerator.is_main_process)):
         if resolution is not None:
@@ -35,12 +36,12 @@ def evaluate(accelerator, model: Callable[[torch.Tensor], torch.Tensor], loader:
             out = model(x)
         out, y = accelerator.gather_for_metrics((out.float(), y))
         k = min(5, out.shape[-1])
-        top1, top5 = accuracy(out, y, topk=(1, k))
-        n = y.shape[0]
-        correct1 += top1.item() * n / 100.0
-        correct5 += top5.item() * n / 100.0
-        loss_sum += F.cross_entropy(out, y, reduction='sum').item()
-        count += n
+        hits = out.topk(k, dim=1).indices.eq(y.reshape(-1, 1))
+        batch = torch.stack([hits[:, 0].sum().double(), hits.sum().double(),
+                             F.cross_entropy(out, y, reduction='sum').double()])
+        totals = batch if totals is None else totals + batch
+        count += y.shape[0]
+    correct1, correct5, loss_sum = totals.tolist() if totals is not None else (0.0, 0.0, 0.0)
     count = max(count, 1)
     return {'top1': 100.0 * correct1 / count, 'top5': 100.0 * correct5 / count, 'loss': loss_sum / count}
 
@@ -82,7 +83,7 @@ def format_table(results: Dict[str, Dict[str, float]], extra: Optional[Dict[str,
     return '\n'.join(lines)
 
 
-def paper_transform(mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+def paper_transform(mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
                     resize: int = 256, crop: int = 224) -> Callable[[Any], torch.Tensor]:
     """The paper's eval preprocessing of a PIL image: shorter side to `resize` (bicubic), centre crop `crop`, tensor,
     normalise. The resize to the model's resolution happens on the batch (`evaluate(..., resolution=)`)."""
@@ -124,7 +125,10 @@ def validate_model(accelerator, model: nn.Module, dataset: Any, pipeline: str = 
     dataset.transform = transform
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=accelerator.device.type == 'cuda')
-    model, loader = accelerator.prepare(model, loader)
+    # only the loader is prepared (sharded): an evaluated model needs no DDP wrapper, and `prepare` would keep a
+    # reference to it in the Accelerator for the rest of the run
+    model = model.to(accelerator.device)
+    loader = accelerator.prepare_data_loader(loader)
     result: Dict[str, Any] = evaluate(accelerator, model, loader, resolution=resolution, desc='validate',
                                       progress=progress)
     result['num_images'] = len(dataset)

@@ -13,7 +13,6 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from timm.loss import LabelSmoothingCrossEntropy
 from timm.task import ClassificationTask, DistillationTeacher
 from timm.utils import unwrap_model
 
@@ -29,6 +28,22 @@ __all__ = ['SandwichTask']
 
 _logger = logging.getLogger(__name__)
 
+
+
+# the first torch whose DDP (find_unused_parameters=True) all-reduces parameters used only under no_sync():
+# pytorch issue 69031, fixed by pull request 124193
+DDP_NO_SYNC_TORCH = (2, 4)
+
+
+def check_ddp_no_sync(version: str = torch.__version__) -> None:
+    """Refuse DDP sandwich training on a torch whose DDP drops the gradients of parameters that only the
+    no_sync() subnets of a step used (they would drift apart across processes, silently)."""
+    major, minor = (int(''.join(c for c in part if c.isdigit()) or 0) for part in version.split('.')[:2])
+    if (major, minor) < DDP_NO_SYNC_TORCH:
+        raise ValueError(f'sandwich training on several processes needs torch >= '
+                           f'{".".join(map(str, DDP_NO_SYNC_TORCH))} (this is {version[:40]}): before it, DDP with '
+                           'find_unused_parameters all-reduces only the parameters the last subnet of a step used. '
+                           'pip install "torch>=2.4"')
 
 
 class SandwichTask(ClassificationTask):
@@ -100,9 +115,12 @@ class SandwichTask(ClassificationTask):
             dtype: Optional[torch.dtype] = None,
             verbose: bool = True,
     ):
+        if isinstance(model, DistributedDataParallel):
+            check_ddp_no_sync()
         supernet = unwrap_model(model)
         if not is_supernet(supernet):
-            missing = [a for a in ('space', 'set_subnet', 'active_subnet', 'sample_subnet', 'regularized')
+            missing = [a for a in ('space', 'set_subnet', 'active_subnet', 'sample_subnet', 'regularized',
+                                   'macs_and_params')
                        if not hasattr(supernet, a)]
             raise TypeError(f'SandwichTask needs a supernet, a model that follows the Supernet protocol '
                             f'(timm_alphanet.models.Supernet); {type(supernet).__name__} lacks {missing}')
@@ -116,9 +134,7 @@ class SandwichTask(ClassificationTask):
             raise ValueError(f'interpolation must be one of {INTERPOLATIONS}, got {interpolation!r:.40}')
         smoothing = as_float('smoothing', smoothing, 0., 1., high_open=True)
         teacher_weight = as_float('teacher_weight', teacher_weight, 0., high_open=True)
-        # built here, not via ClassificationTask(criterion_kwargs=...), which needs timm >= 1.0.31
-        criterion = LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
-        super().__init__(model, criterion, device=device, dtype=dtype, verbose=verbose)
+        super().__init__(model, criterion_kwargs={'smoothing': smoothing}, device=device, dtype=dtype, verbose=verbose)
         self.num_subnets = num_subnets
         self.seed = seed
         self.interpolation = interpolation
@@ -160,6 +176,7 @@ class SandwichTask(ClassificationTask):
 
         Subnets skip blocks and channels, so pass ``find_unused_parameters=True``.
         """
+        check_ddp_no_sync()
         super().prepare_distributed(device_ids=device_ids, **ddp_kwargs)
         return self
 

@@ -7,15 +7,15 @@
 ``alphanet-train`` / ``train.py`` (`timm_alphanet.cli.train`) is the command line.
 """
 from .build import (TrainData, build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
-                    build_scheduler, build_task, check_world_size, data_config_for, learning_rate, model_is_supernet,
-                    validation_archs)
+                    build_scheduler, build_task, check_world_size, compile_task, data_config_for, learning_rate,
+                    model_is_supernet, validation_archs)
 from .checkpoint import CheckpointManager, TrainState, find_checkpoint
-from .config import DEMO_SPACE, TrainConfig
-from .data import build_digits_folder
+from .config import TrainConfig
 from .epoch import EpochResult, NonFiniteLossError, train_one_epoch
 from .run import run
 
-__all__ = ['CheckpointManager', 'DEMO_SPACE', 'EpochResult', 'NonFiniteLossError', 'TrainConfig', 'TrainData',
-           'TrainState', 'build_accelerator', 'build_data', 'build_digits_folder', 'build_ema', 'build_loaders',
-           'build_model', 'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'data_config_for',
+__all__ = ['CheckpointManager', 'EpochResult', 'NonFiniteLossError', 'TrainConfig', 'TrainData',
+           'TrainState', 'build_accelerator', 'build_data', 'build_ema', 'build_loaders',
+           'build_model', 'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'compile_task',
+           'data_config_for',
            'find_checkpoint', 'learning_rate', 'model_is_supernet', 'run', 'train_one_epoch', 'validation_archs']

@@ -4,6 +4,8 @@ Nothing here checks model names: `build_model` creates the model and `is_superne
 protocol) decides between sandwich training (`SandwichTask`) and teacher KD (`AlphaDistillationTask`).
 Datasets come first (they give the number of classes); their transforms follow from the model's data config.
 """
+import contextlib
+import datetime
 import difflib
 import logging
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -11,7 +13,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import timm
 import torch
 import torch.nn as nn
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.utils import is_tensorboard_available
 from timm.data import resolve_data_config
 from timm.loss import SoftTargetCrossEntropy
@@ -20,19 +22,19 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from ..archs import ARCH_NAMES, resolve_arch
+from ..archs import ARCH_NAMES, DEMO_SPACE
+from ..data import num_classes_of
 from ..layers.sync_bn import convert_sync_dynamic_bn
 from ..models import is_supernet
 from ..processes import check_world_size, has_accelerator_device
-from ..spaces import SearchSpace, WidthConfig
-from ..utils import MAX_TEXT_BYTES, bounded_repr, parse_yaml
+from ..utils import bounded_repr
 from ..task import AlphaDistillationTask, SandwichTask
-from .config import DEMO_SPACE, TrainConfig
-from .data import create_datasets, create_loaders, num_classes_of, set_transforms
+from .config import TrainConfig
+from .data import create_datasets, create_loaders, set_transforms
 from .epoch import seed_step
 
 __all__ = ['TrainData', 'build_accelerator', 'build_data', 'build_ema', 'build_loaders', 'build_model',
-           'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'data_config_for',
+           'build_optimizer', 'build_scheduler', 'build_task', 'compile_task', 'check_world_size', 'data_config_for',
            'learning_rate', 'model_is_supernet', 'validation_archs']
 
 _HUB_PREFIXES = ('hf-hub:', 'local-dir:')
@@ -59,9 +61,12 @@ def build_accelerator(cfg: TrainConfig, project_dir: Optional[str] = None) -> Ac
         mixed_precision=cfg.mixed_precision,
         log_with='tensorboard' if is_tensorboard_available() else None,
         project_dir=project_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # non_blocking: batches are copied to the GPU while the step before still runs (the loaders pin memory)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=device),
         step_scheduler_with_optimizer=False,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # subnets skip blocks
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),  # subnets skip blocks
+                         # the other processes wait in a collective while the main one prepares data or downloads
+                         InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout))],
     )
     check_world_size(accelerator.num_processes)
     return accelerator
@@ -248,45 +253,66 @@ def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> 
 
     A supernet gets `SandwichTask` (max subnet on labels, the others distilled in place; `cfg.teacher`, if any,
     also teaches the max subnet); any other model `AlphaDistillationTask` from `cfg.teacher`. With mixup/cutmix
-    the label loss takes soft targets; `cfg.torchcompile` compiles the model (and teacher) with timm's
-    `task.compile`.
+    the label loss takes soft targets; `cfg.torchcompile` compiles what keeps its shapes (`compile_task`); with
+    `cfg.channels_last` the teacher runs channels-last like the student.
     """
     kd = dict(kd_loss=cfg.kd_loss, alpha_min=cfg.alpha_min, alpha_max=cfg.alpha_max, clip=cfg.alpha_clip,
               temperature=cfg.kd_temperature, teacher_pretrained_path=cfg.teacher_pretrained_path,
               device=accelerator.device, verbose=False)
     if cfg.teacher:
         _check_model_name(cfg.teacher, 'teacher')
-    if is_supernet(accelerator.unwrap_model(model)):
-        task = SandwichTask(model, num_subnets=cfg.num_subnets, seed=cfg.seed, smoothing=cfg.smoothing,
-                            inplace_kd=cfg.inplace_kd,
-                            teacher=cfg.teacher or None, teacher_weight=1.0 if cfg.kd_weight is None else cfg.kd_weight,
-                            **kd)
-    elif cfg.teacher:
-        task = AlphaDistillationTask(model, cfg.teacher, criterion_kwargs=dict(smoothing=cfg.smoothing),
-                                     distill_loss_weight=cfg.kd_weight, task_loss_weight=cfg.task_weight, **kd)
-    else:
-        raise ValueError(f'model {cfg.model!r} is not a supernet: teacher KD needs a teacher (--teacher)')
+    # a teacher named by the Hub is downloaded once, by the main process, while the others wait (--dist-timeout)
+    with accelerator.main_process_first() if cfg.teacher else contextlib.nullcontext():
+        task = _create_task(cfg, accelerator, model, kd)
     if task.teacher is not None:
         for p in task.teacher.parameters():
             p.requires_grad = False
     if cfg.mixup > 0 or cfg.cutmix > 0:
         task.criterion = SoftTargetCrossEntropy()
     task.to(accelerator.device)
+    if cfg.channels_last and task.teacher is not None:
+        task.teacher.model.to(memory_format=torch.channels_last)
     if cfg.torchcompile:
-        if isinstance(task, SandwichTask):
-            _logger.warning('torchcompile with a supernet: every new subnet shape recompiles (minutes on a CPU) '
-                            'until torch._dynamo\'s recompile limit, then runs eagerly')
-        task.compile(backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
+        compile_task(task, cfg.torchcompile, cfg.torchcompile_mode)
     return task
+
+
+def _create_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module, kd: Dict[str, Any]) -> nn.Module:
+    if is_supernet(accelerator.unwrap_model(model)):
+        return SandwichTask(model, num_subnets=cfg.num_subnets, seed=cfg.seed, smoothing=cfg.smoothing,
+                            inplace_kd=cfg.inplace_kd,
+                            teacher=cfg.teacher or None, teacher_weight=1.0 if cfg.kd_weight is None else cfg.kd_weight,
+                            **kd)
+    if cfg.teacher:
+        return AlphaDistillationTask(model, cfg.teacher, criterion_kwargs=dict(smoothing=cfg.smoothing),
+                                     distill_loss_weight=cfg.kd_weight, task_loss_weight=cfg.task_weight, **kd)
+    raise ValueError(f'model {cfg.model!r} is not a supernet: teacher KD needs a teacher (--teacher)')
+
+
+def compile_task(task: nn.Module, backend: str, mode: Optional[str] = None) -> None:
+    """torch.compile what keeps its shapes: a KD student and any teacher; a supernet runs eagerly.
+
+    Every subnet of a supernet has other channel counts, depths and resolution, so dynamo compiles one graph per
+    subnet (the demo space: a new graph for nearly every step); importing timm.optim raises dynamo's recompile limit
+    to 1,000,000, so nothing stops it before hours of compiling. The supernet is therefore left eager, and the run
+    says so in one line.
+    """
+    if isinstance(task, SandwichTask):
+        _logger.warning('torchcompile: a supernet is not compiled (each subnet is a new graph: one compile per '
+                        'subnet); %s', 'its teacher is compiled' if task.teacher is not None else 'it runs eagerly')
+        if task.teacher is not None:
+            task.teacher.compile(backend=backend, mode=mode, compile_model=True, compile_features=False)
+        return
+    task.compile(backend=backend, mode=mode)
 
 
 def validation_archs(cfg: TrainConfig, model: nn.Module) -> List[Tuple[str, Any]]:
     """(name, arch) validated each epoch: a supernet's max, min and `cfg.eval_archs`; [] for other models.
 
-    The eval archs are resolved by the model's space: an AlphaNet `SearchSpace` takes `resolve_arch`'s names, files
-    and JSON text; any other space takes max, min and what its ``validate`` takes, given as a value or as YAML/JSON
-    text (a slimmable `WidthSpace`: a width such as ``0.35`` or ``{width: 0.5, resolution: 160}``). A width is named
-    ``w<width>`` (``w0.35``, ``w1.0``; ``@<resolution>`` added when the space has several), a paper arch by its name,
+    The eval archs are resolved by the model's space (`Space.resolve`, the one arch grammar: max, min, an arch or
+    its dict, JSON text, arch files; AlphaNet's names a0..a6 in an AlphaNet space; a width such as ``0.35`` or
+    ``{width: 0.5, resolution: 160}`` in a slimmable `WidthSpace`). An arch is named by the space's `label` where it
+    has one (``w0.35``, ``w1.0``; ``@<resolution>`` added when a width space has several), a paper arch by its name,
     any other arch ``arch<i>``.
 
     Raises:
@@ -299,27 +325,13 @@ def validation_archs(cfg: TrainConfig, model: nn.Module) -> List[Tuple[str, Any]
     for i, arch in enumerate(cfg.eval_archs):
         name = arch.strip().removeprefix('alphanet_') if isinstance(arch, str) and len(arch) < 40 else f'arch{i}'
         try:
-            resolved = _resolve_eval_arch(arch, space)
+            resolved = space.resolve(arch)
         except (ValueError, TypeError) as e:
             raise ValueError(f'eval_archs: {e}') from None
-        if isinstance(resolved, WidthConfig) and name not in ('max', 'min'):
-            name = f'w{resolved.width}' + (f'@{resolved.resolution}' if len(space.resolutions) > 1 else '')
+        label = space.label(resolved)
+        if name not in ('max', 'min') and label is not None:
+            name = label
         elif name not in ARCH_NAMES:
             name = f'arch{i}'
         named.append((name, resolved))
     return named
-
-
-def _resolve_eval_arch(arch: Any, space: Any) -> Any:
-    if isinstance(space, SearchSpace):  # names a0..a6, JSON text and arch files
-        return resolve_arch(arch, space)
-    if isinstance(arch, str):
-        if len(arch) > MAX_TEXT_BYTES:
-            raise ValueError(f'an eval arch of {len(arch)} characters is too long (at most {MAX_TEXT_BYTES})')
-        arch = parse_yaml(arch, 'eval arch')  # '0.35' is a number, '{width: 0.5, resolution: 32}' a mapping
-    if isinstance(arch, str):
-        if arch.strip() in ('max', 'min'):
-            return space.max_config() if arch.strip() == 'max' else space.min_config()
-        raise ValueError(f'unknown arch {arch[:80]!r} for a {type(space).__name__}; allowed: max, min, or a subnet '
-                         'of the space (a slimmable width such as 0.35, or {width: 0.5, resolution: 224})')
-    return space.validate(arch)

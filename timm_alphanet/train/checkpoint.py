@@ -48,12 +48,14 @@ class TrainState:
         self.subnet_digest = ''  # hash chain of the subnets trained so far (compared across processes)
         self.loss_sum = 0.0  # this process's task loss summed over the epoch's finite steps (kept across a resume)
         self.loss_steps = 0
+        self.scaler_skips = 0  # fp16 steps GradScaler skipped (overflowing gradients), over the whole run
         self.history: List[Dict[str, Any]] = []
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                     nonfinite_in_row=self.nonfinite_in_row, subnet_digest=self.subnet_digest,
-                    loss_sum=self.loss_sum, loss_steps=self.loss_steps, history=self.history)
+                    loss_sum=self.loss_sum, loss_steps=self.loss_steps, scaler_skips=self.scaler_skips,
+                    history=self.history)
 
     def load_state_dict(self, d: Dict[str, Any]) -> None:
         """Raises ValueError on a state that is not one (a forged or damaged ``train_state.json``)."""
@@ -62,10 +64,12 @@ class TrainState:
             self.nonfinite_in_row = int(d['nonfinite_in_row'])
             self.subnet_digest = str(d.get('subnet_digest', ''))[:64]
             self.loss_sum, self.loss_steps = float(d.get('loss_sum', 0.0)), int(d.get('loss_steps', 0))
+            self.scaler_skips = int(d.get('scaler_skips', 0))
             history = d['history']
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f'not a train state ({str(e)[:100]})') from None
-        if min(self.step, self.epoch, self.batch_in_epoch, self.nonfinite_in_row, self.loss_steps) < 0 or not (
+        if min(self.step, self.epoch, self.batch_in_epoch, self.nonfinite_in_row, self.loss_steps,
+               self.scaler_skips) < 0 or not (
                 isinstance(history, list) and all(isinstance(r, dict) for r in history)):
             raise ValueError('not a train state (negative counters, or a history that is not a list of rows)')
         self.history = history

@@ -18,25 +18,14 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union, get_args, get_ori
 
 import yaml
 
+from ..archs import DEMO_SPACE
+from ..data import DIGITS
 from ..loss import KD_LOSSES, create_kd_loss
 from ..utils import MAX_TEXT_BYTES, read_yaml_file
 
-__all__ = ['DEMO_SPACE', 'MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
+__all__ = ['MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
 
 MAX_CONFIG_BYTES = MAX_TEXT_BYTES  # 1 MiB: a training config is a few KiB; refuse anything that is clearly not one
-
-# A small AlphaNet-style space for 32x32 inputs: 4 stages, two resolutions; ~20-70k parameters.
-DEMO_SPACE: Dict[str, Any] = {
-    'use_v3_head': True,
-    'resolutions': [24, 32],
-    'first_conv': {'c': [8, 16], 'act_func': 'swish', 's': 2},
-    'mb1': {'c': [8, 16], 'd': [1, 2], 'k': [3], 't': [1], 's': 1, 'act_func': 'swish', 'se': False},
-    'mb2': {'c': [16, 24], 'd': [1, 2], 'k': [3, 5], 't': [3, 4], 's': 2, 'act_func': 'swish', 'se': False},
-    'mb3': {'c': [24, 32], 'd': [1, 2], 'k': [3, 5], 't': [3, 4], 's': 2, 'act_func': 'swish', 'se': True},
-    'mb4': {'c': [32, 48], 'd': [1, 2], 'k': [3], 't': [3, 4], 's': 2, 'act_func': 'swish', 'se': True},
-    'last_conv': {'c': [96, 128], 'act_func': 'swish'},
-    'head_expand_ratio': 2,
-}
 
 # timm schedulers that step per epoch/update without a metric ('plateau' needs one)
 SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'constant', 'poly', 'wsd', 'rsqrt')
@@ -54,7 +43,7 @@ def _read_yaml(path: Union[str, os.PathLike], what: str = 'training config') -> 
     return read_yaml_file(path, max_bytes=MAX_CONFIG_BYTES, what=what)
 
 
-def _opt(default: Any, help: str, group: str, *, flags: Tuple[str, ...] = (), choices: Tuple[Any, ...] = (),
+def _option(default: Any, help: str, group: str, *, flags: Tuple[str, ...] = (), choices: Tuple[Any, ...] = (),
          const: Any = None, factory: Any = None) -> Any:
     """A TrainConfig field: its default plus what the command line needs (flags, help, choices)."""
     meta = {'help': help, 'group': group, 'flags': flags, 'choices': choices, 'const': const}
@@ -78,127 +67,130 @@ class TrainConfig:
         ```
     """
     # ---- dataset
-    data_dir: Optional[str] = _opt(None, 'dataset root (default: a cache folder for sklearn/digits)', _DATA)
-    dataset: str = _opt('sklearn/digits', 'timm create_dataset name ("" = image folder, "hfds/<name>", '
+    data_dir: Optional[str] = _option(None, 'dataset root (default: a cache folder for sklearn/digits)', _DATA)
+    dataset: str = _option(DIGITS, 'timm create_dataset name ("" = image folder, "hfds/<name>", '
                         '"torch/<name>", ...) or "sklearn/digits" (written once as an image folder)', _DATA)
-    train_split: str = _opt('train', 'training split', _DATA)
-    val_split: str = _opt('validation', 'validation split', _DATA)
-    dataset_download: bool = _opt(False, 'let timm download torch/ datasets', _DATA)
-    class_map: str = _opt('', 'class map file for the dataset (timm)', _DATA)
-    input_size: Optional[Tuple[int, int, int]] = _opt(
+    train_split: str = _option('train', 'training split', _DATA)
+    val_split: str = _option('validation', 'validation split', _DATA)
+    dataset_download: bool = _option(False, 'let timm download torch/ datasets', _DATA)
+    class_map: str = _option('', 'class map file for the dataset (timm)', _DATA)
+    input_size: Optional[Tuple[int, int, int]] = _option(
         None, 'input size C H W of a static model (default: the model\'s; a supernet: its largest resolution)',
         _DATA)
-    interpolation: str = _opt('', 'eval resize interpolation (default: the model\'s)', _DATA,
+    interpolation: str = _option('', 'eval resize interpolation (default: the model\'s)', _DATA,
                               choices=('', *_INTERPOLATIONS))
-    mean: Optional[Tuple[float, ...]] = _opt(None, 'normalisation mean (default: the model\'s)', _DATA)
-    std: Optional[Tuple[float, ...]] = _opt(None, 'normalisation std (default: the model\'s)', _DATA)
-    crop_pct: Optional[float] = _opt(None, 'eval centre-crop fraction (default: the model\'s; a supernet: 1.0)',
+    mean: Optional[Tuple[float, ...]] = _option(None, 'normalisation mean (default: the model\'s)', _DATA)
+    std: Optional[Tuple[float, ...]] = _option(None, 'normalisation std (default: the model\'s)', _DATA)
+    crop_pct: Optional[float] = _option(None, 'eval centre-crop fraction (default: the model\'s; a supernet: 1.0)',
                                      _DATA)
 
     # ---- model
-    model: str = _opt('alphanet_supernet', 'timm model name; a supernet (timm_alphanet.models.Supernet, e.g. '
+    model: str = _option('alphanet_supernet', 'timm model name; a supernet (timm_alphanet.models.Supernet, e.g. '
                       'alphanet_supernet) trains with the sandwich rule, any other model is a KD student '
                       '(needs --teacher)', _MODEL)
-    space: Optional[Union[str, Dict[str, Any]]] = _opt(
+    space: Optional[Union[str, Dict[str, Any]]] = _option(
         None, 'supernet search space, in the form the model takes (AlphaNet: an original-schema supernet_config; '
         'slimmable: {widths: [...], resolutions: [...]}): a YAML file (a config may give the dict); none = the '
         'model\'s own (alphanet_supernet: the paper\'s) (default: the demo AlphaNet space; a supernet of another '
         'kind uses its own)', _MODEL, factory=lambda: copy.deepcopy(DEMO_SPACE))
-    eval_archs: Tuple[Union[str, Dict[str, Any]], ...] = _opt(
+    eval_archs: Tuple[Union[str, Dict[str, Any]], ...] = _option(
         (), 'extra supernet subnets to validate (after BN calibration), resolved by the model\'s space: max, min; '
         'AlphaNet: a0..a6, JSON/YAML arch files or JSON text; slimmable: widths such as 0.35 (a config gives them as '
         "text, '0.35', or as mappings)", _MODEL)
-    pretrained: bool = _opt(False, 'start from the model\'s pretrained weights', _MODEL)
-    initial_checkpoint: str = _opt('', 'weights file to start from', _MODEL)
-    num_classes: Optional[int] = _opt(None, 'classes (default: the dataset\'s)', _MODEL)
-    drop: float = _opt(0.0, 'dropout rate (supernet: max subnet only)', _MODEL)
-    drop_path: Optional[float] = _opt(None, 'drop path rate (supernet: max subnet only)', _MODEL)
-    bn_momentum: Optional[float] = _opt(None, 'BatchNorm momentum (paper supernet: 0)', _MODEL)
-    sync_bn: bool = _opt(False, 'supernet: BatchNorm statistics over all processes (N processes x batch b train '
+    pretrained: bool = _option(False, 'start from the model\'s pretrained weights', _MODEL)
+    initial_checkpoint: str = _option('', 'weights file to start from', _MODEL)
+    num_classes: Optional[int] = _option(None, 'classes (default: the dataset\'s)', _MODEL)
+    drop: float = _option(0.0, 'dropout rate (supernet: max subnet only)', _MODEL)
+    drop_path: Optional[float] = _option(None, 'drop path rate (supernet: max subnet only)', _MODEL)
+    bn_momentum: Optional[float] = _option(None, 'BatchNorm momentum (paper supernet: 0)', _MODEL)
+    sync_bn: bool = _option(False, 'supernet: BatchNorm statistics over all processes (N processes x batch b train '
                          'exactly like one process x batch N*b)', _MODEL)
-    batch_size: int = _opt(64, 'per-process batch size', _MODEL, flags=('-b', '--batch-size'))
-    validation_batch_size: Optional[int] = _opt(None, 'validation batch size (default: --batch-size)', _MODEL,
+    batch_size: int = _option(64, 'per-process batch size', _MODEL, flags=('-b', '--batch-size'))
+    validation_batch_size: Optional[int] = _option(None, 'validation batch size (default: --batch-size)', _MODEL,
                                                 flags=('-vb', '--validation-batch-size'))
-    channels_last: bool = _opt(True, 'channels-last memory format for the model and its inputs (on CPU about '
-                               '0.7x the step time of contiguous, benchmarks/train_throughput.py)', _MODEL)
-    torchcompile: Optional[str] = _opt(None, 'torch.compile the model (and teacher) with this backend; the flag '
+    channels_last: bool = _option(True, 'channels-last memory format for the model and its inputs (faster on CPU: '
+                               'benchmarks/train_throughput.py measures it)', _MODEL)
+    torchcompile: Optional[str] = _option(None, 'torch.compile the model (and teacher) with this backend; the flag '
                                        'alone means inductor', _MODEL, const='inductor')
-    torchcompile_mode: Optional[str] = _opt(None, 'torch.compile mode, e.g. max-autotune', _MODEL)
+    torchcompile_mode: Optional[str] = _option(None, 'torch.compile mode, e.g. max-autotune', _MODEL)
 
     # ---- teacher / distillation
-    teacher: str = _opt('', 'KD teacher: timm name, hf-hub:..., local-dir:... (supernet: optional extra teacher '
+    teacher: str = _option('', 'KD teacher: timm name, hf-hub:..., local-dir:... (supernet: optional extra teacher '
                         'of the max subnet)', _KD)
-    teacher_pretrained_path: Optional[str] = _opt(None, 'weights file for --teacher', _KD)
-    kd_loss: str = _opt('alpha', 'KD loss: adaptive alpha-divergence or KL', _KD, choices=KD_LOSSES)
-    alpha_min: float = _opt(-1.0, 'lower alpha of the adaptive alpha-divergence', _KD)
-    alpha_max: float = _opt(1.0, 'upper alpha of the adaptive alpha-divergence', _KD)
-    alpha_clip: float = _opt(5.0, 'importance-weight clip of the adaptive alpha-divergence', _KD)
-    kd_temperature: float = _opt(1.0, 'KD softmax temperature', _KD)
-    kd_weight: Optional[float] = _opt(None, 'KD loss weight (default 1)', _KD)
-    task_weight: Optional[float] = _opt(None, 'task loss weight of teacher KD (default 1)', _KD)
-    num_subnets: int = _opt(4, 'sandwich: max, num_subnets - 2 random, min', _KD)
-    inplace_kd: bool = _opt(True, 'supernet: the random and min subnets learn from the max subnet\'s logits '
+    teacher_pretrained_path: Optional[str] = _option(None, 'weights file for --teacher', _KD)
+    kd_loss: str = _option('alpha', 'KD loss: adaptive alpha-divergence or KL', _KD, choices=KD_LOSSES)
+    alpha_min: float = _option(-1.0, 'lower alpha of the adaptive alpha-divergence', _KD)
+    alpha_max: float = _option(1.0, 'upper alpha of the adaptive alpha-divergence', _KD)
+    alpha_clip: float = _option(5.0, 'importance-weight clip of the adaptive alpha-divergence', _KD)
+    kd_temperature: float = _option(1.0, 'KD softmax temperature', _KD)
+    kd_weight: Optional[float] = _option(None, 'KD loss weight (default 1)', _KD)
+    task_weight: Optional[float] = _option(None, 'task loss weight of teacher KD (default 1)', _KD)
+    num_subnets: int = _option(4, 'sandwich: max, num_subnets - 2 random, min', _KD)
+    inplace_kd: bool = _option(True, 'supernet: the random and min subnets learn from the max subnet\'s logits '
                             '(--kd-loss); --no-inplace-kd: from the labels instead (the slimmable "w/o KD" row)', _KD)
-    val_teacher: bool = _opt(False, 'validate the teacher once before training', _KD)
+    val_teacher: bool = _option(False, 'validate the teacher once before training', _KD)
 
     # ---- optimizer / schedule
-    opt: str = _opt('sgd', 'timm optimizer name ("sgd" is nesterov)', _OPT)
-    opt_eps: Optional[float] = _opt(None, 'optimizer epsilon (default: the optimizer\'s)', _OPT)
-    momentum: float = _opt(0.9, 'optimizer momentum', _OPT)
-    weight_decay: float = _opt(1e-5, 'weight decay (not applied to BN and bias)', _OPT)
-    clip_grad: Optional[float] = _opt(None, 'gradient clipping threshold (default: none)', _OPT)
-    clip_mode: str = _opt('norm', 'gradient clipping by norm or by value', _OPT, choices=('norm', 'value'))
-    sched: str = _opt('cosine', 'timm LR scheduler', _OPT, choices=SCHEDULERS)
-    sched_on_updates: bool = _opt(True, 'step the schedule every update (else every epoch)', _OPT)
-    lr: Optional[float] = _opt(0.2, 'learning rate; none = lr-base * global batch / lr-base-size', _OPT)
-    lr_base: float = _opt(0.1, 'learning rate per lr-base-size images, when --lr is none', _OPT)
-    lr_base_size: int = _opt(256, 'global batch size lr-base refers to', _OPT)
-    min_lr: float = _opt(0.0, 'lower bound of the schedule', _OPT)
-    warmup_lr: float = _opt(1e-5, 'learning rate at the start of the warm-up', _OPT)
-    warmup_epochs: float = _opt(1.0, 'warm-up epochs', _OPT)
-    epochs: int = _opt(15, 'epochs to train', _OPT)
+    opt: str = _option('sgd', 'timm optimizer name ("sgd" is nesterov)', _OPT)
+    opt_eps: Optional[float] = _option(None, 'optimizer epsilon (default: the optimizer\'s)', _OPT)
+    momentum: float = _option(0.9, 'optimizer momentum', _OPT)
+    weight_decay: float = _option(1e-5, 'weight decay (not applied to BN and bias)', _OPT)
+    clip_grad: Optional[float] = _option(None, 'gradient clipping threshold (default: none)', _OPT)
+    clip_mode: str = _option('norm', 'gradient clipping by norm or by value', _OPT, choices=('norm', 'value'))
+    sched: str = _option('cosine', 'timm LR scheduler', _OPT, choices=SCHEDULERS)
+    sched_on_updates: bool = _option(True, 'step the schedule every update (else every epoch)', _OPT)
+    lr: Optional[float] = _option(0.2, 'learning rate; none = lr-base * global batch / lr-base-size', _OPT)
+    lr_base: float = _option(0.1, 'learning rate per lr-base-size images, when --lr is none', _OPT)
+    lr_base_size: int = _option(256, 'global batch size lr-base refers to', _OPT)
+    min_lr: float = _option(0.0, 'lower bound of the schedule', _OPT)
+    warmup_lr: float = _option(1e-5, 'learning rate at the start of the warm-up', _OPT)
+    warmup_epochs: float = _option(1.0, 'warm-up epochs', _OPT)
+    epochs: int = _option(15, 'epochs to train', _OPT)
 
     # ---- augmentation
-    no_aug: bool = _opt(False, 'no training augmentation (resize + centre crop)', _AUG)
-    scale: Tuple[float, float] = _opt((0.5, 1.0), 'random-resized-crop area range', _AUG)
-    ratio: Tuple[float, float] = _opt((3. / 4., 4. / 3.), 'random-resized-crop aspect range', _AUG)
-    hflip: float = _opt(0.0, 'horizontal flip probability', _AUG)
-    vflip: float = _opt(0.0, 'vertical flip probability', _AUG)
-    color_jitter: float = _opt(0.4, 'colour jitter strength', _AUG)
-    aa: Optional[str] = _opt(None, 'auto-augment policy, e.g. "rand-m9-mstd0.5" or "v0"', _AUG)
-    reprob: float = _opt(0.0, 'random erasing probability', _AUG)
-    train_interpolation: str = _opt('random', 'training resize interpolation', _AUG,
+    no_aug: bool = _option(False, 'no training augmentation (resize + centre crop)', _AUG)
+    scale: Tuple[float, float] = _option((0.5, 1.0), 'random-resized-crop area range', _AUG)
+    ratio: Tuple[float, float] = _option((3. / 4., 4. / 3.), 'random-resized-crop aspect range', _AUG)
+    hflip: float = _option(0.0, 'horizontal flip probability', _AUG)
+    vflip: float = _option(0.0, 'vertical flip probability', _AUG)
+    color_jitter: float = _option(0.4, 'colour jitter strength', _AUG)
+    aa: Optional[str] = _option(None, 'auto-augment policy, e.g. "rand-m9-mstd0.5" or "v0"', _AUG)
+    reprob: float = _option(0.0, 'random erasing probability', _AUG)
+    train_interpolation: str = _option('random', 'training resize interpolation', _AUG,
                                     choices=('random', *_INTERPOLATIONS))
-    smoothing: float = _opt(0.1, 'label smoothing', _AUG)
-    mixup: float = _opt(0.0, 'mixup alpha (0: off)', _AUG)
-    cutmix: float = _opt(0.0, 'cutmix alpha (0: off)', _AUG)
-    mixup_prob: float = _opt(1.0, 'probability of mixup/cutmix per batch', _AUG)
-    mixup_switch_prob: float = _opt(0.5, 'probability of cutmix instead of mixup when both are on', _AUG)
-    mixup_mode: str = _opt('batch', 'mixup/cutmix per batch, pair or element', _AUG, choices=('batch', 'pair', 'elem'))
+    smoothing: float = _option(0.1, 'label smoothing', _AUG)
+    mixup: float = _option(0.0, 'mixup alpha (0: off)', _AUG)
+    cutmix: float = _option(0.0, 'cutmix alpha (0: off)', _AUG)
+    mixup_prob: float = _option(1.0, 'probability of mixup/cutmix per batch', _AUG)
+    mixup_switch_prob: float = _option(0.5, 'probability of cutmix instead of mixup when both are on', _AUG)
+    mixup_mode: str = _option('batch', 'mixup/cutmix per batch, pair or element', _AUG, choices=('batch', 'pair', 'elem'))
 
     # ---- EMA
-    model_ema: bool = _opt(False, 'KD students: keep an EMA of the weights, validate it each epoch and write it '
+    model_ema: bool = _option(False, 'KD students: keep an EMA of the weights, validate it each epoch and write it '
                            'to final/', _EMA)
-    model_ema_decay: float = _opt(0.9998, 'EMA decay', _EMA)
-    model_ema_warmup: bool = _opt(False, 'EMA decay warm-up', _EMA)
+    model_ema_decay: float = _option(0.9998, 'EMA decay', _EMA)
+    model_ema_warmup: bool = _option(False, 'EMA decay warm-up', _EMA)
 
     # ---- run
-    mixed_precision: str = _opt('no', 'Accelerate mixed precision', _RUN, choices=('no', 'fp16', 'bf16'))
-    seed: int = _opt(42, 'seed of initialisation, augmentation and the subnet sequence', _RUN)
-    workers: int = _opt(0, 'data loader processes per training process', _RUN, flags=('-j', '--workers'))
-    log_interval: int = _opt(20, 'steps between logged training metrics', _RUN)
-    output: str = _opt('output/train', 'folder of the run folders', _RUN)
-    experiment: str = _opt('', 'run folder name under --output; refused when it holds another run (default: time '
+    mixed_precision: str = _option('no', 'Accelerate mixed precision', _RUN, choices=('no', 'fp16', 'bf16'))
+    seed: int = _option(42, 'seed of initialisation, augmentation and the subnet sequence', _RUN)
+    workers: int = _option(0, 'data loader processes per training process', _RUN, flags=('-j', '--workers'))
+    log_interval: int = _option(20, 'steps between logged training metrics', _RUN)
+    output: str = _option('output/train', 'folder of the run folders', _RUN)
+    experiment: str = _option('', 'run folder name under --output; refused when it holds another run (default: time '
                            '+ model, made unique; <output>/latest links to the newest run)', _RUN)
-    resume: str = _opt('', 'checkpoint folder, or a run folder (its latest complete checkpoint)', _RUN)
-    allow_resume_changes: bool = _opt(False, 'resume even if the model, space, batch size or number of processes '
+    resume: str = _option('', 'checkpoint folder, or a run folder (its latest complete checkpoint)', _RUN)
+    allow_resume_changes: bool = _option(False, 'resume even if the model, space, batch size or number of processes '
                                       'differ from the checkpoint\'s run (the run is then not exact)', _RUN)
-    checkpoint_interval: int = _opt(0, 'also save every N steps (0: epoch ends only)', _RUN)
-    checkpoint_hist: int = _opt(3, 'keep the last K checkpoints (plus the best)', _RUN)
-    max_nonfinite: int = _opt(5, 'stop after this many non-finite losses in a row', _RUN)
-    bn_calib_batches: int = _opt(8, 'supernet: BN calibration batches per validated subnet', _RUN)
-    max_train_steps: int = _opt(0, 'stop after this many steps in total (0: all epochs)', _RUN)
-    no_progress: bool = _opt(False, 'no progress bars', _RUN)
+    checkpoint_interval: int = _option(0, 'also save every N steps (0: epoch ends only)', _RUN)
+    checkpoint_hist: int = _option(3, 'keep the last K checkpoints (plus the best)', _RUN)
+    max_nonfinite: int = _option(5, 'stop after this many non-finite losses in a row', _RUN)
+    bn_calib_batches: int = _option(8, 'supernet: BN calibration batches per validated subnet', _RUN)
+    max_train_steps: int = _option(0, 'stop after this many steps in total (0: all epochs)', _RUN)
+    no_progress: bool = _option(False, 'no progress bars', _RUN)
+    dist_timeout: float = _option(1800.0, 'seconds a process waits for the others at a collective before the run '
+                                  'fails (data preparation and teacher downloads happen on the main process first '
+                                  'while the others wait; torch\'s default is 600)', _RUN)
 
     def __post_init__(self) -> None:
         hints = _hints()
@@ -331,7 +323,7 @@ _FLOAT_RANGE = {
     'mixup_switch_prob': (0, 1, True, True), 'kd_temperature': (0, _INF, False, False),
     'alpha_clip': (0, _INF, False, False), 'kd_weight': (0, _INF, True, False), 'task_weight': (0, _INF, True, False),
     'model_ema_decay': (0, 1, False, False), 'alpha_min': (-_INF, _INF, False, False),
-    'alpha_max': (-_INF, _INF, False, False),
+    'alpha_max': (-_INF, _INF, False, False), 'dist_timeout': (0, 7 * 24 * 3600, False, True),
 }
 
 

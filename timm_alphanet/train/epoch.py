@@ -47,6 +47,24 @@ def _scalars(result: Dict[str, Any]) -> Dict[str, float]:
     return {k: float(v.detach()) for k, v in result.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
+class _PendingLoss:
+    """Task losses summed on the device, added to ``state.loss_sum`` / ``loss_steps`` only on `flush` (one read)."""
+
+    def __init__(self, state: TrainState, device: torch.device) -> None:
+        self.state, self.sum, self.steps = state, torch.zeros((), dtype=torch.float64, device=device), 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum += loss.detach().to(torch.float64)
+        self.steps += 1
+
+    def flush(self) -> None:
+        if self.steps:
+            self.state.loss_sum += float(self.sum)
+            self.state.loss_steps += self.steps
+            self.sum.zero_()
+            self.steps = 0
+
+
 def train_one_epoch(
         cfg: TrainConfig,
         accelerator,
@@ -83,8 +101,13 @@ def train_one_epoch(
     rank, world = accelerator.process_index, accelerator.num_processes
     sandwich = isinstance(task, SandwichTask)
     params = list(task.get_clip_parameters())
-    # a non-finite forward also writes NaN into BN running statistics: a skipped step restores them
-    buffers = list(task.get_trainable_module().buffers())
+    # a non-finite forward also writes NaN into BN running statistics: a skipped step restores them from a snapshot
+    # taken with one foreach copy per step into tensors allocated once (not a clone per buffer per step)
+    buffers = [b for b in task.get_trainable_module().buffers() if b.numel()]
+    snapshot = [torch.empty_like(b) for b in buffers]
+    # the task loss is summed on the device and read only where it is shown or saved: a read per step would make
+    # the host wait for the device every step
+    pending = _PendingLoss(state, accelerator.device)
     max_steps = cfg.max_train_steps or None
     bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f'epoch {state.epoch}', leave=False,
                disable=cfg.no_progress or not accelerator.is_main_process)
@@ -97,7 +120,8 @@ def train_one_epoch(
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        saved = [b.clone() for b in buffers]
+        if buffers:
+            torch._foreach_copy_(snapshot, buffers)
         with accelerator.autocast():
             if sandwich:
                 out = task(x, y, state.step, backward=accelerator.backward)
@@ -105,22 +129,29 @@ def train_one_epoch(
                 out = task(x, y)
                 accelerator.backward(out['loss'])
         loss = out['loss'].detach().float()
-        finite = accelerator.reduce(torch.isfinite(loss).float().reshape(1), reduction='sum').item() == world
+        # the one host read of a step: whether every process's loss is finite. Skipping exactly (no optimizer,
+        # momentum or weight-decay update) needs the answer before optimizer.step() for any optimizer; GradScaler
+        # reads its inf flag the same way under fp16
+        finite = bool(accelerator.reduce(torch.isfinite(loss).float().reshape(1), reduction='sum') == world)
         if finite:
             if cfg.clip_grad is not None:
                 clip = accelerator.clip_grad_value_ if cfg.clip_mode == 'value' else accelerator.clip_grad_norm_
                 clip(params, cfg.clip_grad)
             optimizer.step()
-            if ema is not None:
-                ema.update(unwrap_model(task.get_trainable_module()), step=state.step)
+            # fp16: GradScaler skips a step whose gradients overflowed (the loss was finite); it is not trained on
+            scaler_skipped = accelerator.scaler is not None and accelerator.optimizer_step_was_skipped
+            if scaler_skipped:
+                state.scaler_skips += 1
+            else:
+                if ema is not None:
+                    ema.update(unwrap_model(task.get_trainable_module()), step=state.step)
+                # a sandwich's total also holds KD surrogates; the sums live in `state` so a resumed epoch keeps them
+                pending.add(out.get('task_loss', loss))
             state.nonfinite_in_row = 0
-            # a sandwich's total also holds KD surrogates; the sums live in `state` so a resumed epoch keeps them
-            state.loss_sum += float(out.get('task_loss', loss).detach())
-            state.loss_steps += 1
         else:
-            with torch.no_grad():
-                for b, v in zip(buffers, saved):
-                    b.copy_(v)
+            if buffers:
+                with torch.no_grad():
+                    torch._foreach_copy_(buffers, snapshot)
             _skip_nonfinite(cfg, accelerator, optimizer, state)
         if sandwich:
             state.subnet_digest = hashlib.sha1((state.subnet_digest + repr(out['subnets'])).encode()).hexdigest()
@@ -131,15 +162,20 @@ def train_one_epoch(
         seed_step(cfg.seed, state.step, rank)
         bar.update(1)
         if state.step % cfg.log_interval == 0 or state.batch_in_epoch == steps_per_epoch:
+            pending.flush()
             logs = {f'train/{k}': v for k, v in _scalars(out).items()}
             logs['train/lr'] = optimizer.param_groups[0]['lr']
+            if accelerator.scaler is not None:
+                logs['train/scaler_skips'] = state.scaler_skips
             accelerator.log(logs, step=state.step)
             bar.set_postfix(task_loss=f"{float(out.get('task_loss', loss).detach()):.3f}")
         if save_checkpoint is not None and cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
+            pending.flush()
             save_checkpoint(state.step)
         if max_steps is not None and state.step >= max_steps:
             break
     bar.close()
+    pending.flush()
     mean = state.loss_sum / state.loss_steps if state.loss_steps else float('nan')  # nan: no finite step
     return EpochResult(mean, steps, state.batch_in_epoch >= steps_per_epoch, time.time() - t0)
 
