@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from _results import add_json_argument, write_json
+from _steps import sandwich_step, variant_list
 from _timing import time_interleaved, timed
 
 HERE = Path(__file__).resolve()
@@ -57,7 +58,7 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
 
     import timm_alphanet
     from timm_alphanet import ALPHANET_SPACE, AlphaDistillationTask, SearchSpace
-    from timm_alphanet.train.config import DEMO_SPACE
+    from timm_alphanet.archs import DEMO_SPACE
     from timm_alphanet.task import SandwichTask
 
     if args.threads:
@@ -81,7 +82,7 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
         if variant == 'compile':
             task.compile()
             kd.compile()
-        fns[f'sandwich/{variant}'] = _sandwich_step(task, model, xv, y, args.steps)
+        fns[f'sandwich/{variant}'] = sandwich_step(task, model.parameters(), xv, y, args.steps)
         fns[f'kd/{variant}'] = _kd_step(kd, xv, y)
     out = _median_times(fns, args.steps, args.repeats)
     if args.per_subnet:
@@ -89,19 +90,6 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
     out['_module'] = timm_alphanet.__file__
     out['_threads'] = torch.get_num_threads()
     return out
-
-
-def _sandwich_step(task, model, x, y, period: int) -> Callable[[], None]:
-    import torch
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    state = {'step': 0}
-
-    def step() -> None:  # steps cycle through 0..period-1: every variant and repeat trains the same subnets
-        opt.zero_grad()
-        task(x, y, state['step'] % period, backward=lambda loss: loss.backward())
-        opt.step()
-        state['step'] += 1
-    return step
 
 
 def _kd_step(kd, x, y) -> Callable[[], None]:
@@ -186,7 +174,8 @@ def main() -> None:
     p.add_argument('--student', default='mobilenetv2_050')
     p.add_argument('--teacher', default='resnet18')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
-    p.add_argument('--variants', default='contiguous,channels_last,silu_out_of_place',
+    p.add_argument('--variants', type=variant_list(VARIANTS),
+                   default=['contiguous', 'channels_last', 'silu_out_of_place'],
                    help=f'comma-separated, from {",".join(VARIANTS)} (compile takes minutes per subnet on CPU)')
     p.add_argument('--no-per-subnet', dest='per_subnet', action='store_false')
     p.add_argument('--trainer-steps', type=int, default=0, help='also time train.py (demo) per step, N > 2 steps')
@@ -194,10 +183,6 @@ def main() -> None:
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     add_json_argument(p)
     args = p.parse_args()
-    args.variants = [v.strip() for v in args.variants.split(',') if v.strip()]
-    bad = [v for v in args.variants if v not in VARIANTS]
-    if bad:
-        p.error(f'unknown variants {bad}; choose from {list(VARIANTS)}')
     if args.worker:
         print(json.dumps(worker(args)))
         return

@@ -130,3 +130,25 @@ def test_run_all_search_sizes_are_populations_the_search_accepts(size):
     assert len(counts) == len(args[args.index('--spaces') + 1:args.index('--candidates')])  # one per space
     for n in counts:  # raises ValueError below the search's minimum
         assert EvolutionConfig(population=n, generations=0).population == n
+
+
+def test_gpu_check_smoke_prints_every_variant_and_the_host_reads(tmp_path):
+    """benchmarks/gpu_check.py --smoke (demo space, batch 4, 2 steps; on CPU here): a row per variant, none failed,
+    host reads per step (the trainer reads the device once per step, the bare sandwich loop never)."""
+    out = tmp_path / 'gpu_check.json'
+    p = subprocess.run([sys.executable, str(BENCH / 'gpu_check.py'), '--smoke', '--threads', '1', '--json', str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    gpu_check = _load('gpu_check')
+    rows = {line.split('|')[1].strip(): line for line in p.stdout.splitlines() if line.startswith('| ')}
+    for name in gpu_check.VARIANTS:
+        assert name in rows and 'error' not in rows[name], (name, p.stdout[-3000:])
+    assert '| host reads/step |' in p.stdout and 'the supernet is not compiled' in p.stdout
+    assert str(ROOT) not in p.stdout  # no local path
+    data = json.loads(out.read_text())
+    variants = data['details']['variants']
+    assert variants['trainer bf16+CL (train_one_epoch)']['host_reads_per_step'] > 0
+    assert variants['bare loop bf16+CL']['host_reads_per_step'] == 0
+    assert all(v['error'] is None and v['s_per_step'] > 0 for v in variants.values())
+    assert {'trainer / bare loop (s per step: trainer overhead)',
+            'supernet / static x4 (s per step: weight-sharing overhead)'} <= set(data['ratios'])
