@@ -376,3 +376,153 @@ def test_a_refused_collection_is_one_line(tmp_path, hub, monkeypatch):
     monkeypatch.setattr(hub, 'create_collection', _refusal)
     with pytest.raises(ValueError, match=r"collection 'front' of me failed \(HfHubHTTPError: 403.*hf_\*\*\*"):
         HubPublisher('me').collect('front', ['me/a0'])
+
+
+# ---- a push uploads only the files the export writes, never what a link points to (issue 20, item 6)
+
+def _outside(tmp_path):
+    outside = tmp_path / 'outside'
+    (outside / 'dir').mkdir(parents=True)
+    (outside / 'secret.txt').write_text('OUTSIDE-CONTENT')
+    (outside / 'dir' / 'key.txt').write_text('OUTSIDE-CONTENT')
+    return outside
+
+
+@pytest.mark.parametrize('case', ['file-link', 'folder-link', 'card-link', 'both-links', 'stray-file', 'subfolder'])
+def test_a_push_refuses_links_and_stray_entries_and_uploads_nothing(tmp_path, hub, case):
+    from timm_alphanet.export import HubPublisher
+
+    folder = tmp_path / 'out' / 'a0'
+    timm_alphanet.save_pretrained(timm.create_model('alphanet_a0', num_classes=3), folder)
+    outside = _outside(tmp_path)
+    named = []
+    if case in ('file-link', 'both-links'):
+        os.symlink(outside / 'secret.txt', folder / 'model.onnx')  # an allowed name, but a link
+        named.append("'model.onnx' (a symbolic link)")
+    if case in ('folder-link', 'both-links'):
+        os.symlink(outside / 'dir', folder / 'extra')
+        named.append("'extra' (a symbolic link)")
+    if case == 'card-link':
+        (folder / 'README.md').unlink()
+        os.symlink(outside / 'secret.txt', folder / 'README.md')
+        named.append("'README.md' (a symbolic link)")
+    if case == 'stray-file':
+        (folder / 'notes.txt').write_text('private')
+        named.append("'notes.txt' (not a file the export writes)")
+    if case == 'subfolder':
+        (folder / 'sub').mkdir()
+        (folder / 'sub' / 'x.txt').write_text('private')
+        named.append("'sub' (not a file the export writes)")
+    before = sorted(p.name for p in (tmp_path / 'out').iterdir())
+    with pytest.raises(ValueError) as e:
+        HubPublisher('me').push(folder)
+    message = str(e.value)
+    assert '\n' not in message and str(folder) in message and 'nothing was uploaded' in message
+    assert all(n in message for n in named), message
+    assert not [c for c in hub.calls if c[0] in ('create_repo', 'upload_folder')]
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == before  # no staging copy left
+    assert 'hub_repo' not in (folder / 'config.json').read_text()
+
+
+def test_a_clean_folder_publishes_exactly_the_export_files(tmp_path, hub):
+    from timm_alphanet.export import HubPublisher
+    from timm_alphanet.export.hub import HUB_FILES, upload_files
+
+    folder = tmp_path / 'out' / 'a0'
+    timm_alphanet.save_pretrained(timm.create_model('alphanet_a0', num_classes=3), folder)
+    (folder / '.hidden').write_text('never uploaded')
+    assert upload_files(folder) == ['README.md', 'config.json', 'model.safetensors']
+    assert HubPublisher('me').push(folder) == 'me/a0'
+    (upload,) = [c[1] for c in hub.calls if c[0] == 'upload_folder']
+    assert upload['files'] == ['README.md', 'config.json', 'model.safetensors']
+    (folder / 'pareto.png').write_bytes(b'\x89PNG')
+    HubPublisher('me').push(folder)
+    assert [c[1]['files'] for c in hub.calls if c[0] == 'upload_folder'][-1] == [
+        'README.md', 'config.json', 'model.safetensors', 'pareto.png']
+    assert set(hub.repos['me/a0']['files']) <= set(HUB_FILES)
+
+
+# ---- a saved config.json may not make the loader read a file (issue 20, item 7)
+
+def _config_with(tmp_path, field, value):
+    """A model folder (alphanet_custom) whose config.json's model_args[field] is `value`."""
+    folder = tmp_path / 'model'
+    src = timm.create_model('alphanet_custom', arch=ALPHANET_ARCHS['a0'].to_dict(), num_classes=3)
+    save_for_hf(src, folder, safe_serialization=True)
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args'][field] = value
+    (folder / 'config.json').write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture()
+def no_file_reads(monkeypatch):
+    """Fails a test whose model creation reads a space YAML or an arch file."""
+    import timm_alphanet.archs as archs
+    from timm_alphanet.spaces import SearchSpace
+
+    reads = []
+
+    def from_yaml(path):
+        reads.append(path)
+        raise AssertionError(f'read {path}')
+
+    def read_arch_file(path):
+        reads.append(path)
+        raise AssertionError(f'read {path}')
+
+    monkeypatch.setattr(SearchSpace, 'from_yaml', staticmethod(from_yaml))
+    monkeypatch.setattr(archs, 'read_arch_file', read_arch_file)
+    return reads
+
+
+@pytest.mark.parametrize('field,value', [('space', '/etc/passwd'), ('space', '../x.yaml'), ('space', 'space.yaml'),
+                                         ('arch', '/etc/passwd'), ('arch', '../arch.json'), ('space', 3)])
+def test_a_saved_config_naming_a_file_is_refused_before_it_is_read(tmp_path, monkeypatch, no_file_reads, field,
+                                                                    value):
+    import huggingface_hub.constants as hf_constants
+
+    from timm_alphanet.utils import check_model_dir
+
+    folder = _config_with(tmp_path, field, value)
+    (tmp_path / 'x.yaml').write_text('supernet_config: {}\n')
+    (folder / 'space.yaml').write_text('supernet_config: {}\n')
+    expected = f'model_args.{field} must be the'
+    for create in (lambda: check_model_dir(folder),
+                   lambda: timm.create_model(f'local-dir:{folder}', pretrained=True),
+                   lambda: timm.create_model(f'local-dir:{folder}')):
+        with pytest.raises(ValueError) as e:
+            create()
+        message = str(e.value)
+        assert '\n' not in message and expected in message and repr(value) in message, message
+        assert str(folder / 'config.json') in message
+    # the same config.json from the Hub
+    snap = _hf_cache_snapshot(tmp_path / 'hf-cache', 'someone/hostile')
+    for f in ('config.json', 'model.safetensors'):
+        shutil.copy(folder / f, snap)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(ValueError) as e:
+        timm.create_model('hf-hub:someone/hostile', pretrained=True, cache_dir=tmp_path / 'hf-cache')
+    assert expected in str(e.value) and 'hf-hub:someone/hostile' in str(e.value)
+    assert no_file_reads == []
+
+
+def test_a_saved_config_with_the_space_inline_or_an_arch_name_loads(tmp_path, no_file_reads):
+    from timm_alphanet.sources import load_supernet
+    from timm_alphanet.testing.tiny import tiny_supernet
+    from timm_alphanet.utils import check_model_dir
+
+    timm_alphanet.save_pretrained(tiny_supernet(seed=2), tmp_path / 'supernet')  # what export writes: space inline
+    assert isinstance(check_model_dir(tmp_path / 'supernet')['model_args']['space'], dict)
+    model = timm.create_model(f'local-dir:{tmp_path / "supernet"}', pretrained=True)
+    supernet, _ = load_supernet(str(tmp_path / 'supernet'))
+    assert model.space == supernet.space
+    folder = _config_with(tmp_path, 'arch', 'a0')
+    assert timm.create_model(f'local-dir:{folder}', pretrained=True).arch == ALPHANET_ARCHS['a0']
+    assert no_file_reads == []
+
+
+def test_the_callers_own_arch_file_is_still_read(tmp_path):
+    (tmp_path / 'arch.json').write_text(json.dumps(ALPHANET_ARCHS['a1'].to_dict()))
+    model = timm.create_model('alphanet_custom', arch=str(tmp_path / 'arch.json'), num_classes=3)
+    assert model.arch == ALPHANET_ARCHS['a1']

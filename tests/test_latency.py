@@ -249,6 +249,21 @@ def _hand_table(space_spec=DEEP, num_classes=3):
     (('noise', 'reference_drift_pct'), float('nan'), r'noise reference_drift_pct is nan$'),
     (('noise', 'reference_ms'), [1.0, -2.0], r'noise reference_ms has -2.0$'),
     (('noise',), 'loud', r'noise is a str, not a mapping$'),
+    # counts and times beyond the named limits: a forged table must not hang, abort or exhaust validate
+    (('timing', 'repeats'), 10 ** 9, r'timing repeats must be an integer in \[1, 10000\], got 1000000000$'),
+    (('timing', 'warmup'), 10 ** 12, r'timing warmup must be an integer in \[0, 1000\], got 1000000000000$'),
+    (('timing',), [1, 2], r'timing is a list, not a mapping$'),
+    (('device', 'threads'), 100000, r'device threads must be an integer in \[1, 1024\], got 100000$'),
+    (('device', 'batch_size'), 20000, r'device batch_size must be an integer in \[1, 4096\], got 20000$'),
+    (('device', 'dtype'), 'float64', r"device dtype 'float64' is not one of \['float32', 'float16', 'bfloat16'\]$"),
+    (('num_classes',), 10 ** 9, r'num_classes must be an integer in \[0, 1000000\], got 1000000000$'),
+    (('in_chans',), 10 ** 6, r'in_chans must be an integer in \[1, 1024\], got 1000000$'),
+    (('entries', 'first', 'ms'), 1e308,
+     r'entry BlockOp\(.*\) has ms 1e\+308, beyond the limit of 1e\+06 in magnitude$'),
+    (('entries', OVERHEAD, 'ms'), 1e308, r'entry Overhead\(model\) has ms 1e\+308, beyond the limit of 1e\+06'),
+    (('entries', 'first', 'std_ms'), 1e300, r'entry BlockOp\(.*\) has std_ms 1e\+300, beyond the limit of 1e\+06'),
+    (('noise', 'reference_ms'), [1.0, 1e308], r'noise reference_ms has 1e\+308, beyond the limit of 1e\+06'),
+    (('noise', 'reference_drift_pct'), -1e300, r'noise reference_drift_pct is -1e\+300, beyond the limit of 1e\+09'),
 ])
 def test_a_forged_table_with_a_bad_value_is_refused(tmp_path, path, value, message):
     data = _hand_table().to_dict()
@@ -261,6 +276,55 @@ def test_a_forged_table_with_a_bad_value_is_refused(tmp_path, path, value, messa
     with pytest.raises(ValueError, match=r'^\S*forged.json: malformed latency table: ' + message) as e:
         LatencyTable.load(tmp_path / 'forged.json')
     assert '\n' not in str(e.value)
+
+
+def test_timing_and_device_settings_are_bounded():
+    from timm_alphanet.cost import latency
+    with pytest.raises(ValueError, match=r'timing repeats must be an integer in \[1, 10000\], got 1000000000$'):
+        TimingConfig(repeats=10 ** 9)
+    with pytest.raises(ValueError, match=r'timing warmup must be an integer in \[0, 1000\], got <int of 3322 bits>$'):
+        TimingConfig(warmup=10 ** 1000)
+    TimingConfig(latency.MAX_WARMUP, latency.MAX_REPEATS)  # the limits themselves are allowed
+    with pytest.raises(ValueError, match=r'latency threads must be an integer in \[1, 1024\], got 100000$'):
+        latency.device_info('cpu', threads=100000)
+    with pytest.raises(ValueError, match=r'latency batch_size must be an integer in \[1, 4096\], got 20000$'):
+        latency.device_info('cpu', batch_size=20000)
+
+
+def test_cli_validate_refuses_a_forged_table_in_one_line(tmp_path, monkeypatch, capsys):
+    """A table of 1e308 ms entries gave 'MAPE inf %' and exit 0; forged timing settings hung or aborted validate.
+    Each is refused before anything is timed (the measurement would fail the test), naming file, field and limit."""
+    from timm_alphanet.cost import latency
+    monkeypatch.setattr(latency, 'measure_subnet', lambda *a, **k: pytest.fail('measured a forged table'))
+    monkeypatch.setattr(latency._Reference, 'time', lambda self: 1.0)
+    good = _hand_table()
+    good.device = latency.device_info('cpu', 1)
+    for name, edit, field_text in (
+            ('inf', lambda d: d['entries'][OVERHEAD].update(ms=1e308), 'entry Overhead(model) has ms 1e+308, beyond '
+                                                                        'the limit of 1e+06'),
+            ('repeats', lambda d: d['timing'].update(repeats=10 ** 9), 'timing repeats must be an integer in [1, '
+                                                                       '10000]'),
+            ('warmup', lambda d: d['timing'].update(warmup=10 ** 12), 'timing warmup must be an integer in [0, 1000]'),
+            ('threads', lambda d: d['device'].update(threads=100000), 'device threads must be an integer in [1, 1024]'),
+            ('batch', lambda d: d['device'].update(batch_size=20000), 'device batch_size must be an integer in [1, '
+                                                                      '4096]')):
+        data = good.to_dict()
+        edit(data)
+        path = tmp_path / f'{name}.json'
+        path.write_text(json.dumps(data))
+        with pytest.raises(SystemExit) as e:
+            latency_main(['validate', str(path), '--samples', '3', '--no-progress'])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1, (name, err)
+        assert f'{path}: malformed latency table: {field_text}' in err, (name, err)
+    # the user's flags are bounded as the file's fields are
+    good.save(tmp_path / 'good.json')
+    for flag, value, text in (('--repeats', '1000000000', 'timing repeats must be an integer in [1, 10000]'),
+                              ('--warmup', '1000000000000', 'timing warmup must be an integer in [0, 1000]')):
+        with pytest.raises(SystemExit) as e:
+            latency_main(['validate', str(tmp_path / 'good.json'), flag, value, '--no-progress'])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1 and text in err, err
 
 
 def test_validation_warning_by_hand():

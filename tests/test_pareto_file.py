@@ -185,3 +185,80 @@ def test_the_plot_marks_the_exported_point_and_shows_text_as_given():
     assert len(fig.axes) == 2 and fig.axes[1].get_legend().get_texts()[0].get_text() == 'Pareto front (0)'
     png = plot_front(points, ('top1', 'mflops'), highlight=1, title='runs/$x$_1 {bad $\\frac')  # draws: no formula
     assert png[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# ---- the writer refuses what the reader refuses; candidates.jsonl is bounded like pareto.json
+
+@pytest.mark.parametrize('field, value', [('top1', 150.0), ('top1', -1.0), ('top1_val', 100.5),
+                                          ('mflops', float('nan')), ('params_m', -0.1)])
+def test_the_writer_refuses_a_point_the_reader_would_refuse(tmp_path, field, value):
+    """A top-1 of 150 % was written into pareto.json (and refused only by export); now front_point and write_pareto
+    refuse it with the reader's own check (`point_numbers`) and nothing is written."""
+    record = {'arch': SPACE.min_config(), 'mflops': 0.5, 'params_m': 0.1, 'latency_ms': None, 'top1': 50.0}
+    top1_val = value if field == 'top1_val' else 40.0
+    with pytest.raises(ValueError, match=rf'^front point .*: {field} must be a finite number in \[0, '):
+        front_point({**record, field: value} if field != 'top1_val' else record, top1_val, None)
+    doc = _document()
+    doc['points'][1][field] = value
+    path = tmp_path / 'pareto.json'
+    with pytest.raises(ValueError, match=rf'^\S*pareto.json: point 1: {field} must be a finite number in \[0, '):
+        write_pareto(path, doc)
+    assert not path.exists()
+    # what the reader says of the same point, written by hand
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=rf'point 1: {field} must be a finite number in \[0, '):
+        read_pareto(path, SPACE)
+    assert pareto_file.check_top1(100, 'top1') == 100.0 and pareto_file.check_top1(0, 'top1') == 0.0
+
+
+def _candidates(tmp_path, *lines):
+    from timm_alphanet.search.candidates import validation_line, selection_line
+    good = [selection_line(SPACE.min_config(), 50.0, {'mflops': 0.5}, 0, 0, 0.1),
+            validation_line(SPACE.min_config(), 40.0, 'validation', 355)]
+    path = tmp_path / 'candidates.jsonl'
+    path.write_text(''.join(json.dumps(r) + '\n' for r in good) + ''.join(line + '\n' for line in lines))
+    return path
+
+
+def test_forged_candidate_lines_are_skipped_with_a_warning(tmp_path):
+    """A deeply nested line (RecursionError), val_images 1e400 (OverflowError) and a top-1 of 150 % crashed
+    --resume with a traceback; each is skipped with a warning naming the line, the good lines are kept."""
+    from timm_alphanet.search.candidates import read_candidates
+    arch = pareto_file.arch_json(SPACE.max_config())
+    forged = ['[' * 30000 + ']' * 30000,
+              '{"a":' * 100 + '1' + '}' * 100,
+              json.dumps({'kind': 'validation', 'arch': arch, 'top1_val': 40.0, 'val_split': 'validation',
+                          'val_images': 1}).replace('"val_images": 1', '"val_images": 1e400'),
+              json.dumps({'kind': 'selection', 'arch': arch, 'top1': 150.0}),
+              json.dumps({'kind': 'validation', 'arch': arch, 'top1_val': -3, 'val_split': 'validation',
+                          'val_images': 355}),
+              json.dumps({'kind': 'validation', 'arch': arch, 'top1_val': 40.0, 'val_split': ['x'],
+                          'val_images': 355}),
+              json.dumps([1, 2])]
+    path = _candidates(tmp_path, *forged)
+    warnings = []
+    selection, validation = read_candidates(str(path), SPACE, warnings.append)
+    assert list(selection) == [SPACE.min_config()] and selection[SPACE.min_config()]['top1'] == 50.0
+    assert validation == {(SPACE.min_config(), 'validation', 355): 40.0}
+    assert len(warnings) == len(forged), warnings
+    for number, (warning, needle) in enumerate(zip(warnings, (
+            'nested deeper than 64 levels', 'nested deeper than 64 levels',
+            'val_images must be an integer in [0, 1099511627776], got inf',
+            'top1 must be a finite number in [0, 100], got 150.0',
+            'top1_val must be a finite number in [0, 100], got -3',
+            "val_split must be a split name", 'a line must be a JSON object, got a list')), start=3):
+        assert warning.startswith(f'{path}: line {number} skipped (') and needle in warning, warning
+        assert '\n' not in warning
+
+
+def test_an_oversized_candidates_file_is_refused_in_one_line(tmp_path, monkeypatch):
+    from timm_alphanet.search import candidates
+    path = _candidates(tmp_path)
+    size = path.stat().st_size
+    monkeypatch.setattr(candidates, 'MAX_CANDIDATES_BYTES', size - 1)
+    with pytest.raises(ValueError, match=rf'^\S*candidates.jsonl: {size} bytes, over the limit of {size - 1} bytes '
+                                         r'\(MAX_CANDIDATES_BYTES\)') as e:
+        candidates.read_candidates(str(path), SPACE, lambda m: pytest.fail(m))
+    assert '\n' not in str(e.value)
+    monkeypatch.setattr(candidates, 'MAX_CANDIDATES_BYTES', size)
+    assert len(candidates.read_candidates(str(path), SPACE, lambda m: pytest.fail(m))[0]) == 1

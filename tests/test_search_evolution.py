@@ -128,6 +128,26 @@ def test_unreachable_limits_name_the_range_of_the_space():
         EvolutionConfig(population=2)
 
 
+def test_a_search_too_large_for_memory_or_the_space_is_refused():
+    """--population 1000000000 hung: drawing 10**11 archs and holding 10**9 of them. Refused at once, naming the
+    limit."""
+    from timm_alphanet.search import evolution
+    with pytest.raises(ValueError, match=r'^population 1000000000 is over the limit of 100000 \(MAX_POPULATION\)$'):
+        EvolutionConfig(population=10 ** 9)
+    with pytest.raises(ValueError, match=r'^generations 1000000 is over the limit of 100000 \(MAX_GENERATIONS\)$'):
+        EvolutionConfig(generations=10 ** 6)
+    with pytest.raises(ValueError, match=r'^population 1000 x 10001 generations \(the initial one included\) = '
+                                         r'10001000 subnets to evaluate, over the limit of 1000000 \(MAX_EVALUATIONS'):
+        EvolutionConfig(population=1000, generations=10_000)
+    EvolutionConfig(population=evolution.MAX_POPULATION, generations=evolution.MAX_EVALUATIONS
+                    // evolution.MAX_POPULATION - 1)  # at the limits
+    evaluated = []
+    with pytest.raises(ValueError, match=rf'^population {TOY.size + 1} is over the limit of the space\'s size: it '
+                                         rf'has only {TOY.size} distinct subnets$'):
+        evolve(TOY, _evaluator(hashed_top1, evaluated), costs, EvolutionConfig(population=TOY.size + 1))
+    assert evaluated == []
+
+
 def test_prerank_decides_which_children_are_evaluated():
     calls = []
 

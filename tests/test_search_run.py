@@ -216,6 +216,21 @@ def test_bad_input_is_refused_naming_the_value_and_nothing_is_written(setup, ref
     assert (copy / 'candidates.jsonl').read_text() == (reference / 'candidates.jsonl').read_text()
 
 
+def test_a_search_too_large_is_refused_in_one_line_before_anything_else(setup, tmp_path, capsys):
+    """--population 1000000000 hung after its first line; now nothing is printed or written but the refusal."""
+    sn, args, out = setup['supernet'], setup['args'], tmp_path / 'out'
+    for extra, needle in ((['--population', '1000000000'], 'population 1000000000 is over the limit of 100000'),
+                          (['--population', '1000', '--generations', '10000'],
+                           'subnets to evaluate, over the limit of 1000000 (MAX_EVALUATIONS'),
+                          (['--population', '129'], "population 129 is over the limit of the space's size: it has "
+                                                    'only 128 distinct subnets')):
+        with pytest.raises(SystemExit) as e:
+            search_main([sn, '--output', str(out), *args, *extra])
+        printed, err = capsys.readouterr()
+        assert e.value.code == 2 and needle in err and err.count('\n') == 1 and printed == '', (printed, err)
+    assert not out.exists()
+
+
 def test_latency_objective_and_limit(setup, tmp_path):
     lut = tmp_path / 'lut.json'
     table = build_latency_table(TINY, threads=1, num_classes=10, progress=False, timing=TimingConfig(0, 1, 0.0))

@@ -19,6 +19,7 @@ from ..calibration import calibration_images
 from ..export.subnets import export_subnets, resolve_requests
 from ..export.folder import check_output_folder
 from ..search.pareto_file import read_pareto, read_pareto_file
+from ..utils import claim_folder
 from ._calibration import RECIPE_FLAGS, add_recipe_arguments, recipe_fields
 from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ._publish import Publishing
@@ -151,11 +152,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dataset = open_image_dataset(*dataset_and_root(calib_data), recipe.split, what='--calib-data')
             images = calibration_images(dataset, recipe, workers=args.workers, progress=not args.no_progress)
         calib_name = None if calib_data is None else data_name(calib_data)
-        folders = export_subnets(
-            supernet, requests, args.output, source=source.to_dict(), calib_images=images, recipe=recipe,
-            calib_data=calib_name, front=front, onnx=args.onnx, overwrite=args.overwrite,
-            measure_latency=not args.no_latency, device=args.device, progress=not args.no_progress,
-            log=lambda msg: print(msg, flush=True))
+        with claim_folder(args.output, 'export output folder'):  # one export into a folder at a time
+            folders = export_subnets(
+                supernet, requests, args.output, source=source.to_dict(), calib_images=images, recipe=recipe,
+                calib_data=calib_name, front=front, onnx=args.onnx, overwrite=args.overwrite,
+                measure_latency=not args.no_latency, device=args.device, progress=not args.no_progress,
+                log=lambda msg: print(msg, flush=True))
         if publisher is not None:
             title = collection_description = None
             if front is not None:

@@ -4,10 +4,13 @@
     accelerate launch -m timm_alphanet.cli.search SUPERNET --output DIR --dataset "" --data-dir /data/imagenet
 """
 import argparse
+import dataclasses
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ._common import HelpFormatter, int_at_least, user_errors_exit
+
+DEFAULT_POPULATION = 100
 
 __all__ = ['build_parser', 'main']
 
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--max-latency-ms', type=_positive, default=None, metavar='X', help='max predicted latency (ms)')
 
     g = p.add_argument_group('Evolution')
-    g.add_argument('--population', type=int_at_least(3), default=100)
+    g.add_argument('--population', type=int_at_least(3), default=None,
+                   help=f'default: {DEFAULT_POPULATION}, or the number of subnets of a smaller space')
     g.add_argument('--generations', type=int_at_least(0), default=20, help='generations after the initial one')
     g.add_argument('--parents', type=_fraction, default=0.25, help='fraction of the population kept as parents')
     g.add_argument('--mutate-prob', type=_fraction, default=0.1, help='per-gene mutation probability')
@@ -148,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ..calibration import CalibrationRecipe, recipe_for
         from ..cost.latency import LatencyTable
         from ..search import EvolutionConfig, Limits, SearchConfig, run_search
+        from ..search.evolution import check_search_size
         from ..search.pareto import check_objectives
         from ..search.pareto_report import pareto_markdown
         from ..search.runner import default_image_counts, process_state
@@ -159,12 +164,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError('--objectives with latency needs --latency-table')
         lo, hi = args.mflops or (None, None)
         limits = Limits(mflops_min=lo, mflops_max=hi, max_params_m=args.max_params, max_latency_ms=args.max_latency_ms)
-        evolution = EvolutionConfig(population=args.population, parents=args.parents, mutate_prob=args.mutate_prob,
+        evolution = EvolutionConfig(population=args.population or DEFAULT_POPULATION, parents=args.parents, mutate_prob=args.mutate_prob,
                                     resolution_mutate_prob=args.resolution_mutate_prob, crossover=args.crossover,
                                     generations=args.generations, seed=args.seed,
                                     predictor_keep=args.predictor_keep if args.predictor else 1.0)
         table = LatencyTable.load(args.latency_table) if args.latency_table else None
         supernet, source = load_supernet(args.supernet, space=args.space)
+        size = getattr(supernet.space, 'size', None)
+        if args.population is None and isinstance(size, int) and size < evolution.population:
+            evolution = dataclasses.replace(evolution, population=size)  # the default fits a small space
+        check_search_size(supernet.space, evolution)  # an explicit one is refused: before any data is read
         if table is not None:
             table.check_covers(supernet.space, supernet.num_classes, getattr(supernet, 'in_chans', 3))
 

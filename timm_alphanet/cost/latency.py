@@ -35,18 +35,31 @@ from tqdm.auto import tqdm
 from ..archs import SpaceSpec, resolve_space
 from ..models.alphanet import AlphaNet
 from ..spaces import SearchSpace, SubnetConfig
-from ..utils import import_optional, read_json_file, write_atomic
+from ..utils import bounded_repr, import_optional, read_json_file, write_atomic
 from .ops import Op, subnet_ops
 
 __all__ = ['LatencyTable', 'TimingConfig', 'LatencyValidation', 'NoisyLatencyWarning', 'op_signature', 'distinct_ops',
            'device_info', 'time_forward', 'build_latency_table', 'measure_subnet', 'validate_latency_table', 'FORMAT',
-           'SPREAD_LIMIT_PCT', 'REFERENCE_LIMIT_PCT', 'MAPE_LIMIT_PCT']
+           'SPREAD_LIMIT_PCT', 'REFERENCE_LIMIT_PCT', 'MAPE_LIMIT_PCT', 'MAX_WARMUP', 'MAX_REPEATS', 'MAX_THREADS',
+           'MAX_BATCH_SIZE', 'MAX_MS', 'MAX_NUM_CLASSES', 'MAX_IN_CHANS']
 
 FORMAT = 'timm_alphanet.latency/1'
 MAX_TABLE_BYTES = 8 << 20  # the full AlphaNet space's table is ~0.2 MB
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 DEVICE_TYPES = ('cpu', 'cuda')
 OVERHEAD = 'Overhead(model)'  # the entry for what a model's forward costs beyond its ops (container calls)
+# Bounds on every count and time a table (a file) or a caller hands the timing code: beyond them a forged table
+# hangs `validate` (10**9 repeats), aborts it (libgomp runs out of memory making 100000 threads), allocates GBs
+# (batch 20000) or sums entries to inf (1e308 ms). Each is far beyond a real build: the default is 5 warm-up
+# runs, 20 repeats, batch 1; the AlphaNet space's largest subnet takes ~100 ms per image on a CPU core.
+MAX_WARMUP = 1_000
+MAX_REPEATS = 10_000
+MAX_THREADS = 1024
+MAX_BATCH_SIZE = 4096
+MAX_MS = 1e6  # an entry, its spread, the overhead or a reference time: 1000 s for one layer is no measurement
+MAX_NUM_CLASSES = 1_000_000  # ImageNet-21k has 21 843
+MAX_IN_CHANS = 1024
+_MAX_PCT = 1e9  # noise figures in %: a loaded build spreads by a few 1000 %
 
 # Noise limits, from builds of the demo space (default timing, 1 thread) on a 2-core CPU VM that other jobs shared.
 # The spread of an entry is (p90 - p10) / median of its repeats. Quiet, the median entry spread by 17-21 % and the
@@ -144,12 +157,12 @@ class TimingConfig:
     trim: float = 0.25
 
     def __post_init__(self) -> None:
-        for name, lo in (('warmup', 0), ('repeats', 1)):
+        for name, lo, hi in (('warmup', 0, MAX_WARMUP), ('repeats', 1, MAX_REPEATS)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f'timing {name} must be an integer >= {lo}, got {v!r:.40}')
-        if not isinstance(self.trim, (int, float)) or not 0 <= self.trim < 0.5:
-            raise ValueError(f'timing trim must be in [0, 0.5), got {self.trim!r:.40}')
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f'timing {name} must be an integer in [{lo}, {hi}], got {bounded_repr(v)}')
+        if isinstance(self.trim, bool) or not isinstance(self.trim, (int, float)) or not 0 <= self.trim < 0.5:
+            raise ValueError(f'timing trim must be in [0, 0.5), got {bounded_repr(self.trim)}')
 
 
 def _sync(device: torch.device) -> None:
@@ -192,9 +205,10 @@ def device_info(device: Union[str, torch.device] = 'cpu', threads: Optional[int]
     device = check_device(device, DEVICE_TYPES)
     if dtype not in DTYPES:
         raise ValueError(f'latency dtype {str(dtype)[:40]!r} not supported; allowed: {list(DTYPES)}')
-    for name, value in (('threads', threads if threads is not None else 1), ('batch_size', batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'latency {name} must be a positive integer, got {value!r:.40}')
+    for name, value, hi in (('threads', threads if threads is not None else 1, MAX_THREADS),
+                            ('batch_size', batch_size, MAX_BATCH_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+            raise ValueError(f'latency {name} must be an integer in [1, {hi}], got {bounded_repr(value)}')
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else _cpu_name()
     return {'type': str(device), 'name': name, 'torch': torch.__version__,
             'threads': threads if threads is not None else torch.get_num_threads(), 'dtype': dtype,
@@ -345,17 +359,22 @@ def _cuda_op_times(calls: List[Callable[[torch.Tensor], torch.Tensor]], x: torch
         return [a.elapsed_time(b) for a, b in zip(events, events[1:])]
 
 
-def _finite(value: Any, what: str, minimum: Optional[float] = None) -> float:
-    """`value` as a float; ValueError naming it unless it is a finite number (>= `minimum`)."""
+def _finite(value: Any, what: str, minimum: Optional[float] = None, limit: float = MAX_MS) -> float:
+    """`value` as a float; ValueError naming it unless it is a finite number (>= `minimum`) of magnitude at most
+    `limit`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or (minimum is not None and value < minimum):
-        raise ValueError(f'{what} {value!r:.40}')
+        raise ValueError(f'{what} {bounded_repr(value)}')
+    if abs(value) > limit:
+        raise ValueError(f'{what} {bounded_repr(value)}, beyond the limit of {limit:g} in magnitude')
     return float(value)
 
 
-def _count(value: Any, what: str, minimum: int) -> int:
+def _count(value: Any, what: str, minimum: int, maximum: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'{what} must be an integer >= {minimum}, got {value!r:.40}')
+        raise ValueError(f'{what} must be an integer >= {minimum}, got {bounded_repr(value)}')
+    if maximum is not None and value > maximum:
+        raise ValueError(f'{what} must be an integer in [{minimum}, {maximum}], got {bounded_repr(value)}')
     return value
 
 
@@ -371,7 +390,8 @@ def _read_noise(n: Any) -> Dict[str, Any]:
     for key in _NOISE_FIGURES:
         if n.get(key) is not None:
             out[key] = _finite(n[key], f'noise {key} is', minimum=None if key in (
-                'reference_drift_pct', 'overhead_measured_ms') else 0)
+                'reference_drift_pct', 'overhead_measured_ms') else 0,
+                limit=MAX_MS if key == 'overhead_measured_ms' else _MAX_PCT)
     if n.get('reference_ms') is not None:
         ref = n['reference_ms']
         if not isinstance(ref, list):
@@ -526,9 +546,11 @@ class LatencyTable:
             raise ValueError(f'{where}: latency table is missing {missing}')
         try:
             space = SearchSpace.from_dict(d['space'])
+            if not isinstance(d['timing'], Mapping):
+                raise ValueError(f"timing is a {type(d['timing']).__name__}, not a mapping")
             timing = TimingConfig(**d['timing'])
-            num_classes = _count(d['num_classes'], 'num_classes', 0)
-            in_chans = _count(d['in_chans'], 'in_chans', 1)
+            num_classes = _count(d['num_classes'], 'num_classes', 0, MAX_NUM_CLASSES)
+            in_chans = _count(d['in_chans'], 'in_chans', 1, MAX_IN_CHANS)
             entries, spread = {}, {}
             for sig, e in d['entries'].items():
                 # negative entries would predict negative latencies (the build clamps the overhead at 0)
@@ -540,6 +562,16 @@ class LatencyTable:
             for key in ('type', 'name', 'threads', 'dtype', 'memory_format', 'batch_size'):
                 if key not in device:
                     raise ValueError(f'device record is missing {key!r}')
+            # the settings validate runs with: bounded, as the build's own arguments are (`device_info`)
+            device['threads'] = _count(device['threads'], 'device threads', 1, MAX_THREADS)
+            device['batch_size'] = _count(device['batch_size'], 'device batch_size', 1, MAX_BATCH_SIZE)
+            if device['dtype'] not in DTYPES:
+                raise ValueError(f"device dtype {bounded_repr(device['dtype'])} is not one of {list(DTYPES)}")
+            if device['memory_format'] not in ('contiguous', 'channels_last'):
+                raise ValueError(f"device memory_format {bounded_repr(device['memory_format'])} is not "
+                                 "'contiguous' or 'channels_last'")
+            device['type'] = str(device['type'])[:40]
+            device['name'] = str(device['name'])[:200]
             noise = _read_noise(d.get('noise') or {})  # absent in tables written before it was recorded
         except (TypeError, KeyError, AttributeError, ValueError) as e:
             raise ValueError(f'{where}: malformed latency table: {str(e)[:300]}') from None

@@ -21,7 +21,9 @@ from timm.models import save_for_hf
 
 from ..archs import ALPHANET_ARCHS, ALPHANET_SPACE
 from ..cost.flops import count_macs_and_params
-from ..utils import MAX_CONFIG_BYTES, display_path, parse_json, read_bounded_bytes, staged_directory, write_atomic
+from ..utils import (
+    LOCK_FILE, MAX_CONFIG_BYTES, display_path, parse_json, read_bounded_bytes, staged_directory, write_atomic,
+)
 from ..models import is_supernet
 from ..models.alphanet import AlphaNet
 from .card import META_KEY, render_card
@@ -47,12 +49,13 @@ def package_version() -> str:
 
 
 def check_output_folder(directory: Union[str, os.PathLike], overwrite: bool = False) -> Path:
-    """`directory` as a Path; raises OutputExistsError when it exists non-empty (or is a file) and not `overwrite`."""
+    """`directory` as a Path; raises OutputExistsError when it exists non-empty (or is a file) and not `overwrite`
+    (a `claim_folder` lock file alone does not count)."""
     directory = Path(directory)
     if directory.exists() or directory.is_symlink():
         if not directory.is_dir():
             raise OutputExistsError(f'{str(directory)[:300]} exists and is not a folder')
-        if not overwrite and any(directory.iterdir()):
+        if not overwrite and any(p.name != LOCK_FILE for p in directory.iterdir()):  # a claim's lock is not content
             raise OutputExistsError(f'output folder {str(directory)[:300]} exists and is not empty; choose another '
                                     'folder or overwrite it (overwrite=True, --overwrite)')
     return directory

@@ -19,10 +19,15 @@ import huggingface_hub.constants as hf_constants
 import huggingface_hub.errors as hf_errors
 from huggingface_hub import HfApi, get_token
 
+from ..utils import bounded_repr, display_path
 from .folder import package_version, read_config, save_pretrained, update_metadata
 
 __all__ = ['HubPublisher', 'parse_hub_target', 'repo_name', 'hub_token', 'push_to_hub', 'push_folders',
-           'push_converted', 'registered_repo_name', 'save_pretrained']
+           'push_converted', 'registered_repo_name', 'save_pretrained', 'HUB_FILES', 'upload_files']
+
+# what a push uploads: the files save_pretrained / alphanet-export / alphanet-convert write into a model folder
+# (timm's config.json and weights, the card, the front plot, the ONNX graph); nothing else is ever sent
+HUB_FILES = ('config.json', 'model.safetensors', 'README.md', 'pareto.png', 'model.onnx')
 
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
 MAX_REPO_NAME = 96  # the Hub's limit on a repository name
@@ -69,27 +74,63 @@ def _short_error(e: BaseException) -> str:
 
 def _link_or_copy(src: str, dst: str) -> None:
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
     except OSError:  # another file system, or none that links
-        shutil.copy2(src, dst)
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def upload_files(folder: Union[str, os.PathLike]) -> List[str]:
+    """The names of the files a push of `folder` uploads: those of `HUB_FILES` it holds, each a regular file.
+
+    Hidden entries (names starting with '.') are never uploaded and are skipped. Anything else -- a symbolic link
+    (to a file or a folder, whatever its name), a subfolder, a file the export does not write -- is refused, so
+    a push never sends what a link points to or what was put into the folder by hand.
+
+    Raises:
+        ValueError: one line naming the folder and every refused entry.
+    """
+    path = os.fspath(folder)
+    found, refused = [], []
+    with os.scandir(path) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.startswith('.'):
+                continue
+            if entry.is_symlink():
+                refused.append(f'{bounded_repr(entry.name, 80)} (a symbolic link)')
+            elif entry.name not in HUB_FILES:
+                refused.append(f'{bounded_repr(entry.name, 80)} (not a file the export writes)')
+            elif not entry.is_file(follow_symlinks=False):
+                refused.append(f'{bounded_repr(entry.name, 80)} (not a regular file)')
+            else:
+                found.append(entry.name)
+    if refused:
+        shown = ', '.join(refused[:10]) + (f' and {len(refused) - 10} more' if len(refused) > 10 else '')
+        raise ValueError(f'{display_path(path)}: refusing to publish {shown}; a model folder pushed to the Hub may '
+                         f'hold only the regular files {", ".join(HUB_FILES)}; nothing was uploaded')
+    return found
 
 
 @contextlib.contextmanager
 def _upload_copy(folder: Path) -> Iterator[Path]:
-    """A hidden sibling of `folder` with its files (hard links where possible), removed afterwards.
+    """A hidden sibling of `folder` with the files `upload_files` allows (hard links where possible), removed
+    afterwards.
 
     A push writes its metadata (``hub_repo``, the card's ``hf-hub:`` lines) into this copy and uploads it, so `folder`
-    itself is changed only after the upload succeeded and never claims a repository it is not in.
+    itself is changed only after the upload succeeded and never claims a repository it is not in. The copy is
+    checked again once made (a file swapped for a link meanwhile is refused there too).
     """
+    names = upload_files(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name[:50]}.push-', dir=folder.parent))
     try:
-        for src in folder.iterdir():
-            if src.name.startswith('.'):  # not uploaded (ignore_patterns)
-                continue
-            if src.is_dir():
-                shutil.copytree(src, tmp / src.name, copy_function=_link_or_copy)
-            else:
-                _link_or_copy(str(src), str(tmp / src.name))
+        for name in names:
+            _link_or_copy(str(folder / name), str(tmp / name))
+        try:  # a link or another entry that replaced a checked file meanwhile
+            same = upload_files(tmp) == names
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(f'{display_path(folder)}: its files changed while the push copied them; nothing was '
+                             'uploaded')
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,6 +177,7 @@ class HubPublisher:
             base_model: the repository the model derives from (e.g. its published supernet), for the card.
         """
         folder = Path(folder)
+        upload_files(folder)  # links, subfolders and stray files are refused before anything is read or created
         config = read_config(folder)
         repo_id = repo_id or self.repo_id(config.get('timm_alphanet', {}).get('name') or folder.name)
         try:

@@ -22,7 +22,8 @@ from timm.models._features import feature_take_indices
 
 from ..archs import ALPHANET_ARCHS, ALPHANET_TOP1, ArchSpec, SpaceSpec, resolve_arch, resolve_space
 from ..spaces import SubnetConfig
-from ..utils import as_float, as_int
+from ..utils import as_float, as_int, display_path
+from ..utils.model_dir import check_saved_model_args
 from ..cost.flops import count_macs_and_params
 from ..layers.blocks import ConvBnAct, MBConv, act_layer_for
 from ._checkpoint import checkpoint_filter_fn
@@ -306,12 +307,32 @@ def _create_alphanet(variant: str, arch: Union[SubnetConfig, Mapping[str, Any]],
     return build_alphanet(AlphaNet, variant, pretrained, arch=dict(arch), **kwargs)
 
 
+def check_source_args(kwargs: Mapping[str, Any]) -> None:
+    """Refuse a `local-dir:` / `hf-hub:` config.json whose model_args name a file (`check_saved_model_args`).
+
+    timm hands a saved config's model_args to the entrypoint as keyword arguments, indistinguishable from the
+    caller's own, and records them in ``pretrained_model_args`` with the config's ``source`` and folder or repository
+    in ``pretrained_cfg``: those, and only those, are checked here, before anything is read.
+    """
+    saved = kwargs.get('pretrained_model_args')
+    cfg = kwargs.get('pretrained_cfg')
+    cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
+    if saved is None or not isinstance(cfg, Mapping) or cfg.get('source') not in ('local-dir', 'hf-hub'):
+        return
+    if cfg.get('source') == 'local-dir':
+        where = display_path(os.path.join(str(cfg.get('file') or '<folder>'), 'config.json'))
+    else:
+        where = f'hf-hub:{str(cfg.get("hf_hub_id"))[:200]} config.json'
+    check_saved_model_args(saved, where)
+
+
 def build_alphanet(cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """timm's `build_model_with_cfg` for AlphaNet model classes (static or supernet), with our checkpoint filter.
 
     A `space` kwarg is stored as its dict, so timm records it in model_args / config.json and `hf-hub:` /
     `local-dir:` can rebuild the model anywhere.
     """
+    check_source_args(kwargs)
     if kwargs.get('space') is not None:
         kwargs['space'] = resolve_space(kwargs['space']).to_dict()
     try:
@@ -423,6 +444,7 @@ def alphanet_custom(pretrained: bool = False, arch: Optional[ArchSpec] = None, *
     `arch` is anything `timm_alphanet.archs.resolve_arch` takes: a dict or SubnetConfig, a name ('a3', 'max'), or a
     JSON/YAML arch file.
     """
+    check_source_args(kwargs)  # before the space or arch a saved config names is read
     space = resolve_space(kwargs.get('space'))
     arch = space.min_config() if arch is None else resolve_arch(arch, space)
     res = arch.resolution

@@ -16,7 +16,18 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..spaces import SearchSpace, SubnetConfig
 from .pareto import check_objectives, crowding_distance, non_dominated_sort, objective_vector, pareto_front
 
-__all__ = ['Limits', 'EvolutionConfig', 'EvolutionResult', 'Generation', 'arch_key', 'check_limits', 'evolve']
+__all__ = ['Limits', 'EvolutionConfig', 'EvolutionResult', 'Generation', 'arch_key', 'check_limits',
+           'check_search_size', 'evolve', 'MAX_POPULATION', 'MAX_GENERATIONS', 'MAX_EVALUATIONS']
+
+# Bounds on the size of a search, so that a mistyped --population (10**9) is refused at once instead of drawing
+# sample_tries x population random archs and holding every one in memory. Every evaluated subnet stays in the
+# archive (and its costs in a cache) for the whole search, about RECORD_BYTES each; the default search is
+# 100 x 21 = 2100 evaluations, and each takes a forward of the selection images, so a million is days of GPU time.
+MAX_POPULATION = 100_000
+MAX_GENERATIONS = 100_000
+MAX_EVALUATIONS = 1_000_000  # population x (generations + 1): at most ~2 GB of records
+RECORD_BYTES = 2_000  # per evaluated subnet: tracemalloc shows ~1.1 KB for an AlphaNet arch (its SubnetConfig
+# ~0.5 KB, its archive record and cost-cache entry ~0.6 KB), rounded up for the rest the search keeps
 
 _log = logging.getLogger(__name__)
 
@@ -109,11 +120,22 @@ class EvolutionConfig:
 
     def __post_init__(self) -> None:
         _number('population', self.population, 3, integer=True)
+        if self.population > MAX_POPULATION:
+            raise ValueError(f'population {self.population} is over the limit of {MAX_POPULATION} (MAX_POPULATION)')
         _number('parents', self.parents, 0.0, 1.0)
         _number('mutate_prob', self.mutate_prob, 0.0, 1.0)
         _number('resolution_mutate_prob', self.resolution_mutate_prob, 0.0, 1.0)
         _number('crossover', self.crossover, 0.0, 1.0)
         _number('generations', self.generations, 0, integer=True)
+        if self.generations > MAX_GENERATIONS:
+            raise ValueError(f'generations {self.generations} is over the limit of {MAX_GENERATIONS} '
+                             '(MAX_GENERATIONS)')
+        evaluations = self.population * (self.generations + 1)
+        if evaluations > MAX_EVALUATIONS:
+            raise ValueError(f'population {self.population} x {self.generations + 1} generations (the initial one '
+                             f'included) = {evaluations} subnets to evaluate, over the limit of {MAX_EVALUATIONS} '
+                             f'(MAX_EVALUATIONS: ~{MAX_EVALUATIONS * RECORD_BYTES / 1e9:.0f} GB of records held '
+                             'in memory, and a forward of the selection images each)')
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f'seed must be an integer, got {self.seed!r:.40}')
         _number('sample_tries', self.sample_tries, 1, integer=True)
@@ -151,6 +173,16 @@ class EvolutionResult:
     @property
     def evaluations(self) -> int:
         return len(self.archive)
+
+
+def check_search_size(space: Any, config: EvolutionConfig) -> None:
+    """Refuse a population larger than the space: it can never be filled with distinct subnets, and drawing for it
+    costs ``sample_tries`` draws per missing subnet. (`EvolutionConfig` bounds the population and the number of
+    evaluations by themselves.)"""
+    size = getattr(space, 'size', None)
+    if isinstance(size, int) and config.population > size:
+        raise ValueError(f'population {config.population} is over the limit of the space\'s size: it has only '
+                         f'{size} distinct subnets')
 
 
 def check_limits(space: SearchSpace, limits: Limits, costs: Callable[[SubnetConfig], Costs]) -> None:
@@ -197,6 +229,7 @@ def evolve(
             within the limits in the allowed number of random draws.
     """
     objectives = check_objectives(objectives)
+    check_search_size(space, config)
     if 'latency' in objectives and costs(space.min_config()).get('latency_ms') is None:
         raise ValueError('the latency objective needs a latency table (the cost model gives no latency_ms)')
     cost_cache: Dict[SubnetConfig, Costs] = {}

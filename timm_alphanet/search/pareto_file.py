@@ -26,11 +26,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..utils import display_path, parse_json, read_bounded_bytes, write_atomic
+from ..utils import bounded_repr, display_path, parse_json, read_bounded_bytes, write_atomic
 
 __all__ = ['FORMAT', 'FORMAT_NAME', 'FORMAT_VERSION', 'READABLE_VERSIONS', 'PARETO_JSON', 'MAX_PARETO_BYTES',
            'MAX_PARETO_NODES', 'arch_json', 'device_text', 'latency_record', 'pareto_header', 'progress_record',
-           'front_point', 'pareto_document', 'dumps', 'write_pareto', 'format_version', 'ParetoFile',
+           'front_point', 'point_numbers', 'check_top1', 'TOP1_RANGE', 'pareto_document', 'dumps', 'write_pareto',
+           'format_version', 'ParetoFile',
            'read_pareto_file', 'resume_fingerprint', 'fingerprint_differences', 'check_resume', 'ParetoPoint',
            'ParetoFront', 'read_pareto', 'select_points']
 
@@ -42,6 +43,7 @@ PARETO_JSON = 'pareto.json'
 MAX_PARETO_BYTES = 64 << 20
 MAX_PARETO_NODES = 4_000_000  # JSON values; a front of a few hundred points has ~20 000
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
+TOP1_RANGE = (0.0, 100.0)  # top-1 in %, on the selection images (top1) and on the validation split (top1_val)
 
 
 # ---- the schema (writing)
@@ -103,10 +105,17 @@ def progress_record(generations_done: int, generations: int, evaluated: int, com
 
 
 def front_point(record: Mapping[str, Any], top1_val: Optional[float], latency_device: Optional[str]) -> Dict[str, Any]:
-    """One of the document's ``points`` from an evolution record (arch, top1, mflops, params_m, latency_ms)."""
-    return {'arch': arch_json(record['arch']), 'mflops': record['mflops'], 'params_m': record['params_m'],
-            'latency_ms': record['latency_ms'], 'latency_device': latency_device, 'top1': record['top1'],
-            'top1_val': top1_val}
+    """One of the document's ``points`` from an evolution record (arch, top1, mflops, params_m, latency_ms).
+
+    Raises:
+        ValueError: a number the reader would refuse (`point_numbers`): a top-1 outside [0, 100], a negative or
+            non-finite cost.
+    """
+    point = {'arch': arch_json(record['arch']), 'mflops': record['mflops'], 'params_m': record['params_m'],
+             'latency_ms': record['latency_ms'], 'latency_device': latency_device, 'top1': record['top1'],
+             'top1_val': top1_val}
+    point_numbers(point, f'front point {bounded_repr(point["arch"])}')
+    return point
 
 
 def pareto_document(header: Mapping[str, Any], points: Sequence[Mapping[str, Any]],
@@ -121,7 +130,13 @@ def dumps(doc: Mapping[str, Any]) -> str:
 
 
 def write_pareto(path: Union[str, os.PathLike], doc: Mapping[str, Any]) -> None:
-    """Write the document atomically: a reader (export, a resume) never sees half a file."""
+    """Write the document atomically: a reader (export, a resume) never sees half a file.
+
+    Raises:
+        ValueError: a point whose numbers `read_pareto` would refuse (`point_numbers`); nothing is written.
+    """
+    for i, p in enumerate(doc.get('points') or ()):
+        point_numbers(p, f'{display_path(path)}: point {i}')
     write_atomic(path, dumps(doc))
 
 
@@ -255,9 +270,30 @@ def _number(value: Any, what: str, optional: bool = False, low: float = 0.0, hig
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not low <= value <= high:
-        raise ValueError(f'{what} must be a finite number in [{low}, {high}]{" or null" if optional else ""}, '
-                         f'got {str(value)[:40]!r}')
+        raise ValueError(f'{what} must be a finite number in [{low:g}, {high:g}]{" or null" if optional else ""}, '
+                         f'got {bounded_repr(value)}')
     return float(value)
+
+
+def check_top1(value: Any, what: str, optional: bool = False) -> Optional[float]:
+    """A top-1 (%) as a float in `TOP1_RANGE` (None too, if `optional`); ValueError naming `what`, the value and
+    the range. pareto.json's writer and reader and candidates.jsonl's reader all check scores with it."""
+    return _number(value, what, optional, *TOP1_RANGE)
+
+
+def point_numbers(point: Mapping[str, Any], what: str) -> Dict[str, Optional[float]]:
+    """The numbers of a pareto.json point, checked: ``mflops`` finite and >= 0; ``params_m`` and ``latency_ms``
+    finite and >= 0 or null; ``top1`` and ``top1_val`` in `TOP1_RANGE` or null. The one check of both the writer
+    (`front_point`, `write_pareto`) and the reader (`read_pareto`), so the search never writes what export refuses.
+
+    Raises:
+        ValueError: naming `what`, the field, the value and the allowed range.
+    """
+    return {'mflops': _number(point.get('mflops'), f'{what}: mflops'),
+            'params_m': _number(point.get('params_m'), f'{what}: params_m', optional=True),
+            'latency_ms': _number(point.get('latency_ms'), f'{what}: latency_ms', optional=True),
+            'top1': check_top1(point.get('top1'), f'{what}: top1', optional=True),
+            'top1_val': check_top1(point.get('top1_val'), f'{what}: top1_val', optional=True)}
 
 
 def _split_name(value: Any) -> Optional[str]:
@@ -327,14 +363,8 @@ def read_pareto(path: Union[str, os.PathLike], space: Any, supernet_sha256: Opti
         except (ValueError, TypeError) as e:
             raise ValueError(f'{what}: {str(e)[:500]}') from None
         device = p.get('latency_device', p.get('device', default_device))
-        points.append(ParetoPoint(
-            index=i, arch=arch,
-            mflops=_number(p.get('mflops'), f'{what}: mflops'),
-            params_m=_number(p.get('params_m'), f'{what}: params_m', optional=True),
-            latency_ms=_number(p.get('latency_ms'), f'{what}: latency_ms', optional=True),
-            latency_device=str(device)[:200] if device is not None else None,
-            top1=_number(p.get('top1'), f'{what}: top1', optional=True, high=100.0),
-            top1_val=_number(p.get('top1_val'), f'{what}: top1_val', optional=True, high=100.0)))
+        points.append(ParetoPoint(index=i, arch=arch, latency_device=str(device)[:200] if device is not None else None,
+                                  **point_numbers(p, what)))
 
     objectives = data.get('objectives')
     if isinstance(objectives, Mapping):

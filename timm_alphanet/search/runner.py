@@ -8,6 +8,7 @@ depends only on the arch, 1 and N processes give identical searches. ``pareto.js
 ``.md``/``.png`` (`pareto_report`) are rewritten after every generation; ``--resume`` replays the seeded evolution
 with the cached scores, so it ends with exactly the pareto.json of an uninterrupted run.
 """
+import contextlib
 import hashlib
 import os
 import time
@@ -22,7 +23,7 @@ from ..calibration import CalibrationRecipe, disjoint_subsets
 from ..models import is_supernet
 from ..processes import check_world_size, has_accelerator_device
 from ..spaces import SearchSpace, SubnetConfig
-from ..utils import append_jsonl, import_optional, write_atomic
+from ..utils import append_jsonl, claim_folder, display_path, import_optional, write_atomic
 from .candidates import CANDIDATES, end_torn_line, read_candidates, selection_line, validation_line
 from .evolution import EvolutionConfig, Generation, Limits, arch_key, check_limits, evolve
 from .pareto import check_objectives
@@ -166,7 +167,8 @@ def run_search(
     Raises:
         ValueError / FileNotFoundError: a non-supernet model, a split too small for the image counts, limits no
             subnet meets, a latency table that lacks layers of the space, an output folder holding another search
-            (without `resume`), or a resume that does not match the recorded search.
+            (without `resume`) or in use by another one (`claim_folder`), a ``candidates.jsonl`` that is a symbolic
+            link, or a resume that does not match the recorded search.
     """
     if not is_supernet(supernet):
         raise ValueError(f'{type(supernet).__name__} is not a supernet (it has no search space)')
@@ -174,14 +176,26 @@ def run_search(
     say = log if state.is_main_process else (lambda msg: None)
     space: SearchSpace = supernet.space
     _check_request(supernet, config, latency_table)
-    recipe, objectives = config.calibration, config.objectives
+    recipe = config.calibration
     calib_idx, sel_idx = disjoint_subsets(len(train_data), [recipe.num_images, config.selection_images], recipe.seed)
     header = _header(supernet, config, source, val_data, val_split, latency_table, dataset)
     costs = SubnetCosts(supernet, latency_table)
     check_limits(space, config.limits, costs)  # before anything is written
     _check_image_shape(train_data, calib_idx[0], recipe, getattr(supernet, 'in_chans', 3))
     paths = _Paths.of(output_dir)
-    cached, cached_val = _open_output(paths, header, space, resume, state, say)
+    with contextlib.ExitStack() as claims:  # the output folder, claimed by the main process for the whole search
+        return _search(supernet, train_data, config, val_data, val_split, latency_table, resume, workers, progress,
+                       state, say, header, costs, paths, (calib_idx, sel_idx), claims)
+
+
+def _search(supernet: nn.Module, train_data: Any, config: SearchConfig, val_data: Any, val_split: str,
+            latency_table: Any, resume: bool, workers: int, progress: bool, state: Any, say: Callable[[str], None],
+            header: Dict[str, Any], costs: SubnetCosts, paths: '_Paths', indices: Tuple[Any, Any],
+            claims: contextlib.ExitStack) -> SearchResult:
+    """`run_search` once its request is checked: claim and open the output folder, evolve, validate, write."""
+    space, recipe, objectives = supernet.space, config.calibration, config.objectives
+    calib_idx, sel_idx = indices
+    cached, cached_val = _open_output(paths, header, space, resume, state, say, claims)
 
     supernet.to(state.device)
     scorer = Scorer.from_data(supernet, train_data, calib_idx, sel_idx, recipe.batch_size, config.batch_size,
@@ -200,7 +214,7 @@ def run_search(
     if val_data is not None and result.front:
         val = search.validate([r['arch'] for r in result.front], val_data, val_split, config.batch_size)
     doc = search.write(result.front, config.evolution.generations, complete=True, val=val)
-    return SearchResult(doc['points'], len(search.records), output_dir, doc)
+    return SearchResult(doc['points'], len(search.records), paths.output_dir, doc)
 
 
 def _check_request(supernet: nn.Module, config: SearchConfig, latency_table: Any) -> None:
@@ -258,14 +272,17 @@ class _Paths:
 
 
 def _open_output(paths: _Paths, header: Mapping[str, Any], space: SearchSpace, resume: bool, state: Any,
-                 say: Callable[[str], None]) -> Tuple[Dict, Dict]:
-    """The cached (selection, validation) records: main checks the folder against `resume`, and every process
-    gets the same cache or the same error (else the others would wait forever)."""
+                 say: Callable[[str], None], claims: contextlib.ExitStack) -> Tuple[Dict, Dict]:
+    """The cached (selection, validation) records: main claims the folder (`claim_folder`, held by `claims` until
+    the search ends) and checks it against `resume`, and every process gets the same cache or the same error (else
+    the others would wait forever)."""
     from accelerate.utils import broadcast_object_list
 
     outcome: List[Any] = [None]
     if state.is_main_process:
         try:
+            if not resume or os.path.isdir(paths.output_dir):  # a resume of nothing fails below, creating nothing
+                claims.enter_context(claim_folder(paths.output_dir, 'search output folder'))
             outcome[0] = ('ok', _prepare_output(paths, header, space, resume, say))
         except FileNotFoundError as e:
             outcome[0] = ('error', 'FileNotFoundError', str(e))
@@ -286,6 +303,9 @@ def _prepare_output(paths: _Paths, header: Mapping[str, Any], space: SearchSpace
                     say: Callable[[str], None]) -> Tuple[Dict, Dict]:
     """Check the output folder against `resume`; return the cached (selection, validation) records."""
     output_dir = paths.output_dir
+    if os.path.islink(paths.candidates):  # dangling or not: append_jsonl never writes through it
+        raise ValueError(f'{display_path(paths.candidates)}: is a symbolic link; a search writes its own '
+                         f'{CANDIDATES}')
     existing = [n for n, p in ((PARETO_JSON, paths.pareto_json), (CANDIDATES, paths.candidates)) if os.path.exists(p)]
     if not resume:
         if existing:

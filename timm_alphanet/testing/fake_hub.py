@@ -1,6 +1,7 @@
 """A boundary fake of `huggingface_hub.HfApi` for publishing tests: it records every call and lays each upload out
 as huggingface_hub's cache does, so ``HF_HUB_OFFLINE=1`` loads (`hf-hub:` in timm) read what was pushed."""
 import hashlib
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
@@ -45,17 +46,25 @@ class FakeHfApi:
 
     def upload_folder(self, repo_id: str, folder_path: str, revision: Optional[str] = None,
                       ignore_patterns: Any = None, commit_message: Optional[str] = None, **kw: Any):
-        self.calls.append(('upload_folder', dict(repo_id=repo_id, folder_path=folder_path, revision=revision)))
+        # like huggingface_hub: every file under the folder, in subfolders too, through links (to files or folders)
+        files: Dict[str, bytes] = {}
+        for dirpath, dirnames, filenames in os.walk(folder_path, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+            for name in sorted(filenames):
+                f = Path(dirpath) / name
+                if not name.startswith('.') and f.is_file():
+                    files[f.relative_to(folder_path).as_posix()] = f.read_bytes()
+        self.calls.append(('upload_folder', dict(repo_id=repo_id, folder_path=folder_path, revision=revision,
+                                                 files=sorted(files))))
         repo = self.repos[repo_id]  # the real Hub refuses uploads to a repository that does not exist
         if (revision or 'main') not in repo['branches']:
             raise ValueError(f'no branch {revision}')
-        for f in sorted(Path(folder_path).iterdir()):
-            if f.is_file() and not f.name.startswith('.'):
-                repo['files'][f.name] = f.read_bytes()
+        repo['files'].update(files)
         repo['commits'] += 1
         commit = hashlib.sha1(f'{repo_id}@{repo["commits"]}'.encode()).hexdigest()
         snap = hf_cache_snapshot(self.cache_dir, repo_id, commit, revision or 'main')
         for name, data in repo['files'].items():
+            (snap / name).parent.mkdir(parents=True, exist_ok=True)
             (snap / name).write_bytes(data)
         return SimpleNamespace(oid=commit)
 

@@ -8,6 +8,7 @@ config fails without leaving a run folder. A run folder holds one run: a non-emp
 default names are unique, and ``<output>/latest`` links to the newest. The last lines say where the models are
 and what to run next (`final.next_steps`).
 """
+import contextlib
 import csv
 import hashlib
 import io
@@ -27,7 +28,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from ..evaluation import evaluate, validate_subnets
 from ..models import is_supernet
-from ..utils import replace_symlink, write_atomic
+from ..utils import LOCK_FILE, claim_folder, display_path, replace_symlink, write_atomic
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
                     build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
 from .checkpoint import CheckpointManager, TrainState, checkpoint_processes, find_checkpoint, load_checkpoint_extras
@@ -51,7 +52,15 @@ class RunPlan(NamedTuple):
 
 def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
     """Train as `cfg` says; returns the last per-epoch validation results ({name: {top1, top5, loss}}; {} when
-    nothing was validated, e.g. a finished run resumed again). The final models' results are in their folders."""
+    nothing was validated, e.g. a finished run resumed again). The final models' results are in their folders.
+
+    The main process claims the run folder (`claim_folder`) before its first write and holds it until the run
+    ends: a second run into a folder in use is refused (ValueError naming the holder's pid and host)."""
+    with contextlib.ExitStack() as claims:
+        return _run(cfg, claims)
+
+
+def _run(cfg: TrainConfig, claims: contextlib.ExitStack) -> Dict[str, Dict[str, float]]:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
     acc = build_accelerator(cfg)
@@ -74,7 +83,7 @@ def run(cfg: TrainConfig) -> Dict[str, Dict[str, float]]:
     if finished and plan.run_dir is not None and (plan.run_dir / 'final').is_dir():
         _say_finished(cfg, acc, plan.run_dir, state, num_epochs)
         return {}
-    run_dir = _start(cfg, acc, plan)  # the first write
+    run_dir = _start(cfg, acc, plan, claims)  # the first write
     ckpts = CheckpointManager(acc, run_dir / 'checkpoints', keep=cfg.checkpoint_hist, state=state, ema=ema)
     if plan.resume_from is not None and ckpts.forget_after(state.step):
         acc.print(f'resumed from step {state.step}: the run\'s later checkpoints were removed (they belong to the '
@@ -138,7 +147,7 @@ def plan_run(cfg: TrainConfig, num_processes: int) -> RunPlan:
                              f'{LATEST!r}, which links to the newest run, and not hidden)')
         run_dir = Path(cfg.output) / cfg.experiment
         same = source is not None and run_dir.is_dir() and os.path.samefile(run_dir, source)
-        if not same and run_dir.is_dir() and any(run_dir.iterdir()):
+        if not same and _holds_run(run_dir):
             raise ValueError(f'run folder {str(run_dir)[:300]} already holds a run; continue it with --resume '
                              f'{str(run_dir)[:300]}, or choose another --experiment (a new run never mixes into '
                              'another one\'s checkpoints)')
@@ -208,16 +217,26 @@ def _say_finished(cfg: TrainConfig, acc, run_dir: Path, state: TrainState, num_e
     _end(acc)
 
 
-def _start(cfg: TrainConfig, acc, plan: RunPlan) -> Path:
-    """Create the run folder (a new one is named uniquely), write args.yaml, point ``latest`` at it."""
-    run_dir = plan.run_dir
+def _start(cfg: TrainConfig, acc, plan: RunPlan, claims: contextlib.ExitStack) -> Path:
+    """Claim the run folder (a new one is named uniquely) for the run (held by `claims`), write args.yaml, point
+    ``latest`` at it. A claim refused, or a new run's folder filled since `plan_run`, fails on every process."""
+    run_dir, error = plan.run_dir, None
     if acc.is_main_process:
-        run_dir = _new_run_dir(cfg) if run_dir is None else run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / 'args.yaml', cfg.to_yaml())
-        _link_latest(run_dir, Path(cfg.output))
-    names = [str(run_dir) if run_dir is not None else None]
+        try:
+            run_dir = _new_run_dir(cfg) if run_dir is None else run_dir
+            claims.enter_context(claim_folder(run_dir, 'run folder'))
+            if plan.resume_from is None and _holds_run(run_dir):  # another run wrote it since plan_run
+                raise ValueError(f'run folder {display_path(run_dir)} already holds a run; continue it with --resume, '
+                                 'or choose another --experiment')
+            write_atomic(run_dir / 'args.yaml', cfg.to_yaml())
+            _link_latest(run_dir, Path(cfg.output))
+        except ValueError as e:
+            error = str(e)
+    names = [str(run_dir) if run_dir is not None else None, error]
     broadcast_object_list(names)  # the same folder on every process
+    if names[1] is not None:
+        _end(acc)
+        raise ValueError(names[1])
     run_dir = Path(names[0])
     acc.wait_for_everyone()
     acc.project_configuration.project_dir = acc.project_configuration.logging_dir = str(run_dir)
@@ -225,6 +244,11 @@ def _start(cfg: TrainConfig, acc, plan: RunPlan) -> Path:
         acc.init_trackers('train', config={k: v for k, v in cfg.to_dict().items()
                                            if isinstance(v, (int, float, str, bool))})
     return run_dir
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Whether `run_dir` is a folder with anything in it besides a claim's lock file."""
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
 def _new_run_dir(cfg: TrainConfig) -> Path:

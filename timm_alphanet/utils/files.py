@@ -7,11 +7,14 @@ that starts with the file name. Everything we write goes through `write_atomic` 
 (one record per write), so a crash never leaves half a file.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -20,7 +23,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 from .messages import bounded_repr, display_path
 
 __all__ = ['MAX_TEXT_BYTES', 'PathLike', 'regular_file_size', 'read_bounded_bytes', 'read_text_file', 'write_atomic',
-           'replace_directory', 'staged_directory', 'replace_symlink', 'sha256_file', 'append_jsonl']
+           'replace_directory', 'staged_directory', 'replace_symlink', 'sha256_file', 'append_jsonl', 'LOCK_FILE',
+           'claim_folder']
 
 PathLike = Union[str, os.PathLike]
 
@@ -212,11 +216,120 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
 
 def append_jsonl(path: PathLike, record: Mapping[str, Any]) -> None:
     """Append one JSON line with a single write, then fsync: a crash leaves at most a torn last line, which readers
-    of the log skip."""
+    of the log skip.
+
+    The file is opened with O_NOFOLLOW: a symbolic link at `path` (also a dangling one) is refused, never written
+    through, and so is anything that is not a regular file (ValueError naming the file).
+    """
     data = (json.dumps(record, separators=(',', ':')) + '\n').encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    name = display_path(path)
+    link, odd = f'{name}: is a symbolic link; refusing to append through it', f'{name}: not a regular file; refusing ' \
+        'to append to it'
     try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):  # dangling or not
+        raise ValueError(link)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ValueError(odd)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_NONBLOCK', 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:  # something planted after the check above
+        if e.errno == errno.ELOOP:
+            raise ValueError(link) from None
+        if e.errno in (errno.ENXIO, errno.EISDIR):
+            raise ValueError(odd) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device (O_NONBLOCK: opening it did not block)
+            raise ValueError(odd)
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+LOCK_FILE = '.lock'
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no claims
+    fcntl = None
+
+
+@contextlib.contextmanager
+def claim_folder(folder: PathLike, what: str = 'folder') -> Iterator[Path]:
+    """Claim `folder` (created if missing) for one process while the block runs: a second claim of it, from any
+    process, is refused with a ValueError naming the folder and the holder's pid and host.
+
+    The claim is an exclusive `fcntl.flock` on ``folder/.lock`` (opened with O_NOFOLLOW, so never through a link),
+    which records the holder's pid and host and is removed when the block ends. The kernel releases a flock when its
+    process ends, however it ends, so a crashed or killed run never leaves a stale claim (an O_EXCL marker file
+    would, and would need guessing whether its pid is still alive, on whichever host); the unlocked ``.lock`` it
+    leaves is simply taken over. No-op where there is no `fcntl` (Windows).
+    """
+    folder = Path(folder)
+    name, lock = display_path(folder), folder / LOCK_FILE
+    if fcntl is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    for _ in range(100):  # retried only when a holder removed the file between our open and our flock
+        fd = _lock(folder, lock, name, what)
+        try:
+            now = os.stat(lock, follow_symlinks=False)
+        except OSError:
+            now = None
+        st = os.fstat(fd)
+        if now is not None and (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+            break
+        os.close(fd)
+    else:
+        raise ValueError(f'{name}: cannot claim the {what} (its .lock keeps changing)')
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'pid {os.getpid()} host {socket.gethostname()[:100]}\n'.encode(), 0)
+        yield folder
+    finally:
+        try:
+            os.unlink(lock)  # while still locked: a claim that opened this file sees it gone and retries
+        except OSError:
+            pass
+        os.close(fd)  # releases the flock
+
+
+def _lock(folder: Path, lock: Path, name: str, what: str) -> int:
+    """An open descriptor of `lock`, flocked exclusively; ValueError naming the holder when another process has it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0) | os.O_NONBLOCK
+                     | getattr(os, 'O_CLOEXEC', 0), 0o644)
+    except OSError as e:
+        why = 'its .lock is a symbolic link' if e.errno == errno.ELOOP else (e.strerror or str(e))
+        raise ValueError(f'{name}: cannot claim the {what} ({why})') from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f'{name}: cannot claim the {what} (its .lock is not a regular file)')
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ValueError(f'{name}: cannot claim the {what} ({e.strerror or e})') from None
+            raise ValueError(f'{name}: the {what} is in use by another process ({_holder(fd)}); wait for it to end '
+                             f'or choose another folder') from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """'pid N on host H' from a lock file's first bytes, or why not."""
+    try:
+        text = os.pread(fd, 256, 0).decode('utf-8', 'replace')
+    except OSError:
+        text = ''
+    m = re.match(r'pid (\d{1,10}) host (\S{1,100})', text)
+    return f'pid {m.group(1)} on host {m.group(2)}' if m else 'which has not yet recorded its pid'

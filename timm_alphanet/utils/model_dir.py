@@ -7,15 +7,16 @@ JSON, dtypes, offsets covering the data); what is added is a bound on the header
 messages that name the file.
 """
 import os
+import re
 import struct
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 from .files import PathLike, regular_file_size
-from .messages import display_path, short_message
+from .messages import bounded_repr, display_path, short_message
 from .trees import read_json_file
 
 __all__ = ['MAX_CONFIG_BYTES', 'MAX_SAFETENSORS_HEADER', 'check_safetensors', 'check_model_dir',
-           'check_model_spec']
+           'check_model_spec', 'check_saved_model_args']
 
 MAX_CONFIG_BYTES = 1 << 20  # a timm config.json is ~1 KB (more with a search space in model_args)
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit on its JSON header
@@ -53,6 +54,39 @@ def check_safetensors(path: PathLike) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
         raise ValueError(f'{name}: not a valid safetensors file ({short_message(e)})') from None
 
 
+def _arch_name(value: str) -> bool:
+    """Whether `value` can only be an arch name (``a3``, ``alphanet_a3``, ``max``), never a file: letters, digits and
+    underscores (the model's own resolver then refuses a name it does not know)."""
+    return re.fullmatch(r'[A-Za-z0-9_]{1,40}', value.strip()) is not None
+
+
+def check_saved_model_args(model_args: Any, where: str) -> None:
+    """Refuse model arguments from a saved config.json (``model_args`` of a model folder or Hub repository) that
+    would make the model read a file: the search space must be inline (a mapping, as `save_pretrained` and
+    alphanet-export write it), the arch inline or one of the paper's names, never a path (which would be read
+    relative to the current directory, wherever it points).
+
+    Args:
+        model_args: the config's ``model_args`` (None: none).
+        where: what the config is, for the message (the config.json's path, or ``hf-hub:<repo>``).
+
+    Raises:
+        ValueError: one line naming `where`, the field and its (bounded) value.
+    """
+    if model_args is None:
+        return
+    if not isinstance(model_args, Mapping):
+        raise ValueError(f'{where}: model_args must be a mapping, got {type(model_args).__name__}')
+    space = model_args.get('space')
+    if space is not None and not isinstance(space, Mapping):
+        raise ValueError(f'{where}: model_args.space must be the search space inline (a mapping, as alphanet-export '
+                         f'writes it), not a path or other value: {bounded_repr(space)}')
+    arch = model_args.get('arch')
+    if arch is not None and not isinstance(arch, Mapping) and not (isinstance(arch, str) and _arch_name(arch)):
+        raise ValueError(f'{where}: model_args.arch must be the arch inline (a mapping, as alphanet-export writes it) '
+                         f'or a paper arch name, not a path or other value: {bounded_repr(arch)}')
+
+
 def check_model_dir(path: PathLike) -> Dict[str, Any]:
     """Checks a timm model folder (``local-dir:`` layout): config.json, and model.safetensors if present.
 
@@ -61,7 +95,8 @@ def check_model_dir(path: PathLike) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: the folder or its config.json does not exist.
-        ValueError: not a folder, config.json unreadable/too large/not a JSON object, or a bad safetensors file.
+        ValueError: not a folder, config.json unreadable/too large/not a JSON object, model_args that name a file
+            (`check_saved_model_args`), or a bad safetensors file.
     """
     name = display_path(path)
     if not os.path.isdir(path):
@@ -72,6 +107,7 @@ def check_model_dir(path: PathLike) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f'{display_path(os.path.join(path, "config.json"))}: expected a JSON object, got '
                          f'{type(config).__name__}')
+    check_saved_model_args(config.get('model_args'), display_path(os.path.join(path, 'config.json')))
     weights = os.path.join(path, 'model.safetensors')
     if os.path.lexists(weights):
         check_safetensors(weights)
