@@ -357,7 +357,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + (f' (at most {args.max_train_steps} steps)' if args.max_train_steps else '')
                   + f' x batch {args.batch_size} x {first.num_subnets} widths per step, '
                   f'lr {learning_rate(first, 1):.4g} (cosine, {first.warmup_epochs:g} warm-up epoch)',
-        'command': ' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        'command': ' '.join(shlex.quote(a) for a in ['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
         'wall_s': {'train': round(train_s, 1), 'total': round(time.time() - t0, 1)},
         'cpu_s': round(_cpu_seconds(), 1), 'load_average_at_end': list(os.getloadavg()),
