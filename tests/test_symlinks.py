@@ -7,6 +7,7 @@ claim their output folders.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -311,3 +312,67 @@ def test_search_refuses_a_linked_candidates_file_and_a_claimed_folder(tmp_path, 
         err = capsys.readouterr().err
         assert f'the search output folder is in use by another process (pid {os.getpid()} on host' in err
     assert not (out / 'pareto.json').exists()
+
+
+# ---- a training run's writers (args.yaml, summaries, checkpoint JSON) and the readers that take its folders
+def test_run_folder_writers_replace_links_and_readers_read_only_regular_files(tmp_path, outside):
+    """A resumed run rewrites args.yaml, summary.json/.csv, checkpoints/index.json and writes a checkpoint's
+    train_state.json and manifest.json: links planted at each (and at their guessable temp names, and a linked
+    staging folder) are replaced, never written through. The readers of a checkpoint folder follow links (a Hub
+    cache is made of them) but read only regular files, bounded: a link to a device is refused naming the file."""
+    from test_train_build import _cfg
+    from timm_alphanet.data import build_digits_folder
+    from timm_alphanet.train import run
+    from timm_alphanet.train.checkpoint import TrainState, find_checkpoint, load_checkpoint_extras
+    from timm_alphanet.train.run import plan_run
+
+    digits = str(build_digits_folder(tmp_path / 'digits'))
+    cfg = _cfg(digits, batch_size=256, epochs=2, max_train_steps=1, output=str(tmp_path), experiment='r')
+    run(cfg)
+    folder = tmp_path / 'r'
+    ckpts = folder / 'checkpoints'
+    targets = [folder / 'args.yaml', folder / 'summary.json', folder / 'summary.csv']
+    for target in targets:
+        if target.exists():
+            target.unlink()
+        _plant(target, outside)
+    _plant(ckpts / 'index.json', outside)  # the index is read on resume: links at its temp names only
+    outside_dir = outside.parent / 'staging'
+    outside_dir.mkdir()
+    os.symlink(outside_dir, ckpts / '.tmp-step_00000005')  # the staging folder of the checkpoint to come
+    run(cfg.replace(resume=str(folder), max_train_steps=0))  # to the end of epoch 2 (5 steps each)
+    for target in [*targets, ckpts / 'index.json']:
+        _writes_replace_the_link(target, outside)
+    assert list(outside_dir.iterdir()) == [] and (ckpts / 'step_00000005' / 'train_state.json').is_file()
+    assert not (ckpts / 'step_00000005' / 'manifest.json').is_symlink()
+
+    ckpt = find_checkpoint(folder)
+    for name in ('train_state.json', 'random_states_0.pkl'):
+        shutil.copy(ckpt / name, tmp_path / name)
+        (ckpt / name).unlink()
+        os.symlink('/dev/zero', ckpt / name)  # endless: read only after checking it is a regular file
+        with pytest.raises(ValueError, match=f'{ckpt / name}: not a regular file'):
+            load_checkpoint_extras(ckpt, TrainState())
+        (ckpt / name).unlink()
+        shutil.copy(tmp_path / name, ckpt / name)
+    (folder / 'args.yaml').unlink()
+    os.symlink('/dev/zero', folder / 'args.yaml')
+    with pytest.raises(ValueError, match=f'{folder / "args.yaml"}: not a regular file'):
+        plan_run(cfg.replace(resume=str(folder)), 1)
+
+
+def test_model_folder_readers_follow_links_to_regular_files_only(tmp_path, supernet_dir):
+    from timm_alphanet.utils import check_model_dir
+
+    folder = tmp_path / 'model'
+    folder.mkdir()
+    for name in ('config.json', 'model.safetensors'):  # as in a Hub cache snapshot: links to the blobs
+        os.symlink(supernet_dir / name, folder / name)
+    assert check_model_dir(folder)['architecture'] == 'alphanet_supernet'
+    for name in ('config.json', 'model.safetensors'):
+        (folder / name).unlink()
+        os.symlink('/dev/zero', folder / name)
+        with pytest.raises(ValueError, match=f'{folder / name}: not a regular file'):
+            check_model_dir(folder)
+        (folder / name).unlink()
+        os.symlink(supernet_dir / name, folder / name)

@@ -120,7 +120,47 @@ def open_image_dataset(name: str, root: Optional[Union[str, os.PathLike]], split
         raise ValueError(_no_images(split, root, str(e))) from None
     if hasattr(dataset, '__len__') and len(dataset) == 0:
         raise ValueError(_no_images(split, root))
+    if not getattr(dataset, 'load_bytes', True) and hasattr(getattr(dataset, 'reader', None), '__getitem__'):
+        dataset.reader = _BombCheckingReader(dataset.reader)
     return dataset
+
+
+class _BombCheckingReader:
+    """A timm image reader whose files are first opened by PIL for their header: an image PIL refuses as a
+    decompression bomb (more than twice ``Image.MAX_IMAGE_PIXELS``, e.g. 20000 x 20000) becomes an OSError naming the
+    file, which timm's `ImageDataset` skips with a warning as it does corrupt files (it catches OSError only, so
+    PIL's `DecompressionBombError` would end the run mid-epoch). Opening only reads the header; the file is rewound
+    for timm."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def __getattr__(self, name: str) -> Any:  # filename(), class_to_idx, samples, ... of the wrapped reader
+        if name == 'reader':  # not yet set (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.reader, name)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> Any:
+        from PIL import Image
+
+        img, *rest = self.reader[index]
+        if isinstance(img, (str, os.PathLike)) or hasattr(img, 'seek'):
+            try:
+                with Image.open(img):  # a file object stays open (PIL closes only what it opened)
+                    pass
+            except Image.DecompressionBombError as e:
+                if hasattr(img, 'close'):
+                    img.close()
+                name = getattr(img, 'name', img)
+                raise OSError(f'{display_path(name)}: {str(e)[:200]}') from None
+            except Exception:  # noqa: BLE001 -- anything else is timm's to report, on its own open
+                pass
+            if hasattr(img, 'seek'):
+                img.seek(0)
+        return (img, *rest)
 
 
 def num_classes_of(dataset: Any) -> int:

@@ -5,6 +5,7 @@ checkpoints, `MissingExtraError` for an extra that is not installed) naming the 
 its traceback.
 """
 import argparse
+import errno
 import pickle
 import sys
 from typing import Callable, NoReturn, Tuple, Type
@@ -44,6 +45,10 @@ def user_errors_exit(prog: str, fn: Callable[[], int]) -> int:
         return fn()
     except USER_ERRORS as e:
         fail(prog, str(e) or type(e).__name__)
+    except OSError as e:  # a full disk or quota: the writers (utils.files) name the file in strerror
+        if e.errno not in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)):
+            raise
+        fail(prog, e.strerror or str(e))
     finally:
         _release_process_group()
 

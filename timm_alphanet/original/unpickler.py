@@ -32,7 +32,10 @@ Allowed, compared with ``torch.load(weights_only=True)`` (torch 2.x ``_get_allow
   ``ndarray`` or ``_reconstruct``: with those a file can set dtype flags or make object arrays whose pointers
   are read from the file (a crash, or worse). The original training code puts only YAML values and
   command-line values into ``args`` and plain floats into the scheduler state, so it never needs numpy
-  arrays; numpy scalars are kept for checkpoints whose ``args`` hold a best accuracy or step.
+  arrays; numpy scalars are kept for checkpoints whose ``args`` hold a best accuracy or step. Only inside
+  `numpy_arrays()` (for Accelerate's RNG state files, which hold numpy's generator key): plain numeric C-order
+  arrays, rebuilt by ``numpy.frombuffer`` from the checked dtype stand-in and the file's bytes, still never by
+  numpy's ``_reconstruct``.
 """
 import _compat_pickle
 import collections
@@ -47,7 +50,7 @@ import torch
 
 from ..utils import INT_HASH_MODULUS, bounded_repr
 
-__all__ = ['UnsafeCheckpointError', 'restricted_pickle', 'storage_limit']
+__all__ = ['UnsafeCheckpointError', 'numpy_arrays', 'restricted_pickle', 'storage_limit']
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -84,6 +87,9 @@ _STUBS = (_AttrDictStub, _ConfigStub, _NamespaceStub)
 # ---------------------------------------------------------------------------------------------------------
 # argument checks of our constructors
 def _refuse(what: str) -> UnsafeCheckpointError:
+    if _NUMPY_ARRAYS.get():  # reading an RNG state file (`numpy_arrays`), not an original checkpoint
+        return UnsafeCheckpointError(f'refusing {what}: an RNG state file only needs generator states; nothing from '
+                                     'it was run')
     return UnsafeCheckpointError(
         f'refusing {what}: an original AlphaNet/AttentiveNAS checkpoint only needs tensors, plain containers '
         f'and the utils.config classes. The file may try to run code or exhaust memory; nothing from it was run.')
@@ -274,6 +280,58 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     return numpy.frombuffer(data, dtype=np_dtype)[0]
 
 
+# plain numeric numpy arrays, only inside `numpy_arrays()` (Accelerate's RNG state files hold numpy's MT19937 key):
+# rebuilt by numpy.frombuffer from the checked dtype stand-in and the file's bytes, never by numpy's _reconstruct
+_NUMPY_ARRAYS: 'contextvars.ContextVar[bool]' = contextvars.ContextVar('numpy_arrays', default=False)
+_MAX_ARRAY_DIMS = 8
+
+
+class _NumpyArrayType:
+    """Stands in for ``numpy.ndarray`` as the argument of ``_reconstruct``; never called."""
+
+
+class _NumpyArray:
+    """What ``_reconstruct(ndarray, (0,), b'b')`` makes: an empty placeholder that BUILD turns into the array."""
+
+
+def _numpy_reconstruct(*args: Any) -> _NumpyArray:
+    if args != (_NumpyArrayType, (0,), b'b'):
+        raise _refuse(f'numpy _reconstruct{bounded_repr(args)} (only plain arrays)')
+    return _NumpyArray()
+
+
+def _numpy_array(state: Any) -> Any:
+    """The array of an ndarray's pickled state (version, shape, dtype, is_fortran, raw bytes): numeric dtypes and
+    C order only, and exactly as many bytes as the shape needs (the bytes were read from the file, so bounded)."""
+    ok = isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and isinstance(state[1], tuple) \
+        and len(state[1]) <= _MAX_ARRAY_DIMS and all(type(n) is int and n >= 0 for n in state[1]) \
+        and type(state[2]) is _NumpyDtype and state[3] is False and isinstance(state[4], bytes)
+    if not ok:
+        raise _refuse(f'the numpy array state {bounded_repr(state)} (only plain numeric C-order arrays)')
+    import numpy
+    dtype = state[2].numpy()
+    count = 1
+    for n in state[1]:
+        count *= n
+    if count * dtype.itemsize != len(state[4]):
+        raise _refuse(f'a numpy array of shape {bounded_repr(state[1])} from {len(state[4])} bytes')
+    return numpy.frombuffer(state[4], dtype=dtype).reshape(state[1]).copy()
+
+
+_ARRAY_GLOBALS = {('numpy', 'ndarray'): _NumpyArrayType, ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
+                  ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct}
+
+
+@contextlib.contextmanager
+def numpy_arrays() -> Iterator[None]:
+    """Within the block, `restricted_pickle` also rebuilds plain numeric numpy arrays (see `_numpy_array`)."""
+    token = _NUMPY_ARRAYS.set(True)
+    try:
+        yield
+    finally:
+        _NUMPY_ARRAYS.reset(token)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the allow-list
 def _build_allowed_globals() -> Tuple[Dict[Tuple[str, str], Any], Dict[int, Any]]:
@@ -310,7 +368,7 @@ def _build_allowed_globals() -> Tuple[Dict[Tuple[str, str], Any], Dict[int, Any]
         if isinstance(value, torch.dtype):
             values[('torch', name)] = value
     allowed = {**values, **callables}
-    return allowed, {id(f): f for f in (*callables.values(), *_STUBS)}
+    return allowed, {id(f): f for f in (*callables.values(), *_STUBS, _numpy_reconstruct)}
 
 
 _ALLOWED_GLOBALS, _CALLABLES = _build_allowed_globals()
@@ -332,6 +390,8 @@ def _find_allowed_global(module: str, name: str) -> Any:
         if name == 'AttrDict':
             return _AttrDictStub
     found = _ALLOWED_GLOBALS.get((module, name))
+    if found is None and _NUMPY_ARRAYS.get():
+        found = _ARRAY_GLOBALS.get((module, name))
     if found is not None:
         return found
     raise _refuse(f"to load global '{bounded_repr(module)[1:-1]}.{bounded_repr(name)[1:-1]}'")
@@ -440,6 +500,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         inst = self.stack[-1]
         if isinstance(inst, (_AttrDictStub, _NumpyDtype)):
             inst.__setstate__(state)
+        elif type(inst) is _NumpyArray:
+            self.stack[-1] = _numpy_array(state)  # a memo reference to the placeholder stays one (and is refused)
         elif type(inst) is collections.OrderedDict and isinstance(state, dict) \
                 and all(isinstance(k, str) for k in state):
             inst.__dict__.update(state)  # a state dict's ``_metadata``

@@ -25,7 +25,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 __all__ = [
-    'Outcome', 'run_bounded', 'Op', 'write_hostile_checkpoint', 'forge_storage_numel', 'numpy_object_array',
+    'Outcome', 'run_bounded', 'Op', 'write_hostile_checkpoint', 'write_hostile_rng_state', 'forge_storage_numel',
+    'numpy_object_array',
     'shared_list_bomb', 'deep_list', 'colliding_int_keys', 'forge_zip_entry_size', 'SPACE_WITH_BOMB',
     'ARCH_WITH_BOMB', 'yaml_alias_bomb', 'yaml_deep', 'json_deep',
 ]
@@ -254,6 +255,26 @@ def write_hostile_checkpoint(path: PathLike, payload: bytes, legacy: bool = True
     obj = {'epoch': 1, entry: _PLACEHOLDER,
            'state_dict': {'module.classifier.linear.linear.bias': torch.zeros(3)}}
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    marker = Op.text(_PLACEHOLDER)
+
+    def patch(data: bytes) -> bytes:
+        if data.count(marker) != 1:
+            raise RuntimeError('placeholder not found exactly once in the pickle')
+        return data.replace(marker, payload)
+    _patch_pickle(path, patch)
+
+
+def write_hostile_rng_state(path: PathLike, payload: bytes) -> None:
+    """An Accelerate ``random_states_<N>.pkl`` (as `save_state` writes it) whose numpy generator key unpickles from
+    `payload` instead of a 624-word uint32 array (e.g. `numpy_object_array()`)."""
+    import random
+
+    import numpy as np
+
+    key = np.random.get_state()
+    states = {'step': 0, 'random_state': random.getstate(),
+              'numpy_random_seed': (key[0], _PLACEHOLDER, *key[2:]), 'torch_manual_seed': torch.get_rng_state()}
+    torch.save(states, path)
     marker = Op.text(_PLACEHOLDER)
 
     def patch(data: bytes) -> bytes:

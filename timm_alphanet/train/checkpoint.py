@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from ..utils import read_json_file, replace_directory, sha256_file, write_atomic
 
-__all__ = ['CheckpointManager', 'TrainState', 'find_checkpoint', 'checkpoint_processes', 'load_checkpoint_extras',
-           'no_space_left']
+__all__ = ['CheckpointManager', 'TrainState', 'check_random_states', 'find_checkpoint', 'checkpoint_processes',
+           'load_checkpoint_extras', 'no_space_left']
 
 INDEX = 'index.json'
 STATE = 'train_state.json'
@@ -170,7 +170,9 @@ class CheckpointManager:
         acc = self.accelerator
         name = f'step_{step:08d}'
         final, tmp = self.dir / name, self.dir / f'.tmp-{name}'
-        if acc.is_main_process and tmp.exists():
+        if acc.is_main_process and tmp.is_symlink():  # a planted link: removed, never followed (Accelerate would
+            tmp.unlink()                              # write the checkpoint into whatever it points to)
+        elif acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         what = (f'checkpoint {name} was not written (its partial folder was removed); free some space, then '
@@ -228,15 +230,108 @@ class CheckpointManager:
         return [e['name'] for e in entries if e['name'] not in keep]
 
 
+MAX_RNG_STATE_BYTES = 1 << 20  # a random_states_*.pkl is ~10 KB (Python's, numpy's and torch's generator states)
+_MAX_RNG_FILES = 4096  # one per process
+_RNG_KEYS = ('step', 'random_state', 'numpy_random_seed', 'torch_manual_seed', 'xm_seed')
+_MAX_DEVICE_STATES = 1024
+
+
+def check_random_states(folder: os.PathLike) -> int:
+    """Read every ``random_states_*.pkl`` of a checkpoint with our restricted reader and check it is what
+    Accelerate's `save_state` writes; returns how many there are.
+
+    Accelerate's own reader (``accelerate.utils.load``) is ``torch.load(weights_only=True)`` with numpy's
+    ``_reconstruct``, ``ndarray`` and ``dtype`` allow-listed, through which a forged file can set dtype flags; the
+    checkpoint manifest's hashes would catch only a file changed after its manifest was written, not a folder
+    forged whole. So each file is first read by `original.restricted_pickle` (no numpy code runs: arrays are
+    rebuilt from checked numeric dtypes) and its content checked by setting it on throw-away generators; Accelerate
+    then reads files already shown to be plain RNG states (the same bytes, in a folder nobody is writing).
+
+    Raises:
+        ValueError: one line naming the file: too large, not a torch file, a refused global or call, or content that
+            is not an RNG state.
+    """
+    import pickle
+
+    import torch
+
+    from ..original import numpy_arrays, restricted_pickle, storage_limit
+    from ..utils import display_path, regular_file_size, short_message
+
+    files = sorted(Path(folder).glob('random_states_*.pkl'))
+    if len(files) > _MAX_RNG_FILES:
+        raise ValueError(f'{display_path(folder)}: {len(files)} random_states_*.pkl files (at most {_MAX_RNG_FILES}, '
+                         'one per process)')
+    for path in files:
+        name = display_path(path)
+        if not re.fullmatch(r'random_states_\d{1,4}\.pkl', path.name):
+            raise ValueError(f'{name}: not a random state file of a process (random_states_<N>.pkl)')
+        size = regular_file_size(path, 'random state file')
+        if size > MAX_RNG_STATE_BYTES:
+            raise ValueError(f'{name}: too large for a random state file ({size} bytes; at most '
+                             f'{MAX_RNG_STATE_BYTES})')
+        try:
+            with open(path, 'rb') as f, storage_limit(size), numpy_arrays():
+                states = torch.load(f, map_location='cpu', weights_only=False, pickle_module=restricted_pickle)
+        except (pickle.UnpicklingError, ValueError, RuntimeError, EOFError, OSError, TypeError, KeyError,
+                AttributeError, IndexError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f'{name}: not a random state file Accelerate wrote ({short_message(e, 200)})') from None
+        problem = _rng_problem(states)
+        if problem:
+            raise ValueError(f'{name}: not a random state file Accelerate wrote ({problem})')
+    return len(files)
+
+
+def _rng_problem(states: Any) -> Optional[str]:
+    """None if `states` is a dict of generator states as Accelerate saves them, else what is wrong (each state is
+    set on a throw-away generator, which checks its format)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    def byte_tensor(t: Any) -> bool:
+        return type(t) is torch.Tensor and t.dtype == torch.uint8 and t.dim() == 1 and t.numel() <= (1 << 16)
+
+    if not isinstance(states, dict) or not all(isinstance(k, str) for k in states):
+        return f'a {type(states).__name__}, not a dict of generator states'
+    unknown = [k for k in states if k not in _RNG_KEYS and not re.fullmatch(r'torch_[a-z]{1,10}_manual_seed', k)]
+    if unknown or not {'random_state', 'numpy_random_seed', 'torch_manual_seed'} <= set(states):
+        return f'keys {sorted(states)[:10]}'[:200]
+    step = states.get('step', 0)
+    if type(step) is not int or step < 0:
+        return 'its step is not a count'
+    try:
+        random.Random().setstate(states['random_state'])
+        key = states['numpy_random_seed']
+        if not (isinstance(key, tuple) and len(key) == 5 and key[0] == 'MT19937' and type(key[1]) is np.ndarray
+                and key[1].dtype == np.uint32 and key[1].shape == (624,)):
+            return "numpy's state is not an MT19937 key"
+        np.random.RandomState().set_state(key)
+        if not byte_tensor(states['torch_manual_seed']):
+            return "torch's state is not a byte tensor"
+        torch.Generator().set_state(states['torch_manual_seed'])
+        for k, v in states.items():
+            if k.startswith('torch_') and k != 'torch_manual_seed':
+                device_states = v if isinstance(v, list) else [v]
+                if len(device_states) > _MAX_DEVICE_STATES or not all(byte_tensor(t) for t in device_states):
+                    return f'{k} is not a list of byte tensors'
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        return str(e)[:200] or type(e).__name__
+    return None
+
+
 def load_checkpoint_extras(folder: os.PathLike, state: TrainState, ema: Optional[Any] = None) -> None:
-    """Load ``train_state.json`` (and ``ema.safetensors`` when `ema` is given) of a checkpoint folder.
+    """Load ``train_state.json`` (and ``ema.safetensors`` when `ema` is given) of a checkpoint folder, and check
+    its RNG state files (`check_random_states`): all before Accelerate reads anything of it.
 
     Raises:
         ValueError: a checkpoint without them (written by an older version) or with damaged ones, naming the file.
     """
     folder = Path(folder)
+    check_random_states(folder)
     path = folder / STATE
-    if not path.is_file():
+    if not os.path.lexists(path):  # anything else there (a link to a device, a folder) is refused by the reader
         raise ValueError(f'resume {str(folder)[:300]}: no {STATE} (a checkpoint of an older version, or not one of '
                          'a timm_alphanet run)')
     try:
@@ -279,6 +374,10 @@ def find_checkpoint(path: os.PathLike) -> Path:
     ckpt_dir = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
     candidates = sorted((p for p in ckpt_dir.glob('step_*') if p.is_dir()), reverse=True)
     if not candidates:
+        if (path / 'args.yaml').is_file():  # a run folder whose run stopped before saving anything
+            raise FileNotFoundError(f'resume {str(path)[:300]!r}: this run stopped before its first checkpoint, so '
+                                    'there is nothing to resume; start it again without --resume (the same --output '
+                                    'and --experiment reclaim the folder)')
         raise FileNotFoundError(f'resume {str(path)[:300]!r}: no checkpoint folder (step_*) found; give a run folder '
                                 'or one of its checkpoints/step_* folders')
     damaged: List[Tuple[Path, str]] = []

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import reprlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
@@ -28,10 +29,12 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from ..evaluation import evaluate, validate_subnets
 from ..models import is_supernet
-from ..utils import LOCK_FILE, claim_folder, display_path, replace_symlink, write_atomic
+from ..task import TeacherOutputError
+from ..utils import LOCK_FILE, check_writable_folder, claim_folder, display_path, replace_symlink, write_atomic
 from .build import (build_accelerator, build_data, build_ema, build_loaders, build_model, build_optimizer,
                     build_scheduler, build_task, learning_rate, model_is_supernet, validation_archs)
-from .checkpoint import CheckpointManager, TrainState, checkpoint_processes, find_checkpoint, load_checkpoint_extras
+from .checkpoint import (INDEX, CheckpointManager, TrainState, checkpoint_processes, find_checkpoint,
+                         load_checkpoint_extras)
 from .config import TrainConfig, _read_yaml
 from .data import create_mixup
 from .epoch import NonFiniteLossError, train_one_epoch
@@ -105,6 +108,10 @@ def _run(cfg: TrainConfig, claims: contextlib.ExitStack) -> Dict[str, Dict[str, 
         except NonFiniteLossError as e:
             _end(acc)
             raise NonFiniteLossError(f'{e} Run folder: {run_dir}') from None
+        except TeacherOutputError as e:  # name the batch: the same images give the same logits on a rerun
+            _end(acc)
+            raise TeacherOutputError(f'step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}): {e}. '
+                                     f'Run folder: {run_dir}') from None
         if not epoch.completed:  # max_train_steps: a checkpoint, so that --resume can continue from here
             path = ckpts.dir / f'step_{state.step:08d}' if ckpts.has(state.step) else ckpts.save(state.step)
             acc.print(f'stopped at max_train_steps {cfg.max_train_steps} (epoch {state.epoch}, batch '
@@ -137,6 +144,7 @@ def plan_run(cfg: TrainConfig, num_processes: int) -> RunPlan:
     """
     resume_from = find_checkpoint(cfg.resume) if cfg.resume else None
     source = None
+    check_writable_folder(cfg.output, 'training output folder')  # before the dataset, the model and any calibration
     if resume_from is not None and resume_from.parent.name == 'checkpoints':
         source = Path(os.path.realpath(resume_from)).parent.parent
     run_dir = source
@@ -154,7 +162,8 @@ def plan_run(cfg: TrainConfig, num_processes: int) -> RunPlan:
     previous = None
     if resume_from is not None:
         args = source / 'args.yaml' if source is not None else None
-        previous = _read_yaml(args, what='run config') if args is not None and args.is_file() else None
+        # lexists: anything there but a regular file (a link to a device, a folder) is refused by the reader
+        previous = _read_yaml(args, what='run config') if args is not None and os.path.lexists(args) else None
         if previous is not None and not isinstance(previous, dict):
             raise ValueError(f'{args}: not a run config (a mapping of option values)')
         changes = _essential_changes(cfg, previous, num_processes, checkpoint_processes(resume_from))
@@ -228,6 +237,8 @@ def _start(cfg: TrainConfig, acc, plan: RunPlan, claims: contextlib.ExitStack) -
             if plan.resume_from is None and _holds_run(run_dir):  # another run wrote it since plan_run
                 raise ValueError(f'run folder {display_path(run_dir)} already holds a run; continue it with --resume, '
                                  'or choose another --experiment')
+            if plan.resume_from is None and _stopped_before_first_checkpoint(run_dir):
+                _reclaim(run_dir)
             write_atomic(run_dir / 'args.yaml', cfg.to_yaml())
             _link_latest(run_dir, Path(cfg.output))
         except ValueError as e:
@@ -246,9 +257,41 @@ def _start(cfg: TrainConfig, acc, plan: RunPlan, claims: contextlib.ExitStack) -
     return run_dir
 
 
+# what a run writes before its first checkpoint: a folder holding only these (and no complete checkpoint) is a run
+# stopped before it saved anything to continue from, which a new run may reclaim
+_BEFORE_FIRST_CHECKPOINT = frozenset({LOCK_FILE, 'args.yaml', 'summary.json', 'summary.csv', 'checkpoints'})
+
+
 def _holds_run(run_dir: Path) -> bool:
-    """Whether `run_dir` is a folder with anything in it besides a claim's lock file."""
-    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    """Whether `run_dir` holds a run to continue: anything besides a claim's lock file and what a run stopped before
+    its first checkpoint leaves (`_stopped_before_first_checkpoint`)."""
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()) \
+        and not _stopped_before_first_checkpoint(run_dir)
+
+
+def _stopped_before_first_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` is what a run killed before its first checkpoint leaves: args.yaml (and the summary of an
+    epoch whose checkpoint was not written), and a checkpoints/ folder with at most partial ``.tmp-step_*`` folders
+    and an index, but no ``step_*`` checkpoint and no final/. There is nothing in it to resume from."""
+    if not (run_dir / 'args.yaml').is_file() or (run_dir / 'args.yaml').is_symlink():
+        return False
+    if any(p.name not in _BEFORE_FIRST_CHECKPOINT or p.is_symlink() for p in run_dir.iterdir()):
+        return False
+    ckpts = run_dir / 'checkpoints'
+    return not ckpts.exists() or (ckpts.is_dir() and all(
+        (p.name.startswith('.tmp-step_') and p.is_dir() or p.name == INDEX) and not p.is_symlink()
+        for p in ckpts.iterdir()))
+
+
+def _reclaim(run_dir: Path) -> None:
+    """Remove what a run stopped before its first checkpoint left (called under the folder's claim, whose flock
+    proves that run is no longer alive), so the new run starts from an empty folder."""
+    logging.getLogger(__name__).warning(f'WARNING: run folder {display_path(run_dir)} holds a run stopped before its '
+                                        'first checkpoint (nothing to resume from); starting it again there')
+    shutil.rmtree(run_dir / 'checkpoints', ignore_errors=True)
+    for name in ('summary.json', 'summary.csv', 'args.yaml'):
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
 
 
 def _new_run_dir(cfg: TrainConfig) -> Path:
@@ -316,7 +359,8 @@ def _finish(cfg: TrainConfig, acc, model: nn.Module, state: TrainState, run_dir:
     if ema is not None:
         _sync_buffers(acc, ema.module)
     _check_processes_agree(acc, model, state)
-    training = {'run': str(run_dir), 'epochs': state.epoch, 'steps': state.step}
+    # the run by its folder's name: model cards and config.json are published, this machine's paths are not
+    training = {'run': run_dir.name, 'epochs': state.epoch, 'steps': state.step}
     if ema is not None:  # a KD student with --model-ema: final/ holds the EMA weights (timm's deployable ones)
         model = ema.module
         training['weights'] = f'EMA (decay {cfg.model_ema_decay})'

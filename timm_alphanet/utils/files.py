@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 from .messages import bounded_repr, display_path
 
 __all__ = ['MAX_TEXT_BYTES', 'PathLike', 'regular_file_size', 'read_bounded_bytes', 'read_text_file', 'write_atomic',
-           'replace_directory', 'staged_directory', 'replace_symlink', 'sha256_file', 'append_jsonl', 'LOCK_FILE',
-           'claim_folder']
+           'check_writable_folder', 'replace_directory', 'staged_directory', 'replace_symlink', 'sha256_file',
+           'append_jsonl', 'LOCK_FILE', 'claim_folder']
 
 PathLike = Union[str, os.PathLike]
 
@@ -103,6 +103,16 @@ def _umask() -> int:
     return mask
 
 
+_NO_SPACE = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
+
+
+def _no_space_left(e: OSError, path: PathLike, what: str) -> OSError:
+    """A full disk or quota while writing `path`, as one line naming the file: ``OSError(ENOSPC)`` whose strerror is
+    the whole message (callers print ``e.strerror``; a write error of its own carries no file name) and whose
+    filename is `path`."""
+    return OSError(e.errno, f'{display_path(path)}: no space left on its device; {what}', os.fspath(path))
+
+
 def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
     """Write `data` to `path` through a hidden temp file beside it, synced, then renamed: readers and a crash never
     see half a file, and a failed write leaves no temp file behind.
@@ -124,9 +134,37 @@ def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; it should look like any other
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise _no_space_left(e, path, 'it was not written (the file is as it was)') from None
+        raise
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def check_writable_folder(folder: PathLike, what: str = 'output folder') -> None:
+    """Check, before any slow work, that files can be created in `folder` (or, when it does not exist yet, in its
+    nearest existing parent, where it would be created): a ValueError naming it otherwise.
+
+    Asked by creating and removing a private temp file, not with `os.access`: that is what the writers will do, and
+    it also sees read-only mounts, ACLs and full quotas (and root, who may write where the mode bits say no).
+    """
+    path = Path(os.path.abspath(os.fspath(folder)))
+    name = display_path(folder)
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f'{name}: cannot write the {what} there ({display_path(probe)} is not a folder)')
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.write-check.', dir=probe)
+    except OSError as e:
+        where = '' if probe == path else f' (it would be created in {display_path(probe)})'
+        raise ValueError(f'{name}: cannot write the {what} there{where}: {e.strerror or e}; choose a writable '
+                         'folder') from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def replace_directory(staged: PathLike, directory: PathLike) -> None:
@@ -167,7 +205,17 @@ def staged_directory(directory: PathLike, if_exists: str = 'replace',
     directory.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', suffix='.tmp', dir=directory.parent))
     try:
-        yield staged
+        try:
+            yield staged
+        except OSError as e:
+            if e.errno not in _NO_SPACE:
+                raise
+            # named as the file would have been called, not by its staging path
+            file = os.fspath(e.filename) if isinstance(e.filename, (str, os.PathLike)) else None
+            if file is not None and os.path.dirname(os.path.abspath(file)).startswith(os.path.abspath(staged)):
+                file = os.path.join(directory, os.path.relpath(file, staged))
+            raise _no_space_left(e, file or directory, f'{display_path(directory)} was not written (its partial '
+                                 'copy was removed)') from None
         mask = _umask()  # mkdtemp (and some writers) make files private; the result should look like any folder
         os.chmod(staged, 0o777 & ~mask)
         for f in staged.iterdir():

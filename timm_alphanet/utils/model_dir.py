@@ -9,17 +9,24 @@ messages that name the file.
 import os
 import re
 import struct
+import sys
 from typing import Any, Dict, Mapping, Tuple
 
 from .files import PathLike, regular_file_size
 from .messages import bounded_repr, display_path, short_message
 from .trees import read_json_file
 
-__all__ = ['MAX_CONFIG_BYTES', 'MAX_SAFETENSORS_HEADER', 'check_safetensors', 'check_model_dir',
-           'check_model_spec', 'check_saved_model_args']
+__all__ = ['MAX_CONFIG_BYTES', 'MAX_NUM_CLASSES', 'MAX_SAFETENSORS_HEADER', 'check_safetensors', 'check_model_dir',
+           'check_model_spec', 'check_num_classes', 'check_saved_model_args']
 
 MAX_CONFIG_BYTES = 1 << 20  # a timm config.json is ~1 KB (more with a search space in model_args)
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit on its JSON header
+# classes a saved config may ask for: the largest label sets in use (ImageNet-21k: 21843) are far below, and a head of
+# 1e6 x 1280 float32 is already 5 GB; a forged 10**9 would make timm allocate the head before anything fails
+MAX_NUM_CLASSES = 1_000_000
+# options that turn a model into something other than the classifier a model folder holds: timm builds a feature
+# extractor (features_only fails deep inside timm for our models) or drops what the weights hold
+_NOT_A_CLASSIFIER = ('features_only', 'out_indices', 'feature_cls')
 
 
 def check_safetensors(path: PathLike) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
@@ -85,6 +92,19 @@ def check_saved_model_args(model_args: Any, where: str) -> None:
     if arch is not None and not isinstance(arch, Mapping) and not (isinstance(arch, str) and _arch_name(arch)):
         raise ValueError(f'{where}: model_args.arch must be the arch inline (a mapping, as alphanet-export writes it) '
                          f'or a paper arch name, not a path or other value: {bounded_repr(arch)}')
+    for key in _NOT_A_CLASSIFIER:
+        if key in model_args:
+            raise ValueError(f'{where}: model_args.{key} is not allowed: a model folder holds a classifier, built as '
+                             f'saved (got {key}={bounded_repr(model_args[key])})')
+    if 'num_classes' in model_args:
+        check_num_classes(model_args['num_classes'], f'{where}: model_args.num_classes')
+
+
+def check_num_classes(value: Any, what: str) -> int:
+    """A saved number of classes: an int in [0, MAX_NUM_CLASSES] (0: no classifier); ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_NUM_CLASSES:
+        raise ValueError(f'{what} must be a whole number from 0 to {MAX_NUM_CLASSES}, got {bounded_repr(value)}')
+    return value
 
 
 def check_model_dir(path: PathLike) -> Dict[str, Any]:
@@ -107,11 +127,65 @@ def check_model_dir(path: PathLike) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f'{display_path(os.path.join(path, "config.json"))}: expected a JSON object, got '
                          f'{type(config).__name__}')
-    check_saved_model_args(config.get('model_args'), display_path(os.path.join(path, 'config.json')))
+    where = display_path(os.path.join(path, 'config.json'))
+    check_saved_model_args(config.get('model_args'), where)
+    _check_architecture(config.get('architecture'), config.get('model_args'), where)
+    for key in _NOT_A_CLASSIFIER:
+        if key in config:
+            raise ValueError(f'{where}: {key} is not allowed: a model folder holds a classifier, built as saved (got '
+                             f'{key}={bounded_repr(config[key])})')
+    pretrained_cfg = config.get('pretrained_cfg')
+    classes = {f'{field}num_classes': cfg['num_classes'] for field, cfg in
+               (('', config), ('pretrained_cfg.', pretrained_cfg), ('model_args.', config.get('model_args')))
+               if isinstance(cfg, Mapping) and 'num_classes' in cfg}
+    for field, value in classes.items():
+        check_num_classes(value, f'{where}: {field}')
     weights = os.path.join(path, 'model.safetensors')
     if os.path.lexists(weights):
-        check_safetensors(weights)
+        shapes = check_safetensors(weights)
+        _check_classifier_rows(shapes, pretrained_cfg, classes, where)
+    # a folder with timm's pytorch_model.bin instead passes: timm reads it with torch.load(weights_only=True), and
+    # this package's own loaders (supernets, export) need model.safetensors and say so
     return config
+
+
+def _check_architecture(architecture: Any, model_args: Any, where: str) -> None:
+    """The config's architecture: a model name that timm knows and that takes what model_args hold.
+
+    This module stays torch-free, so timm's registry is asked only when timm is already imported -- which every
+    caller that goes on to create the model has done (check_model_spec/check_model_dir run just before
+    ``timm.create_model``)."""
+    if not isinstance(architecture, str) or not re.fullmatch(r'[A-Za-z0-9_.\-]{1,100}', architecture):
+        raise ValueError(f'{where}: architecture must be a model name, got {bounded_repr(architecture)}')
+    timm = sys.modules.get('timm')
+    if timm is None:
+        return
+    try:
+        entry = timm.models.model_entrypoint(architecture)
+    except Exception:  # noqa: BLE001 -- timm raises RuntimeError('Unknown model ...')
+        raise ValueError(f'{where}: architecture {bounded_repr(architecture)} is not a model timm knows (a '
+                         'timm_alphanet model folder names one of its models, e.g. alphanet_a0)') from None
+    ours = str(getattr(entry, '__module__', '')).startswith('timm_alphanet.')
+    if isinstance(model_args, Mapping) and ('space' in model_args or 'arch' in model_args) and not ours:
+        raise ValueError(f'{where}: architecture {bounded_repr(architecture)} does not take the search space / '
+                         'arch its model_args hold (only timm_alphanet models do): the config does not describe '
+                         'these weights')
+
+
+def _check_classifier_rows(shapes: Mapping[str, Tuple[str, Tuple[int, ...]]], pretrained_cfg: Any,
+                           classes: Mapping[str, Any], where: str) -> None:
+    """Every num_classes the config states must match the rows of the classifier the weights hold (when the config
+    names its classifier): timm would build the head the config asks for and then fail, or allocate, on loading."""
+    head = pretrained_cfg.get('classifier') if isinstance(pretrained_cfg, Mapping) else None
+    if not isinstance(head, str):
+        return
+    shape = shapes.get(f'{head}.weight', (None, ()))[1]
+    if not shape:
+        return
+    for field, value in classes.items():
+        if value not in (0, shape[0]):  # 0: built without a head (timm then drops the classifier's weights)
+            raise ValueError(f'{where}: {field} {value} does not match the weights ({head}.weight has {shape[0]} '
+                             'rows)')
 
 
 def check_model_spec(spec: str) -> None:
