@@ -133,6 +133,8 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     assert data['meta']['settings']['seeds'] == [0, 1]
     n_val = len(list((out / 'data').glob('digits*_train0.05/validation/*/*')))
     assert n_val > 300 and f'all {n_val} validation images' in data['meta']['settings']['data']
+    n_train = len(list((out / 'data').glob('digits*_train0.05/train/*/*')))  # the students', not the teacher's
+    assert f'training split ({n_train} images)' in data['meta']['settings']['data']
     cpu = data['meta']['settings']['run_cpu_seconds']  # every run's cost, for sizing the default
     assert len(cpu) == 13 and all(v > 0 for v in cpu.values())
     assert f'CPU time of the 13 run(s) {sum(cpu.values()) / 60:.1f} min' in md
@@ -158,6 +160,34 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     assert re.search(r'^kd_loss: kl$', args['mobilenetv2_035-kl-s1'], re.M)
     assert re.search(r'^kd_loss: alpha$', args['supernet-alpha-s0'], re.M)
     assert (out / 'runs' / 'teacher' / 'final' / 'model.safetensors').is_file()
+
+    # the protocol: KD as (1 - l) CE + l KD; the teacher augmented, on training images the students never see
+    assert re.search(r'^kd_weight: 0\.9$', args['mobilenetv2_035-alpha-s0'], re.M)
+    assert re.search(r'^task_weight: 0\.1$', args['mobilenetv2_035-alpha-s0'], re.M)
+    assert re.search(r'^no_aug: false$', args['teacher'], re.M) and re.search(r'^no_aug: true$',
+                                                                              args['mobilenetv2_035-kl-s0'], re.M)
+    teacher_dir = Path(re.search(r'^data_dir: (.+)$', args['teacher'], re.M).group(1))
+    student_dir = Path(re.search(r'^data_dir: (.+)$', args['mobilenetv2_035-kl-s0'], re.M).group(1))
+    names = {d: {p.relative_to(d / 'train') for p in (d / 'train').glob('*/*')} for d in (teacher_dir, student_dir)}
+    assert names[teacher_dir] and names[student_dir] and not names[teacher_dir] & names[student_dir]
+    info = data['teacher_information']
+    assert info['num_images'] == len(names[student_dir]) and info['kl_to_smoothed'] > 0 and 0 <= info['top1'] <= 100
+    assert f"KL to the smoothed labels {info['kl_to_smoothed']:.3f} nats" in md
+    assert md.count('- H1 (KL-KD > no KD') == 4 and 'Minimum detectable effect at 80 % power' in md
+
+    # the mechanism next to top-1: every student run measured against the teacher on the same validation images
+    records = [json.loads(line) for line in (out / 'results.jsonl').read_text().splitlines()]
+    students = [r for r in records if r['key'].startswith('students/')]
+    assert len(students) == 6 and all('mechanism' in r for r in students)
+    for r in students:  # the same images and pipeline as the trainer's own validation of the student and teacher
+        assert r['mechanism']['student_top1'] == pytest.approx(r['top1']['mobilenetv2_035'], abs=1e-6)
+        assert r['mechanism']['teacher_top1'] == pytest.approx(data['teacher']['mobilenetv2_100'], abs=1e-6)
+        assert r['mechanism']['kl'] > 0
+    mech = rows[('students', 'mobilenetv2_035')]['mechanism']
+    assert set(mech) == set(kdo.METHODS)
+    kl_runs = [r['mechanism']['kl'] for r in students if '/kl/' in r['key']]
+    assert mech['kl']['kl'] == pytest.approx(statistics.fmean(kl_runs))
+    assert f"| mobilenetv2_035: KL-KD | {mech['kl']['kl']:.4f} |" in md
     assert not (out / 'runs' / 'mobilenetv2_035-kl-s1' / 'checkpoints').exists()  # cleaned once recorded
 
     # a second invocation reuses every finished run (nothing is trained again)

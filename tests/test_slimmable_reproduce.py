@@ -73,6 +73,8 @@ def test_json_and_markdown_hold_every_run_and_a_rerun_reuses_them(script, smoke)
     for name in ('MobileNet-V1', 'MobileNet-V2', 'w/o KD (digits)', 'KL-KD (digits)', 'adaptive-KD (digits)',
                  'at most 2 steps'):
         assert name in table
+    # the protocol's hypotheses, per net, with the detectable effect (n/a from one seed: no paired spread)
+    assert table.count('- H1 (KL-KD > no KD, mean top-1 over widths)') == 2 and 'Minimum detectable effect' in table
     assert script.main(['--out', str(smoke), *SMOKE]) == 0  # finished runs are reused: evaluation only
     again = json.loads((smoke / 'slimmable.json').read_text())
     assert [r['train']['reused'] for r in again['runs']] == [True] * 6

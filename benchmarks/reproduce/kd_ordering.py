@@ -8,13 +8,22 @@ the same seeds for each; only the KD loss differs:
 * **supernet** (AlphaNet, the sandwich rule on a small space): *no KD* = in-place KD off (the random and min subnets
   learn from the labels, like the max one); *KL* / *alpha* = in-place KD from the max subnet with that loss.
   Reported: top-1 of the BN-calibrated max, min and one fixed random subnet.
-* **students** (the paper's standard-KD table): a MobileNetV2 1.0x teacher is trained first on the same data (labels
-  only), saved, and loaded by every KD run as ``local-dir:``; the students are MobileNetV2 0.5x and 0.35x and a
-  small ViT (DeiT-tiny's architecture scaled to the images). *no KD* = label loss only; *KL* / *alpha* = label loss +
-  KD loss (weights 1 and 1, temperature 1).
+* **students** (the paper's standard-KD table): a MobileNetV2 1.0x teacher is trained first (labels only, with
+  augmentation) on the training images the students never see, saved, and loaded by every KD run as ``local-dir:``;
+  the students are MobileNetV2 0.5x and 0.35x and a small ViT (DeiT-tiny's architecture scaled to the images).
+  *no KD* = label loss only; *KL* / *alpha* = ``(1 - l) label loss + l KD loss`` (``--kd-share`` l, default the
+  paper's 0.9; temperature 1), so every method has the label loss's scale (weights 1 + 1 doubled the step size).
+
+The protocol is `_protocol.py`'s (shared with the other reproductions); the report states the teacher's information
+on the students' images, the hypotheses' one-sided tests and the smallest effect the seeds could detect, and, next to
+top-1, each student's departure from the teacher on the validation images (`timm_alphanet.evaluation.kd_report`: KL,
+D_-1, entropy gap, q - p on the teacher's top and secondary classes, agreement where the teacher is unsure). Not yet
+here: per-method lr tuning on a held-out part and a zero-initialised classifier (see `kd_mechanism.py`, which has
+both).
 
 Default data: scikit-learn's bundled digits (no download), a fixed 30% of its training split (434 images, the same
-for every run) at 12 px, without augmentation; the 355 validation images give the top-1. Digits at full size are
+for every run) at 12 px, without augmentation, for the students; the other 70% for the teacher; the 355 validation
+images give the top-1. Digits at full size are
 nearly solved (~98%); few images and a low resolution keep the students well below that (60-85% measured), so
 differences can show. The small supernet still reaches 96-98% at this size: its part is near the ceiling.
 Budget: SGD (nesterov, lr 0.02, cosine, 1 warm-up epoch), batch 32, label smoothing 0.1, gradients clipped by value at
@@ -47,6 +56,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -56,6 +66,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared machine description
 sys.path.insert(0, str(HERE.parent.parent))  # the repository: run without installing
+sys.path.insert(0, str(HERE))  # reproduce/: the shared protocol
+
+import _protocol as protocol  # noqa: E402
 
 from _machine import machine_info, machine_line  # noqa: E402
 from _stats import mean_std, t_quantile_975  # noqa: E402
@@ -64,6 +77,8 @@ from _timing import timed  # noqa: E402
 from timm_alphanet.utils import staged_directory, write_atomic  # noqa: E402
 
 METHODS = ('none', 'kl', 'alpha')
+# `kd_report`'s figures the students' table shows (means over the validation images, then over seeds)
+MECHANISM_COLUMNS = ('kl', 'd_minus1', 'entropy_gap', 'top_gap', 'secondary_gap', 'agree_unsure')
 METHOD_NAMES = {'none': 'no KD', 'kl': 'KL-KD', 'alpha': 'alpha-KD'}
 PARTS = ('supernet', 'students')
 VIT = 'vit'  # the small ViT student: DeiT-tiny's architecture scaled to the images (see `vit_student`)
@@ -86,6 +101,11 @@ MINI_COMMON: Dict[str, Any] = dict(
     dataset='', batch_size=32, opt='sgd', lr=0.02, momentum=0.9, weight_decay=1e-5, sched='cosine', warmup_epochs=1,
     smoothing=0.1, no_aug=True, crop_pct=1.0, clip_grad=1.0, clip_mode='value', workers=0, bn_calib_batches=4)
 MINI_EPOCHS = {'supernet': 30, 'students': 30, 'teacher': 90}  # a teacher trained longer: better than its students
+# The protocol (`_protocol`): the miniature's teacher learns on the training images the students never see, with
+# augmentation (random resized crops; no flips: a mirrored digit is another digit or none), so its soft labels carry
+# information on the students' inputs; KD students train on (1 - l) CE + l KD, the label loss's scale.
+TEACHER_AUG: Dict[str, Any] = dict(no_aug=False, scale=(0.6, 1.0), hflip=0.0)
+KD_SHARE = 0.9  # l: the paper's only combined loss, 0.9 KD + 0.1 CE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +120,16 @@ class Job:
     inplace_kd: bool = True
     needs: Optional[str] = None
     keep_final: bool = False
+    mechanism_teacher: Optional[str] = None  # a student's: measure `kd_mechanism` against this teacher after training
 
 
 # ---- data and models written once
-def digits_subset(root: Path, fraction: float, size: int = 32) -> Path:
+def digits_subset(root: Path, fraction: float, size: int = 32, rest: bool = False) -> Path:
     """A fixed `fraction` of the digits training split (per class, `random.Random(0)`) and the whole validation split,
-    as an image folder under `root` (written once, atomically)."""
+    as an image folder under `root` (written once, atomically). `rest`: the training images *not* in that fraction
+    instead (the teacher's split: disjoint from the students')."""
     from timm_alphanet.data import build_digits_folder
-    folder = root / f'digits{size}_train{fraction:g}'
+    folder = root / (f'digits{size}_train{fraction:g}' + ('_rest' if rest else ''))
     if (folder / 'train').is_dir():
         return folder
     source = build_digits_folder(root / f'digits{size}', size=size)
@@ -117,7 +139,8 @@ def digits_subset(root: Path, fraction: float, size: int = 32) -> Path:
             for label in sorted(os.listdir(source / split)):
                 files = sorted(os.listdir(source / split / label))
                 if split == 'train':
-                    files = sorted(rng.sample(files, max(1, round(fraction * len(files)))))
+                    chosen = set(rng.sample(files, max(1, round(fraction * len(files)))))
+                    files = sorted(f for f in files if (f in chosen) != rest)
                 (tmp / split / label).mkdir(parents=True)
                 for name in files:
                     shutil.copyfile(source / split / label / name, tmp / split / label / name)
@@ -220,11 +243,16 @@ def plan(args: argparse.Namespace) -> List[Job]:
         placeholder = saved_model(models, PLACEHOLDER_TEACHER, num_classes=10)
         needs = None
         teacher_spec = args.trained_teacher
-        if teacher_spec is None:  # train the teacher first, on the same data, from the labels
+        if teacher_spec is None:  # train the teacher first, from the labels
             teacher_cfg = label_only(base.replace(model=args.teacher, seed=args.teacher_seed, experiment='teacher'),
                                      placeholder)
             if args.teacher_epochs is not None or args.students_config is None:
                 teacher_cfg = teacher_cfg.replace(epochs=args.teacher_epochs or MINI_EPOCHS['teacher'])
+            if args.students_config is None:  # the miniature: the protocol's teacher (augmented, disjoint images)
+                teacher_cfg = teacher_cfg.replace(**TEACHER_AUG)
+            if args.data_dir is None and args.dataset in (None, ''):
+                teacher_cfg = teacher_cfg.replace(data_dir=str(digits_subset(args.output / 'data', args.train_fraction,
+                                                                             rest=True)))
             jobs.insert(0, Job('teacher', 'teacher', args.teacher, 'none', args.teacher_seed, teacher_cfg,
                                keep_final=True))
             needs, teacher_spec = 'teacher', f'local-dir:{args.output / "runs" / "teacher" / "final"}'
@@ -235,10 +263,12 @@ def plan(args: argparse.Namespace) -> List[Job]:
                     cfg = base.replace(model=model, seed=seed, experiment=f'{student}-{method}-s{seed}')
                     if method == 'none':
                         cfg = label_only(cfg.replace(model=without_distillation_token(model)), placeholder)
-                    else:
-                        cfg = cfg.replace(teacher=teacher_spec, kd_loss=method)
+                    else:  # (1 - l) CE + l KD: the loss scale of the label loss alone
+                        task_weight, kd_weight = protocol.convex_weights(args.kd_share)
+                        cfg = cfg.replace(teacher=teacher_spec, kd_loss=method, kd_weight=kd_weight,
+                                          task_weight=round(task_weight, 12))
                     jobs.append(Job(f'students/{student}/{method}/s{seed}', 'students', student, method, seed, cfg,
-                                    needs=needs))
+                                    needs=needs, mechanism_teacher=teacher_spec))
     return jobs
 
 
@@ -301,13 +331,38 @@ def train_job(job: Job, threads: int, keep: bool) -> Dict[str, Any]:
     with _output_to(log):
         results, seconds = timed(lambda: run(job.cfg) if job.inplace_kd else _run_without_inplace_kd(job.cfg))
     cpu_seconds = time.process_time() - cpu0
+    mechanism = None
+    if job.mechanism_teacher and int(os.environ.get('WORLD_SIZE', '1')) == 1:  # before the final model is removed
+        mechanism = mechanism_figures(run_dir / 'final', job.mechanism_teacher, job.cfg)
     if not keep:  # the result is recorded; checkpoints are only needed to resume this run
         shutil.rmtree(run_dir / 'checkpoints', ignore_errors=True)
         if not job.keep_final:
             shutil.rmtree(run_dir / 'final', ignore_errors=True)
     names = {'arch0': 'random'}
     top1 = {(job.model if n == 'student' else names.get(n, n)): r['top1'] for n, r in results.items()}
-    return {'key': job.key, 'top1': top1, 'seconds': seconds, 'cpu_seconds': cpu_seconds}
+    out = {'key': job.key, 'top1': top1, 'seconds': seconds, 'cpu_seconds': cpu_seconds}
+    if mechanism is not None:
+        out['mechanism'] = mechanism
+    return out
+
+
+def mechanism_figures(student_dir: Path, teacher: str, cfg) -> Dict[str, float]:
+    """`timm_alphanet.evaluation.kd_report` of a trained student against `teacher` on the validation images (the
+    student's eval pipeline, the teacher loaded and fed as in training): the paper's mechanism next to top-1, for
+    every method (no KD too: how far the labels alone leave the student from the teacher)."""
+    import timm
+    import torch
+    from accelerate import Accelerator
+
+    from timm_alphanet.data import open_image_dataset
+    from timm_alphanet.evaluation import kd_report_model
+    from timm_alphanet.task import AlphaDistillationTask
+    student = timm.create_model(f'local-dir:{student_dir}', pretrained=True).eval()
+    task = AlphaDistillationTask(student, teacher, verbose=False)
+    dataset = open_image_dataset(cfg.dataset or '', cfg.data_dir, cfg.val_split)
+    report = kd_report_model(Accelerator(cpu=not torch.cuda.is_available()), student, task.teacher_logits, dataset,
+                             batch_size=cfg.batch_size)
+    return {k: v for k, v in report.items() if isinstance(v, float)}
 
 
 def _worker_init(threads: int) -> None:
@@ -370,14 +425,43 @@ def execute(jobs: List[Job], done: Dict[str, Dict[str, Any]], n_jobs: int, threa
     return list(failed.values())
 
 
+def teacher_information(jobs: List[Job]) -> Optional[Dict[str, float]]:
+    """The protocol's check that the trained teacher has something to teach the students: its top-1 and KL to the
+    smoothed labels on the students' training images (eval transform, as KD sees them up to augmentation); None
+    without a trained teacher or an image folder."""
+    teacher = next((j for j in jobs if j.part == 'teacher'), None)
+    student = next((j for j in jobs if j.part == 'students'), None)
+    if teacher is None or student is None or student.cfg.dataset not in (None, '') or not student.cfg.data_dir:
+        return None
+    import timm
+    import torch
+    from torch.utils.data import DataLoader
+
+    from timm_alphanet.data import open_image_dataset
+    from timm_alphanet.evaluation import eval_pipeline
+    model = timm.create_model(f'local-dir:{Path(teacher.cfg.output) / teacher.cfg.experiment / "final"}',
+                              pretrained=True).eval()
+    dataset = open_image_dataset('', student.cfg.data_dir, 'train')
+    dataset.transform, _ = eval_pipeline(model)
+    logits, labels = [], []
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=128):
+            logits.append(model(x))
+            labels.append(y)
+    return protocol.teacher_information(torch.cat(logits), torch.cat(labels), student.cfg.smoothing)
+
+
 # ---- statistics and reports
 def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any]:
     """Per part and row (subnet or student): per-seed top-1 of each method, mean +- std, and the paired per-seed
     differences alpha - KL (mean, std, 95% t-interval, wins) and KL - none, alpha - none (mean, std)."""
     per: Dict[Tuple[str, str], Dict[str, Dict[int, float]]] = {}
+    mech: Dict[Tuple[str, str], Dict[str, List[Dict[str, float]]]] = {}
     for job in jobs:
         if job.part == 'teacher' or job.key not in done:
             continue
+        if done[job.key].get('mechanism'):
+            mech.setdefault((job.part, job.model), {}).setdefault(job.method, []).append(done[job.key]['mechanism'])
         for row, top1 in done[job.key]['top1'].items():
             per.setdefault((job.part, row), {m: {} for m in METHODS})[job.method][job.seed] = top1
     rows = []
@@ -387,6 +471,10 @@ def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any
         for m, d in by_method.items():
             if d:
                 entry[m] = dict(zip(('mean', 'std'), mean_std(list(d.values()))), n=len(d))
+        figures = mech.get((part, row), {})
+        if figures:  # per method: each mechanism figure's mean over seeds
+            entry['mechanism'] = {m: {k: statistics.fmean(r[k] for r in rs) for k in MECHANISM_COLUMNS}
+                                  for m, rs in figures.items() if rs}
         for a, b in (('alpha', 'kl'), ('kl', 'none'), ('alpha', 'none')):
             seeds = sorted(set(by_method[a]) & set(by_method[b]))
             if not seeds:
@@ -426,6 +514,19 @@ def table(summary: Dict[str, Any], part: str) -> str:
                  _mean_pm_std(r.get('kl_minus_none'), signed=True)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def mechanism_table(summary: Dict[str, Any]) -> str:
+    """The students' mechanism figures against the teacher (validation images; mean over seeds) per method."""
+    head = ['student: method', 'KL(p‖q)', 'D₋₁(p‖q)', 'H(q) − H(p)', 'q − p, top class', 'q − p, secondary',
+            'agreement, teacher unsure']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in summary['rows']:
+        for m, f in r.get('mechanism', {}).items():
+            lines.append(f"| {r['row']}: {METHOD_NAMES[m]} | {f['kl']:.4f} | {f['d_minus1']:.4f} | "
+                         f"{f['entropy_gap']:+.4f} | {f['top_gap']:+.4f} | {f['secondary_gap']:+.4f} | "
+                         f"{100 * f['agree_unsure']:.1f} % |")
+    return '\n'.join(lines) if len(lines) > 2 else ''
 
 
 def plot(summary: Dict[str, Any], path: Path) -> None:
@@ -482,10 +583,16 @@ def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
         f"Data: {s['data']}. Seeds {s['seeds']} (the same for every method; differences are paired per seed). "
         f"Budget per run: {s['budget']}.", '',
     ]
+    lines += [protocol.PROTOCOL + ' Here: no per-method lr tuning and no zero-initialised classifier yet (one lr '
+              f"for every method); KD students: (1 - l) CE + l KD with l = {s.get('kd_share', KD_SHARE):g}.", '']
     if summary.get('teacher'):
         t = summary['teacher']
         lines += [f"Teacher ({s['teacher']}, trained first from the labels, seed {s['teacher_seed']}): top-1 "
                   + ', '.join(f'{v:.2f}' for v in t.values()) + '.', '']
+        info = summary.get('teacher_information')
+        if info:
+            lines += [f"On the students' {info['num_images']} training images the teacher has top-1 {info['top1']:.2f} "
+                      f"% and KL to the smoothed labels {info['kl_to_smoothed']:.3f} nats (0: nothing to teach).", '']
     elif s.get('trained_teacher'):
         lines += [f"Teacher: {s['trained_teacher']} (given, not trained here).", '']
     for part in PARTS:
@@ -493,6 +600,13 @@ def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
             what = ('AlphaNet supernet, sandwich rule (no KD = in-place KD off)' if part == 'supernet' else
                     'standard KD from the teacher (no KD = label loss only)')
             lines += [f'## {part}: {what}', '', table(summary, part), '']
+            if part == 'students':
+                lines += [mechanism_table(summary), '']
+            for r in (r for r in summary['rows'] if r['part'] == part):
+                if r.get('kl_minus_none') and r.get('alpha_minus_kl'):
+                    lines += [f"{r['row']}:", *protocol.hypotheses_lines(
+                        list(r['kl_minus_none']['per_seed'].values()),
+                        list(r['alpha_minus_kl']['per_seed'].values())), '']
     lines += ['Top-1 in % on the validation images, at the last epoch; mean ± sample std over seeds; "alpha > KL" '
               'counts the seeds where alpha-KD beat KL-KD; 95% CI: Student-t interval of the mean paired difference.']
     return '\n'.join(lines) + '\n'
@@ -537,6 +651,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    'uses this and 2 px less)')
     p.add_argument('--teacher', default='mobilenetv2_100', help='timm name of the teacher trained first')
     p.add_argument('--teacher-seed', type=int, default=0)
+    p.add_argument('--kd-share', type=float, default=KD_SHARE, help='l of the KD students\' (1 - l) CE + l KD '
+                   f'(default {KD_SHARE:g}, the paper\'s 0.9 KD + 0.1 CE)')
     p.add_argument('--trained-teacher', default=None, help='use this teacher instead of training one (a timm name '
                    'with pretrained weights, hf-hub:..., local-dir:...), e.g. mobilenetv2_100.ra_in1k at full scale')
     p.add_argument('--students', nargs='+', default=['mobilenetv2_050', 'mobilenetv2_035', VIT],
@@ -570,6 +686,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.threads is None:
         args.threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else
                                os.cpu_count() or 1) // args.jobs)
+    if not 0 <= args.kd_share <= 1:
+        p.error(f'--kd-share must be in [0, 1], got {args.kd_share}')
     if not 0 < args.train_fraction <= 1:
         p.error(f'--train-fraction must be in (0, 1], got {args.train_fraction}')
     if len(set(args.seeds)) != len(args.seeds):
@@ -639,10 +757,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     summary = summarize(done, jobs)
+    summary['teacher_information'] = teacher_information(jobs)
     if args.dataset not in (None, '') or args.data_dir:
         data = f'{args.dataset!r} at {args.data_dir}'
     else:  # counted, not assumed: the split is the library's
-        n = {split: sum(len(files) for _, _, files in os.walk(Path(jobs[0].cfg.data_dir) / split))
+        students = next(j for j in jobs if j.part != 'teacher')  # the teacher learns on the other images
+        n = {split: sum(len(files) for _, _, files in os.walk(Path(students.cfg.data_dir) / split))
              for split in ('train', 'validation')}
         data = (f"scikit-learn digits, a fixed {args.train_fraction:g} of the training split ({n['train']} images), "
                 f"all {n['validation']} validation images, {args.resolution} px")
@@ -651,6 +771,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'threads_per_run': args.threads, 'wall_s': wall, 'command': ' '.join(['python', *sys.argv]) if argv is None
         else 'kd_ordering.main(' + repr(list(argv)) + ')',
         'settings': {'data': data, 'seeds': args.seeds, 'teacher': args.teacher, 'teacher_seed': args.teacher_seed,
+                     'kd_share': args.kd_share,
                      'trained_teacher': args.trained_teacher,
                      'students': args.students, 'budget': _describe_budget(jobs),
                      'run_seconds': {k: round(v['seconds'], 1) for k, v in done.items()},

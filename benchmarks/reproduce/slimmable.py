@@ -46,6 +46,9 @@ sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/: the shared statistics
 
 from _stats import mean_std  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent))  # reproduce/: the shared protocol
+import _protocol as protocol  # noqa: E402
+
 from timm_alphanet.utils import write_atomic  # noqa: E402
 
 NETS = {'mobilenetv1': 'MobileNet-V1', 'mobilenetv2': 'MobileNet-V2'}
@@ -288,8 +291,26 @@ def markdown(runs: List[Dict[str, Any]], widths: Dict[str, List[float]], summary
                 g = '' if setting == 'w/o KD' else f'{gain:+.2f}'
                 lines.append(f'| {setting} (paper, ImageNet) | ' + ' | '.join(f'{v:.1f}' for v in paper[setting])
                              + f' | {g} |')
-        lines.append('')
+        lines += ['', *hypotheses(runs, net, ws), '']
+    lines += ['In-place KD trains the smaller widths on the KD loss alone (as the original), so every setting has the '
+              "label loss's scale; the teacher is the max width, learning at the same time. Hypotheses on the mean "
+              'top-1 over the widths, paired by seed (`_protocol`): ' + protocol.PROTOCOL.split('Hypotheses: ')[1], '']
     return '\n'.join(lines)
+
+
+def hypotheses(runs: List[Dict[str, Any]], net: str, widths: Sequence[float]) -> List[str]:
+    """The protocol's tests (KL > none; alpha not worse than KL by the margin) on each seed's mean top-1 over
+    `widths`, paired by seed, with the effect the seeds could detect."""
+    per: Dict[str, Dict[int, float]] = {}
+    for r in runs:
+        if r['net'] == net:
+            per.setdefault(r['setting'], {})[r['seed']] = statistics.fmean(r['top1'][str(w)] for w in widths)
+    none, kl, alpha = (per.get(k, {}) for k in ('w/o KD', 'KL-KD', 'adaptive-KD'))
+    seeds = sorted(set(none) & set(kl) & set(alpha))
+    if not seeds:
+        return []
+    return [f'{NETS[net]}:', *protocol.hypotheses_lines([kl[s] - none[s] for s in seeds],
+                                                        [alpha[s] - kl[s] for s in seeds], 'mean top-1 over widths')]
 
 
 def plot(summary: Dict[str, Any], widths: Dict[str, List[float]], path: Path) -> bool:
