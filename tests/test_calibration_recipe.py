@@ -63,3 +63,25 @@ def test_recipe_for_takes_what_is_not_given_from_the_model():
     assert recipe_for(supernet).image_size == max(supernet.space.resolutions)
     with pytest.raises(ValueError, match=r"unknown calibration recipe keys \['batches'\]"):
         recipe_for(bare, batches=2)
+
+
+def test_a_default_count_fits_the_split_and_an_explicit_one_is_refused_in_a_sentence():
+    from timm_alphanet.calibration import calibration_images, fit_recipe
+
+    recipe = CalibrationRecipe(num_images=2048, batch_size=4, image_size=2)
+    assert fit_recipe(recipe, 10) == CalibrationRecipe(num_images=10, batch_size=4, image_size=2)
+    assert fit_recipe(recipe, 4096) is recipe  # a split large enough keeps the recipe as it is
+    with pytest.raises(ValueError, match='num_available must be an int >= 1, got 0'):
+        fit_recipe(recipe, 0)
+
+    class Ten:  # a split of ten images
+        transform = None
+
+        def __len__(self):
+            return 10
+
+    with pytest.raises(ValueError, match=r"^the calibration recipe asks for 2048 images of split 'train', which has "
+                                         r'only 10; ask for 10 or fewer \(--calib-images 10\)$'):
+        calibration_images(Ten(), recipe, progress=False)
+    with pytest.raises(ValueError, match=r'^the split has 10 images, too few for 11 images; ask for at most 10'):
+        disjoint_subsets(10, [11], seed=0)

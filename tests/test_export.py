@@ -88,7 +88,7 @@ def test_export_then_local_dir_equals_the_calibrated_supernet_subnet(tmp_path, d
         assert meta['version'] and meta['arch'] == req.arch.to_dict()
 
 
-def test_pareto_export_carries_metrics_recipe_and_plot(tmp_path, digits, supernet_dir):
+def test_pareto_export_carries_metrics_recipe_and_plot(tmp_path, digits, supernet_dir, capsys):
     supernet, source = load_supernet(str(supernet_dir))
     archs = [supernet.space.min_config(), supernet.space.sample(random.Random(1)), supernet.space.max_config()]
     recipe = CalibrationRecipe(num_images=16, batch_size=8, seed=0, image_size=24)
@@ -99,6 +99,12 @@ def test_pareto_export_carries_metrics_recipe_and_plot(tmp_path, digits, superne
                         str(tmp_path / 'out'), '--calib-data', 'sklearn/digits', '--workers', '0', '--no-progress',
                         '--no-latency'])
     assert code == 0
+    said = capsys.readouterr().out
+    first = tmp_path / 'out' / next(n for n in sorted(os.listdir(tmp_path / 'out')) if n.startswith('alphanet_pareto2'))
+    # it ends as training does: the commands to use the first exported folder, with its real path
+    assert f'next:\n  load:     timm.create_model(\'local-dir:{first}\', pretrained=True)' in said
+    assert f'  evaluate: alphanet-validate --model local-dir:{first} --data-dir sklearn/digits' in said
+    assert said.rstrip().endswith('--push-to-hub ORG[/PREFIX] --overwrite')
     names = sorted(os.listdir(tmp_path / 'out'))
     mflops = json.loads(pareto.read_text())['points'][2]['mflops']
     assert names[0].startswith('alphanet_pareto0_') and names[1] == f'alphanet_pareto2_{mflops:.2g}mf'
@@ -109,8 +115,16 @@ def test_pareto_export_carries_metrics_recipe_and_plot(tmp_path, digits, superne
     assert meta['pareto']['index'] == 2 and meta['pareto']['num_points'] == 3
     card = ModelCard.load(folder / 'README.md')
     assert card.data.license == 'cc-by-nc-4.0' and card.data.library_name == 'timm'
-    results = {(r.dataset_split, r.metric_value) for r in card.data.eval_results}
-    assert results == {('train', 80.0), ('validation', 60.0)}
+    # the model-index publishes only what was measured on the saved model, under the named (timm) pipeline; the
+    # search's selection score (80.0 on train images) and its own validation figure (60.0) are labelled, not published
+    [measured] = meta['results']
+    assert (measured['split'], measured['pipeline'], measured['source']) == ('validation', 'timm', 'alphanet-export')
+    assert {(r.dataset_split, r.metric_name, r.metric_value, r.metric_config) for r in card.data.eval_results} == {
+        ('validation', 'Top-1 accuracy', round(measured['top1'], 3), 'timm eval pipeline'),
+        ('validation', 'Top-5 accuracy', round(measured['top5'], 3), 'timm eval pipeline')}
+    assert meta['search']['selection_top1'] == 80.0 and meta['search']['validation_top1'] == 60.0
+    assert '| search selection score: top-1 (%) on held-out `train` images' in card.text
+    assert 'not a validation accuracy) | 80.00 |' in card.text
     assert '![The Pareto front; this model is the marked point](pareto.png)' in card.text
     assert meta['pareto']['plot'] == 'pareto.png' and not (folder / 'pareto.svg').exists()
     assert (folder / 'pareto.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -139,7 +153,8 @@ def test_bad_input_fails_with_one_line(tmp_path, capsys, digits, supernet_dir):
     assert 'give --calib-data' in _fail(capsys, [str(supernet_dir), '--arch', 'max', '--output', out], usage=True)
     os.makedirs(out)
     (tmp_path / 'out' / 'something').write_text('x')
-    assert 'not empty' in _fail(capsys, [str(supernet_dir), '--arch', 'max', *common])
+    refused = _fail(capsys, [str(supernet_dir), '--arch', 'max', *common])
+    assert 'not empty' in refused and 'pass --overwrite' in refused and 'overwrite=True' not in refused
     assert not os.path.exists(os.path.join(out, 'alphanet_max'))
 
     supernet, source = load_supernet(str(supernet_dir))

@@ -43,8 +43,8 @@ def test_reads_a_format_1_file(tmp_path):
 
 
 @pytest.mark.parametrize('change, match', [
-    ({'format': 'timm_alphanet.pareto/2'}, "unknown pareto.json format 'timm_alphanet.pareto/2'"),
-    ({'format': 2}, 'unknown pareto.json format 2'),
+    ({'format': 'timm_alphanet.pareto/3'}, "unknown pareto.json format 'timm_alphanet.pareto/3'"),
+    ({'format': 3}, 'unknown pareto.json format 3'),
     ({'format': '1'}, 'unknown pareto.json format'),
     ({'format': 'other.pareto/1'}, 'unknown pareto.json format'),
     ({'format': True}, 'unknown pareto.json format'),

@@ -194,7 +194,9 @@ def test_push_reloads_with_hf_hub_groups_the_front_and_updates_the_card(tmp_path
             torch.testing.assert_close(remote(x), local(x), rtol=0, atol=0)
         card = ModelCard.load(hf_hub_snapshot(tmp_path / 'hf-cache', repo) / 'README.md')
         assert card.data.license == 'cc-by-nc-4.0' and card.data.library_name == 'timm'
-        assert card.data.eval_results and card.data.eval_results[0].dataset_split == 'train'
+        # the published metadata: the validation top-1 measured at export (timm's pipeline), never the selection score
+        assert card.data.eval_results and {(r.dataset_split, r.metric_config) for r in card.data.eval_results} == {
+            ('validation', 'timm eval pipeline')}
         assert f"timm.create_model('hf-hub:{repo}', pretrained=True)" in card.text and 'local-dir:' not in card.text
 
     # a second push regenerates the card (timm's push_to_hf_hub would keep the old one)

@@ -133,10 +133,17 @@ def test_cli_build_and_validate(tmp_path, capsys):
     out = tmp_path / 'lut.json'
     assert latency_main(['build', '--space', str(space_file), '--threads', '1', '--num-classes', '3', '--warmup', '0',
                          '--repeats', '2', '--output', str(out), '--no-progress']) == 0
-    assert 'entries' in capsys.readouterr().out and LatencyTable.load(out).num_classes == 3
-    assert latency_main(['validate', str(out), '--samples', '3', '--no-progress']) == 0
     text = capsys.readouterr().out
+    assert 'entries' in text and LatencyTable.load(out).num_classes == 3
+    # it ends as training does: what to run next, with this table
+    assert text.rstrip().endswith(f'--latency-table {out} --objectives top1,latency')
+    assert f'next:\n  check:  alphanet-latency validate {out}\n' in text
+    assert latency_main(['validate', str(out), '--samples', '3', '--no-progress']) == 0
+    text, err = capsys.readouterr()
     assert 'MAPE' in text and 'Kendall tau' in text and text.count('| ') >= 3 * 6
+    # next steps (search with it) only when the predictions held up; off, the warning says to rebuild instead
+    off = 'off (MAPE' in err
+    assert ('\nnext:\n  search: alphanet-search SUPERNET' in text) != off and 'alphanet-latency validate' not in text
     with pytest.raises(SystemExit) as e:
         latency_main(['build', '--space', str(tmp_path / 'none'), '--output', str(out)])
     assert e.value.code == 2

@@ -10,8 +10,8 @@ import pytest
 from timm_alphanet.calibration import CalibrationRecipe
 from timm_alphanet.search import EvolutionConfig, Limits, pareto_file
 from timm_alphanet.search.pareto_file import (
-    FORMAT, check_resume, fingerprint_differences, front_point, pareto_document, pareto_header, progress_record,
-    read_pareto, read_pareto_file, resume_fingerprint, write_pareto,
+    FORMAT, FORMAT_NAME, check_resume, fingerprint_differences, front_point, pareto_document, pareto_header,
+    progress_record, read_pareto, read_pareto_file, resume_fingerprint, write_pareto,
 )
 from timm_alphanet.search.pareto_report import front_figure, plot_front
 from timm_alphanet.spaces import SearchSpace
@@ -35,7 +35,8 @@ def _header(**change):
 def _document(header=None):
     records = [{'arch': a, 'mflops': m, 'params_m': 0.1, 'latency_ms': None, 'top1': t}
                for a, m, t in ((SPACE.min_config(), 0.5, 50.0), (SPACE.max_config(), 1.5, 60.25))]
-    points = [front_point(r, top1_val=40.0 + i, latency_device=None) for i, r in enumerate(records)]
+    points = [front_point(r, top1_val=40.0 + i, latency_device=None, selection_images=64)
+              for i, r in enumerate(records)]
     return pareto_document(header or _header(), points, progress_record(2, 2, 16, True))
 
 
@@ -46,7 +47,7 @@ def _one_line_naming(e, path):
 
 
 def test_the_written_tag_is_the_one_files_in_the_wild_carry():
-    assert FORMAT == 'timm_alphanet.pareto/1'
+    assert FORMAT == 'timm_alphanet.pareto/2'
 
 
 def test_the_format_tag_is_spelled_in_one_module():
@@ -60,9 +61,9 @@ def test_round_trip_writer_to_reader(tmp_path):
     path = tmp_path / 'pareto.json'
     write_pareto(path, doc)
     read = read_pareto_file(path)
-    assert read.document == json.loads(json.dumps(doc)) and read.version == 1
+    assert read.document == json.loads(json.dumps(doc)) and read.version == 2
     front = read_pareto(path, SPACE, SHA, CalibrationRecipe.from_dict)
-    assert front.recipe == RECIPE and front.format == 1 and front.file_sha256 == read.sha256
+    assert front.recipe == RECIPE and front.format == 2 and front.file_sha256 == read.sha256
     assert [p.arch for p in front.points] == [SPACE.min_config(), SPACE.max_config()]
     assert [p.record()['top1'] for p in front.points] == [50.0, 60.25]
     assert front.selection_split == 'train' and front.report_split == 'validation' and front.complete
@@ -70,7 +71,7 @@ def test_round_trip_writer_to_reader(tmp_path):
     assert read_pareto(path, SPACE).recipe == RECIPE.to_dict()  # without a recipe reader: the mapping
 
 
-@pytest.mark.parametrize('tag, shown', [('timm_alphanet.pareto/2', "'timm_alphanet.pareto/2'"), (2, '2'),
+@pytest.mark.parametrize('tag, shown', [('timm_alphanet.pareto/3', "'timm_alphanet.pareto/3'"), (3, '3'),
                                         ('other.pareto/1', "'other.pareto/1'"), (None, 'None'), (True, 'True')])
 def test_an_unknown_format_tag_is_refused_in_one_line_naming_the_file(tmp_path, tag, shown):
     path = tmp_path / 'pareto.json'
@@ -79,7 +80,7 @@ def test_an_unknown_format_tag_is_refused_in_one_line_naming_the_file(tmp_path, 
         with pytest.raises(ValueError) as e:
             read(path)
         message = _one_line_naming(e, path)
-        assert f'unknown pareto.json format {shown}; this version reads format {FORMAT}' in message
+        assert f'unknown pareto.json format {shown}; this version reads format {FORMAT_NAME}/1, {FORMAT}' in message
 
 
 def test_an_oversized_file_is_refused_before_parsing(tmp_path, monkeypatch):
@@ -262,3 +263,104 @@ def test_an_oversized_candidates_file_is_refused_in_one_line(tmp_path, monkeypat
     assert '\n' not in str(e.value)
     monkeypatch.setattr(candidates, 'MAX_CANDIDATES_BYTES', size)
     assert len(candidates.read_candidates(str(path), SPACE, lambda m: pytest.fail(m))[0]) == 1
+
+
+# ---- uncertainty: the Wilson interval of each point's top-1 on the selection images
+@pytest.mark.parametrize('k, n', [(0, 1), (1, 1), (0, 10), (10, 10), (3, 10), (130, 144), (72, 144), (1, 5000),
+                                  (4321, 5000), (999_999, 1_000_000)])
+def test_wilson_interval_matches_scipy(k, n):
+    stats = pytest.importorskip('scipy.stats')
+    ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method='wilson')
+    low, high = pareto_file.wilson_interval(k, n)
+    assert low == pytest.approx(float(ref.low), abs=1e-12) and high == pytest.approx(float(ref.high), abs=1e-12)
+
+
+def test_wilson_interval_golden_values():
+    """Closed forms of the Wilson bounds at the edges, z = 1.959963984540054 (norm.ppf(0.975)), z^2 =
+    3.841458820694124: with no success the upper bound is z^2 / (n + z^2), with all successes the lower bound is
+    n / (n + z^2); for n = 10 these are 3.8414588/13.8414588 = 0.2775327998628892 and 10/13.8414588 =
+    0.7224672001371108. A Wald interval would give [0, 0] and [1, 1] there."""
+    assert pareto_file.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775327998628892, abs=1e-15))
+    assert pareto_file.wilson_interval(10, 10) == pytest.approx((0.7224672001371108, 1.0), abs=1e-15)
+    # in %, from a score: 130 of 144 = 90.2777...%, [84.34, 94.12] (scipy.stats.binomtest(130, 144), Wilson)
+    low, high = pareto_file.top1_interval(100 * 130 / 144, 144)
+    assert low == pytest.approx(84.34233449655235, abs=1e-9) and high == pytest.approx(94.12009473359191, abs=1e-9)
+    # more images, a narrower interval around the same top-1
+    low2, high2 = pareto_file.top1_interval(90.0, 5000)
+    assert high2 - low2 < (high - low) / 4 and low2 < 90.0 < high2
+
+
+@pytest.mark.parametrize('k, n, match', [(1, 0, 'trials must be an integer in'), (-1, 5, 'successes must be'),
+                                         (6, 5, 'successes must be'), (1.0, 5, 'successes must be'),
+                                         (True, 5, 'successes must be')])
+def test_wilson_interval_refuses_bad_counts(k, n, match):
+    with pytest.raises(ValueError, match=match):
+        pareto_file.wilson_interval(k, n)
+
+
+def test_points_carry_their_interval_and_the_reader_reads_it(tmp_path):
+    doc = _document()
+    for p in doc['points']:
+        low, high = p['top1_ci']
+        assert low < p['top1'] < high and (low, high) == pareto_file.top1_interval(p['top1'], 64)
+    assert doc['intervals']['num_images'] == 64 and doc['intervals']['confidence'] == 0.95
+    path = tmp_path / 'pareto.json'
+    write_pareto(path, doc)
+    front = read_pareto(path, SPACE, SHA)
+    assert [pt.top1_ci for pt in front.points] == [tuple(p['top1_ci']) for p in doc['points']]
+    assert front.points[0].record()['top1_ci'] == front.points[0].top1_ci
+
+
+def test_a_version_1_file_is_still_read_without_intervals(tmp_path):
+    from timm_alphanet.testing.pareto import pareto_dict
+    path = tmp_path / 'pareto.json'
+    path.write_text(json.dumps(pareto_dict(SPACE, SHA, [SPACE.min_config(), SPACE.max_config()], RECIPE.to_dict())))
+    front = read_pareto(path, SPACE, SHA)
+    assert front.format == 1 and [pt.top1_ci for pt in front.points] == [None, None]
+
+
+@pytest.mark.parametrize('value, match', [([10.0, 20.0], 'low <= top1 <= high'), ([60.0, 40.0], 'low <= top1'),
+                                          ([40.0, 101.0], r'finite number in \[0, 100\]'), ([40.0], r'\[low, high\]'),
+                                          ('40-60', r'\[low, high\]')])
+def test_the_writer_and_reader_refuse_a_bad_interval(tmp_path, value, match):
+    doc = _document()
+    doc['points'][0]['top1_ci'] = value  # point 0 has top1 50
+    path = tmp_path / 'pareto.json'
+    with pytest.raises(ValueError, match=rf'point 0: top1_ci .*{match}|point 0: top1_ci must'):
+        write_pareto(path, doc)
+    assert not path.exists()
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match='point 0: top1_ci'):
+        read_pareto(path, SPACE)
+
+
+def test_unseparated_neighbours_are_named_in_the_report():
+    from timm_alphanet.search.pareto_report import pareto_report, separation_note
+    doc = _document()
+    # 50 and 60.25 % on 64 images: intervals of about +-12 points overlap
+    assert pareto_file.unseparated_neighbours(doc['points']) == [(0, 1)]
+    note = separation_note(doc)
+    assert 'too small to separate 1 of 1 neighbouring pairs' in note and '0-1' in note and '64 images' in note
+    report = pareto_report(doc)
+    assert note in report and '95 % CI' in report
+    low, high = doc['points'][1]['top1_ci']
+    assert f'| {low:.1f}-{high:.1f} |' in report
+    # far apart on many images: separated, and the report says so
+    header = _header(selection_images=5000)
+    records = [{'arch': a, 'mflops': m, 'params_m': 0.1, 'latency_ms': None, 'top1': t}
+               for a, m, t in ((SPACE.min_config(), 0.5, 50.0), (SPACE.max_config(), 1.5, 60.0))]
+    far = pareto_document(header, [front_point(r, None, None, 5000) for r in records], progress_record(2, 2, 16, True))
+    assert pareto_file.unseparated_neighbours(far['points']) == []
+    assert 'do not overlap' in separation_note(far)
+
+
+def test_the_plot_draws_the_intervals_as_error_bars():
+    pytest.importorskip('matplotlib')
+    doc = _document()
+    fig = front_figure(doc['points'])
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if type(c).__name__ == 'ErrorbarContainer']
+    assert len(bars) == 1
+    segments = bars[0].lines[2][0].get_segments()
+    spans = sorted(float(y) for s in segments for y in (s[0][1], s[1][1]))
+    assert spans == pytest.approx(sorted(y for p in doc['points'] for y in p['top1_ci']))

@@ -248,13 +248,18 @@ def test_latency_objective_and_limit(setup, tmp_path):
     assert all(p['top1_val'] is None for p in doc['points'])
 
 
-def test_a_slimmable_supernet_is_searched_too(setup, tmp_path):
+def test_a_slimmable_supernet_is_searched_too(setup, tmp_path, capsys):
     model = timm.create_model('slimmable_mobilenetv2_100', num_classes=10,
                               space={'widths': [0.35, 0.5, 1.0], 'resolutions': [16, 24]})
     save_pretrained(model, tmp_path / 'slim')
     out = tmp_path / 'out'
     assert search_main([str(tmp_path / 'slim'), '--output', str(out), *setup['args'], '--population', '4',
                         '--generations', '1', '--image-size', '24']) == 0
+    said = capsys.readouterr().out
+    # the front's uncertainty, then the next steps, as training ends
+    assert '| 95 % CI |' in said and '- uncertainty: top-1 sel. is measured on ' in said
+    assert said.rstrip().endswith(f'alphanet-export {tmp_path / "slim"} --pareto {out / "pareto.json"} --output '
+                                  f'{out / "export"}')
     lines = [r for r in _lines(out) if r['kind'] == 'selection']
     assert len(lines) == 6  # the whole space: 3 widths x 2 resolutions
     for r in lines:
@@ -266,7 +271,9 @@ def test_a_slimmable_supernet_is_searched_too(setup, tmp_path):
 
 def test_default_image_counts():
     assert default_image_counts(1_281_167) == (2048, 5000)
-    assert default_image_counts(1442) == (721, 144)  # half, and a tenth, of a small split
+    assert default_image_counts(1442) == (721, 721)  # half for calibration, the rest for selection
+    assert default_image_counts(1442, 1000) == (1000, 442)  # selection takes what calibration leaves
+    assert default_image_counts(20_000) == (2048, 5000)
     assert default_image_counts(1442, 100, 50) == (100, 50)
     with pytest.raises(ValueError, match='has 1442 images, too few for 1000 calibration images \\+ 500 selection'):
         default_image_counts(1442, 1000, 500)

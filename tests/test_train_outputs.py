@@ -54,7 +54,8 @@ def test_last_lines_name_the_run_the_models_and_the_next_commands(demo_run):
     commands = {line.split(':', 1)[0].strip(): line.split(':', 1)[1].strip() for line in tail
                 if line.startswith('  ') and line.strip().split(':', 1)[0] in ('evaluate', 'search', 'export')}
     assert commands['evaluate'] == f'alphanet-validate --model local-dir:{run}/final/max --data-dir {data}'
-    assert commands['search'] == f'alphanet-search {run} --output {run}/search'
+    # digits: the README's short search, not the default 20 generations of 100
+    assert commands['search'] == f'alphanet-search {run} --output {run}/search --population 12 --generations 2'
     assert commands['export'] == f'alphanet-export {run} --pareto {run}/search/pareto.json --output {run}/export'
 
 

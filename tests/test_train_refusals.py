@@ -74,14 +74,16 @@ def test_missing_alphanet_weights_say_they_are_not_published_and_how_to_get_them
         timm.create_model('alphanet_a0', pretrained=True)
     assert isinstance(e.value, RuntimeError) and isinstance(e.value, ValueError)
     msg = str(e.value)
-    assert "Hugging Face Hub repository 'timm-alphanet/alphanet_a0.in1k'" in msg and 'not there yet' in msg
+    assert "Hugging Face Hub repository 'timm-alphanet/alphanet_a0.in1k'" in msg and 'Not yet published' in msg
     assert 'HF_HUB_OFFLINE is set, so only the local cache was searched' in msg  # no network, no retries
-    assert 'alphanet-convert' in msg and "timm.create_model('local-dir:converted/alphanet_a0'" in msg
+    assert 'alphanet-convert' in msg and "'local-dir:converted/alphanet_a0'" in msg
+    assert 'github.com/facebookresearch/AlphaNet' in msg  # where the original checkpoint comes from
+    assert len(msg) < 500, len(msg)  # one readable line (it was ~900 characters)
     assert 'check your connection' not in msg.lower()
     with pytest.raises(SystemExit) as exit_:
         validate_main(['--model', 'alphanet_a0', '--data-dir', digits, '-j', '0', '--no-progress'])
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and 'not there yet' in err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and 'Not yet published' in err
 
 
 def test_search_and_train_share_the_launcher_check(monkeypatch):

@@ -7,7 +7,7 @@ batches in train mode, without gradients.
 """
 import math
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .utils import as_int
 
 __all__ = ['calibrate_bn', 'resize_to', 'INTERPOLATIONS', 'CalibrationRecipe', 'disjoint_subsets', 'load_images',
-           'mean_std_of', 'recipe_for', 'calibration_images', 'calibrate_with_recipe']
+           'mean_std_of', 'recipe_for', 'calibration_images', 'calibrate_with_recipe', 'fit_recipe']
 
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'nearest-exact', 'area')
 
@@ -138,8 +138,11 @@ def disjoint_subsets(num_items: int, counts: Sequence[int], seed: int) -> List[L
     if any(c < 0 for c in counts):
         raise ValueError(f'subset sizes must be >= 0, got {counts}')
     if sum(counts) > num_items:
-        raise ValueError(f'the split has {num_items} images, too few for {" + ".join(map(str, counts))} = '
-                         f'{sum(counts)} disjoint ones; lower the image counts or use a larger split')
+        # one count reads as "too few for 2048 images", several as their sum ("8 + 5 = 13 disjoint images")
+        wanted = f'{counts[0]} images' if len(counts) == 1 else \
+            f'{" + ".join(map(str, counts))} = {sum(counts)} disjoint images'
+        raise ValueError(f'the split has {num_items} images, too few for {wanted}; ask for at most {num_items} '
+                         'in all or use a larger split')
     order = list(range(num_items))
     random.Random(seed).shuffle(order)
     out, start = [], 0
@@ -305,11 +308,25 @@ def calibration_images(dataset: Any, recipe: CalibrationRecipe, workers: int = 0
     The indices are the first of `disjoint_subsets(len(dataset), [num_images, ...], seed)`, so they are the images
     the search calibrated with; the dataset's transform is set to `recipe.transform()`.
     """
+    available = len(dataset)
+    if recipe.num_images > available:
+        raise ValueError(f'the calibration recipe asks for {recipe.num_images} images of split {recipe.split!r}, '
+                         f'which has only {available}; ask for {available} or fewer (--calib-images {available})')
     dataset.transform = recipe.transform()
-    indices = disjoint_subsets(len(dataset), [recipe.num_images], recipe.seed)[0]
+    indices = disjoint_subsets(available, [recipe.num_images], recipe.seed)[0]
     images, _ = load_images(dataset, indices, batch_size=recipe.batch_size, workers=workers, progress=progress,
                             desc='calibration images')
     return images
+
+
+def fit_recipe(recipe: CalibrationRecipe, num_available: int) -> CalibrationRecipe:
+    """`recipe` with at most `num_available` images: a default image count larger than a small split (the demo's
+    1442 training images) becomes the whole split, so the default recipe fits the data it is given.
+
+    Only for counts nobody asked for: an explicit count that does not fit is refused by `calibration_images`.
+    """
+    num_available = as_int('num_available', num_available, 1)
+    return recipe if recipe.num_images <= num_available else replace(recipe, num_images=num_available)
 
 
 def calibrate_with_recipe(model: torch.nn.Module, images: torch.Tensor, recipe: CalibrationRecipe,

@@ -4,9 +4,10 @@ AlphaNet/AttentiveNAS checkpoint. `load_supernet` is how search, export and vali
 The returned `SupernetSource` records the sha256 of the weights that were loaded, so outputs (pareto.json, model
 cards) say exactly which weights they came from and a resumed search can refuse a different supernet.
 """
+import itertools
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch.nn as nn
@@ -15,7 +16,8 @@ from .archs import SpaceSpec
 from .utils import check_model_dir, sha256_file
 from .models import is_supernet
 
-__all__ = ['SupernetSource', 'load_supernet', 'training_data', 'ORIGINAL_SUFFIXES']
+__all__ = ['SupernetSource', 'load_supernet', 'training_data', 'training_recipe', 'source_name',
+           'ORIGINAL_SUFFIXES']
 
 ORIGINAL_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 _ACCEPTED = ('a training run folder (with final/ or checkpoints/), a model folder with config.json, '
@@ -32,6 +34,22 @@ class SupernetSource:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def source_name(source: Dict[str, Any]) -> str:
+    """How model cards and config.json name a supernet source (`SupernetSource.to_dict()`) without this machine's
+    paths: an ``hf-hub:`` spec as given, a checkpoint by its file name, a run's supernet as
+    ``<run folder name>/final/supernet``, another model folder by its name. The sha256 says which weights."""
+    if source.get('kind') == 'hf-hub':
+        return str(source.get('spec') or '')[:200]
+    path = PurePath(str(source.get('path') or source.get('spec') or ''))
+    if path.name == 'supernet' and path.parent.name == 'final':  # a run's final/supernet: the run names it
+        parts = path.parts[-3:]
+    elif path.name == 'final':
+        parts = path.parts[-2:]
+    else:
+        parts = (path.name,)
+    return '/'.join(p for p in parts if p not in ('', '/'))[:200] or 'supernet'
 
 
 def load_supernet(spec: str, space: SpaceSpec = None) -> Tuple[nn.Module, SupernetSource]:
@@ -131,17 +149,56 @@ def training_data(spec: Union[str, os.PathLike]) -> Dict[str, str]:
     """
     from .utils import read_yaml_file
 
+    run = _run_folder(spec)
+    if run is None:
+        return {}
+    args = run / 'args.yaml'
+    data = read_yaml_file(args, what='training run args.yaml')
+    if not isinstance(data, dict):
+        raise ValueError(f'{str(args)[:300]}: not a training run config (a mapping of option values)')
+    return {k: data[k] for k in RUN_DATA_KEYS if isinstance(data.get(k), str)}
+
+
+def _run_folder(spec: Union[str, os.PathLike]) -> Optional[Path]:
+    """The training run folder `spec` is or lies in (see `training_data`), or None."""
     text = os.fspath(spec)
     if text.startswith('hf-hub:'):
-        return {}
+        return None
     path = Path(os.path.realpath(text[len('local-dir:'):] if text.startswith('local-dir:') else text))
     if not path.is_dir():
-        return {}
+        return None
     for run in (path, path.parent, path.parent.parent):
-        args = run / 'args.yaml'
-        if args.is_file() and ((run / 'final').is_dir() or (run / 'checkpoints').is_dir()):
-            data = read_yaml_file(args, what='training run args.yaml')
-            if not isinstance(data, dict):
-                raise ValueError(f'{str(args)[:300]}: not a training run config (a mapping of option values)')
-            return {k: data[k] for k in RUN_DATA_KEYS if isinstance(data.get(k), str)}
-    return {}
+        if (run / 'args.yaml').is_file() and ((run / 'final').is_dir() or (run / 'checkpoints').is_dir()):
+            return run
+    return None
+
+
+def training_recipe(spec: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """The BN calibration recipe (`CalibrationRecipe.to_dict()`) a training run recorded in its calibrated
+    ``final/<name>/config.json`` models, for a run folder or a folder inside one; None when there is none (no run,
+    no calibrated final models, or models that disagree about it).
+
+    Exporting with it calibrates a subnet exactly as the run did, so ``alphanet-export RUN --arch max`` gives the
+    run's own ``final/max``.
+    """
+    from .utils import MAX_CONFIG_BYTES, parse_json, read_bounded_bytes
+
+    run = _run_folder(spec)
+    final = None if run is None else run / 'final'
+    if final is None or not final.is_dir():
+        return None
+    recipes = []
+    # a run writes a few models: a folder of thousands is not read whole
+    for folder in sorted(itertools.islice(final.iterdir(), 64)):
+        path = folder / 'config.json'
+        if folder.name == 'supernet' or folder.is_symlink() or not path.is_file():
+            continue
+        try:
+            config = parse_json(read_bounded_bytes(path, MAX_CONFIG_BYTES, what='config.json'), str(path))
+        except (ValueError, OSError):  # a damaged model records nothing; the default recipe is used instead
+            continue
+        meta = config.get('timm_alphanet') if isinstance(config, dict) else None
+        calibration = meta.get('calibration') if isinstance(meta, dict) else None  # a forged file: no recipe
+        if isinstance(calibration, dict) and isinstance(calibration.get('recipe'), dict):
+            recipes.append(calibration['recipe'])
+    return recipes[0] if recipes and all(r == recipes[0] for r in recipes) else None

@@ -3,10 +3,13 @@ same flags mean the same recipe in both (`timm_alphanet.calibration.recipe_for` 
 import argparse
 from typing import Any, Dict
 
-from ..calibration import CalibrationRecipe
 from ._common import int_at_least
 
-__all__ = ['RECIPE_FLAGS', 'add_recipe_arguments', 'recipe_fields']
+__all__ = ['RECIPE_DEFAULTS', 'RECIPE_FLAGS', 'add_recipe_arguments', 'recipe_fields']
+
+# CalibrationRecipe's defaults, for --help: the class lives with torch, which a parser must not import
+# (tests/test_cli_startup.py checks they match)
+RECIPE_DEFAULTS: Dict[str, Any] = {'split': 'train', 'num_images': 2048, 'batch_size': 256, 'seed': 0}
 
 # recipe field -> its flag
 RECIPE_FLAGS: Dict[str, str] = {'split': '--calib-split', 'num_images': '--calib-images',
@@ -16,13 +19,13 @@ RECIPE_FLAGS: Dict[str, str] = {'split': '--calib-split', 'num_images': '--calib
 
 def add_recipe_arguments(group: Any, split_note: str = '') -> None:
     """Add the recipe's ``--calib-*`` options (all default None: not given) to a parser or argument group."""
-    d = CalibrationRecipe
-    group.add_argument('--calib-split', default=None, help=f'recipe split (default {d.split}){split_note}')
+    d = RECIPE_DEFAULTS
+    group.add_argument('--calib-split', default=None, help=f'recipe split (default {d["split"]}){split_note}')
     group.add_argument('--calib-images', type=int_at_least(1), default=None,
-                       help=f'recipe images (default {d.num_images})')
+                       help=f'recipe images (default {d["num_images"]})')
     group.add_argument('--calib-batch-size', type=int_at_least(1), default=None,
-                       help=f'recipe batch (default {d.batch_size})')
-    group.add_argument('--calib-seed', type=int, default=None, help=f'recipe seed (default {d.seed})')
+                       help=f'recipe batch (default {d["batch_size"]})')
+    group.add_argument('--calib-seed', type=int, default=None, help=f'recipe seed (default {d["seed"]})')
     group.add_argument('--calib-image-size', type=int_at_least(1), default=None,
                        help="recipe image size (default: the space's largest resolution)")
 

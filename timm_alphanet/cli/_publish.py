@@ -1,9 +1,8 @@
 """--push-to-hub for the console scripts: access is checked before any work; when it fails, the error is printed at
 once, the local model folders are still written, and the script ends with status 2 saying nothing was pushed."""
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from ..export.hub import HubPublisher
 from ._common import fail
 
 __all__ = ['Publishing']
@@ -15,8 +14,10 @@ class Publishing:
     def __init__(self, prog: str, target: Optional[str], private: bool, revision: Optional[str], output: str):
         self.prog, self.output = prog, output
         self.problems: List[str] = []
-        self.publisher: Optional[HubPublisher] = None
+        self.publisher: Optional[Any] = None  # a HubPublisher
         if target:
+            from ..export.hub import HubPublisher  # here: the export package imports torch
+
             try:
                 self.publisher = HubPublisher(target, private=private, revision=revision)
             except ValueError as e:

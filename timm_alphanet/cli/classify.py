@@ -6,15 +6,9 @@
 import argparse
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
-import torch
-import timm
-from timm.data import create_transform, resolve_data_config
-
-from .. import models  # noqa: F401  (registers the alphanet_* models)
 from ..utils import check_model_spec, display_path, regular_file_size, short_message
-from ..cost.flops import count_macs_and_params
 from ._common import int_at_least, user_errors_exit
 
 PROG = 'alphanet-classify'
@@ -22,10 +16,19 @@ MAX_IMAGE_BYTES = 256 << 20  # an encoded photo is a few MB
 _HUB_PREFIXES = ('local-dir:', 'hf-hub:')
 
 
+def _timm() -> Any:
+    """timm, with the alphanet_* models registered; imported on first use, after the arguments are parsed."""
+    import timm
+
+    from .. import models  # noqa: F401  (registers the alphanet_* models)
+    return timm
+
+
 def _check_model_name(name: str) -> None:
     """A named AlphaNet model or a local-dir:/hf-hub: folder; ValueError naming the allowed names otherwise."""
     if not isinstance(name, str) or name.startswith(_HUB_PREFIXES):
         return
+    timm = _timm()
     allowed = timm.list_models('alphanet_*')
     if timm.models.split_model_name_tag(name)[0] not in allowed:  # 'alphanet_a0.in1k' names alphanet_a0
         raise ValueError(f'model {name[:100]!r} is not an AlphaNet model; allowed: {", ".join(allowed)}, "all", '
@@ -57,7 +60,13 @@ def classify(model_name: str, image: Optional[str] = None, pretrained: bool = Fa
     for arg, value in (('batch_size', batch_size), ('topk', topk)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f'{arg} must be a positive integer, got {str(value)[:40]!r}')
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    from ..cost.flops import count_macs_and_params
+
     _check_model_name(model_name)
+    timm = _timm()
     check_model_spec(model_name)
     picture = _read_image(image) if image is not None else None
     model = timm.create_model(model_name, pretrained=pretrained).eval()
@@ -91,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     names: List[str] = args.model or ['alphanet_a0']
     if names == ['all']:
-        names = [n for n in timm.list_models('alphanet_*') if n not in ('alphanet_custom', 'alphanet_supernet')]
+        names = [n for n in _timm().list_models('alphanet_*') if n not in ('alphanet_custom', 'alphanet_supernet')]
 
     def run() -> int:
         for name in names:  # every name, and the image, are checked before the first model is built

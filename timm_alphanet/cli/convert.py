@@ -7,11 +7,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-import torch
-
-from ..original.convert import SUBNET_NAMES, convert_checkpoint, resolve_subnets
-from ..export.hub import push_converted
-from ..processes import check_device
+from ..archs import ALPHANET_ARCHS
 from ._calibration import RECIPE_FLAGS, add_recipe_arguments, recipe_fields
 from ._common import HelpFormatter, int_at_least, user_errors_exit
 from ._publish import Publishing
@@ -19,6 +15,7 @@ from ._publish import Publishing
 __all__ = ['build_parser', 'main']
 
 PROG = 'alphanet-convert'
+SUBNET_NAMES = (*ALPHANET_ARCHS, 'max', 'min')  # original.convert's; that module imports torch, the parser must not
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(calib)
     parser.add_argument('--workers', type=int_at_least(0), default=min(4, os.cpu_count() or 1),
                         help='data loader processes')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
-                        help='device for calibration')
+    parser.add_argument('--device', default=None,
+                        help='device for calibration (default: cuda when available, else cpu)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
     parser.add_argument('--push-to-hub', default=None, metavar='ORG',
                         help='push the supernet and the (calibrated) subnets; a0..a6 go to ORG/alphanet_<name>.in1k, '
@@ -66,6 +63,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     publishing: List[Publishing] = []
 
     def convert() -> int:
+        import torch  # only now: --help and flag errors are answered without it
+
+        from ..export.hub import push_converted
+        from ..original.convert import convert_checkpoint, resolve_subnets
+        from ..processes import check_device
+
+        if args.device is None:
+            args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
         resolve_subnets(args.subnets)  # fail before the (slow) checkpoint read
         check_device(args.device)
         if args.push_to_hub and args.subnets and args.calib_data is None:

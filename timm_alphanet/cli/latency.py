@@ -8,6 +8,7 @@ than the MAPE limit while validating); with --strict they exit 1 instead (build 
 """
 import argparse
 import os
+import shlex
 import sys
 from typing import Optional, Sequence, Tuple
 
@@ -17,6 +18,9 @@ __all__ = ['build_parser', 'main']
 
 PROG = 'alphanet-latency'
 SPACE_NAMES = ('alphanet', 'demo')
+# cost.latency.TimingConfig's defaults, for --help: that module imports torch, which a parser must not
+# (tests/test_cli_startup.py checks they match)
+TIMING_DEFAULTS = {'warmup': 5, 'repeats': 20, 'trim': 0.25}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,14 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _timing_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    from ..cost.latency import TimingConfig
-    d = TimingConfig()
+    d = TIMING_DEFAULTS
     tail = '' if defaults else " (default: the table's)"
-    parser.add_argument('--warmup', type=int_at_least(0), default=d.warmup if defaults else None,
+    parser.add_argument('--warmup', type=int_at_least(0), default=d['warmup'] if defaults else None,
                         help='untimed forwards per model' + tail)
-    parser.add_argument('--repeats', type=int_at_least(1), default=d.repeats if defaults else None,
+    parser.add_argument('--repeats', type=int_at_least(1), default=d['repeats'] if defaults else None,
                         help='timed forwards per model' + tail)
-    parser.add_argument('--trim', type=float, default=d.trim if defaults else None,
+    parser.add_argument('--trim', type=float, default=d['trim'] if defaults else None,
                         help='fraction of the slowest and of the fastest runs dropped before averaging' + tail)
 
 
@@ -89,6 +92,19 @@ def _space(text: str, num_classes: Optional[int]) -> Tuple[object, int]:
     if num_classes is not None and num_classes != model.num_classes:
         raise ValueError(f'--num-classes {num_classes} disagrees with the supernet\'s {model.num_classes} classes')
     return model.space, model.num_classes
+
+
+def next_steps(table: str, space: Optional[str] = None, validate: bool = True) -> str:
+    """The closing ``next:`` lines (as training prints them): check the table, then search with it; `space` is
+    build's --space, named as the supernet when it is one (else a placeholder)."""
+    supernet = space if space and space not in SPACE_NAMES and not space.lower().endswith(('.yaml', '.yml')) \
+        else 'SUPERNET'
+    lines = ['next:']
+    if validate:
+        lines.append(f'  check:  alphanet-latency validate {shlex.quote(table)}')
+    lines.append(f'  search: alphanet-search {shlex.quote(supernet)} --output SEARCH_DIR --latency-table '
+                 f'{shlex.quote(table)} --objectives top1,latency')
+    return '\n'.join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -124,7 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f'{args.output}: {len(table.entries)} entries, {d["type"]} {d["name"]!r}, {d["threads"]} threads, '
                   f'{d["dtype"]}, {d["memory_format"]}, batch {d["batch_size"]}')
             print(table.format_noise())
-            return problem(noisy) if noisy else 0
+            status = problem(noisy) if noisy else 0
+            print(next_steps(args.output, args.space), flush=True)
+            return status
         table = LatencyTable.load(args.table)
         given = {k: getattr(args, k) for k in ('warmup', 'repeats', 'trim') if getattr(args, k) is not None}
         timing = replace(table.timing, **given)
@@ -138,6 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return problem(off)
         if result.table_noise:  # the predictions held up this time, but the table's figures were noisy
             print(f'{PROG}: WARNING: the table was built on a noisy machine: {result.table_noise}', file=sys.stderr)
+        print(next_steps(args.table, validate=False), flush=True)
         return 0
 
     return user_errors_exit(PROG, run)

@@ -5,6 +5,8 @@
 """
 import argparse
 import dataclasses
+import os
+import shlex
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -88,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--calib-images', type=int_at_least(1), default=None,
                    help='BN calibration images from the training split (default: 2048, or half the split if smaller)')
     g.add_argument('--selection-images', type=int_at_least(1), default=None,
-                   help='held-out training images that score candidates (default: 5000, or 10%% of the split if '
-                        'smaller)')
+                   help='held-out training images that score candidates (default: 5000, or all the split\'s images '
+                        'the calibration leaves if fewer; each image is 100/N points of top-1)')
     g.add_argument('--calib-batch-size', type=int_at_least(1), default=256, help='images per calibration batch')
     g.add_argument('--batch-size', type=int_at_least(1), default=256, help='images per scoring forward')
     g.add_argument('--data-seed', type=int, default=0, help='seed of the calibration/selection image subsets')
@@ -142,6 +144,17 @@ def _num_classes(dataset: Any) -> Optional[int]:
         return None
 
 
+def next_steps(supernet: str, output: str) -> str:
+    """The closing ``next:`` lines, as training prints them: look at the front, export it."""
+    q = shlex.quote
+    return '\n'.join([
+        'next:',
+        f'  read:   {q(os.path.join(output, "pareto.md"))} and pareto.png (the front, with 95 % intervals)',
+        f'  export: alphanet-export {q(supernet)} --pareto {q(os.path.join(output, "pareto.json"))} '
+        f'--output {q(os.path.join(output, "export"))}',
+    ])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``alphanet-search``; exits with status 2 and a one-line message on bad input."""
     args = build_parser().parse_args(argv)
@@ -154,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ..search import EvolutionConfig, Limits, SearchConfig, run_search
         from ..search.evolution import check_search_size
         from ..search.pareto import check_objectives
-        from ..search.pareto_report import pareto_markdown
+        from ..search.pareto_report import pareto_markdown, separation_note
         from ..search.runner import default_image_counts, process_state
         from ..sources import RUN_DATA_KEYS, load_supernet, training_data
         from ..data import DIGITS
@@ -219,8 +232,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             progress=not args.no_progress,
                             log=lambda msg: print(msg, flush=True))
         say('\n' + pareto_markdown(result.document))
+        say(separation_note(result.document))
         say(f'\n{result.evaluated} subnets evaluated; pareto.json, pareto.md, pareto.png and candidates.jsonl in '
             f'{args.output}')
+        say(next_steps(args.supernet, args.output))
         return 0
 
     return user_errors_exit(PROG, run)

@@ -12,7 +12,7 @@ import reprlib
 import sys
 from typing import Any, Callable, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
-from ..train import NonFiniteLossError, TrainConfig, run
+from ..train import TrainConfig  # torch-free; the trainer (torch) is imported once the flags are parsed
 from ._common import user_errors_exit
 
 __all__ = ['build_parser', 'main', 'parse_args']
@@ -84,9 +84,13 @@ def _argument(f: dataclasses.Field, tp: Any, default: Any) -> dict:
     return kw
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 def build_parser(defaults: Optional[TrainConfig] = None) -> argparse.ArgumentParser:
-    """The command line of `TrainConfig`: one flag per field (timm's names), `defaults` shown in --help."""
-    defaults = defaults or TrainConfig()
+    """The command line of `TrainConfig`: one flag per field (timm's names), `defaults` shown in --help (None: the
+    fields' own defaults, read without constructing a config, which would check the KD loss with torch)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description='AlphaNet supernet training (sandwich rule + in-place alpha-KD) or teacher KD into '
         'any timm model, on HF Accelerate. Without -c the defaults are the demo run.')
@@ -99,7 +103,8 @@ def build_parser(defaults: Optional[TrainConfig] = None) -> argparse.ArgumentPar
         group = groups.get(f.metadata['group']) or groups.setdefault(
             f.metadata['group'], parser.add_argument_group(f.metadata['group']))
         flags = f.metadata['flags'] or ('--' + f.name.replace('_', '-'),)
-        group.add_argument(*flags, **_argument(f, hints[f.name], getattr(defaults, f.name)))
+        default = _field_default(f) if defaults is None else getattr(defaults, f.name)
+        group.add_argument(*flags, **_argument(f, hints[f.name], default))
     return parser
 
 
@@ -111,9 +116,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('-c', '--config', default='')
+    pre.add_argument('-h', '--help', action='store_true')
     known, _ = pre.parse_known_args(argv)
-    base = TrainConfig.from_yaml(known.config) if known.config else TrainConfig()
-    ns = build_parser(base).parse_args(argv)
+    if not (known.config and known.help):  # flags (and plain --help) checked before the YAML and torch
+        ns = build_parser().parse_args(argv)
+    if known.config:  # its values are the defaults the flags override, and what -c FILE --help shows
+        ns = build_parser(TrainConfig.from_yaml(known.config)).parse_args(argv)
     return TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
@@ -121,6 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, train; a user error exits 2 with one line, a run stopped by non-finite losses or a full disk exits 1."""
     def train() -> int:
         cfg = parse_args(argv)
+        from ..train import NonFiniteLossError, run  # torch: only once the command line is known good
+
         try:
             run(cfg)
         except NonFiniteLossError as e:

@@ -2,18 +2,26 @@
 
 The card describes the model that is saved (an AlphaNet subnet, a supernet, or any other timm model), carries that
 model's own license (from its `pretrained_cfg`, recorded in our metadata), real usage lines (``hf-hub:<repo>`` once
-pushed, ``local-dir:<folder>`` before), the metrics table, and `model-index` eval results for every recorded top-1.
+pushed, ``local-dir:<folder name>`` before: never this machine's paths), the metrics table, and `model-index` eval
+results for the top-1/top-5 measured on the saved model under a named eval pipeline (`MEASURED_PIPELINES`). A
+search's selection score is shown labelled as such and never published as an accuracy.
 """
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ['render_card', 'card_tags', 'META_KEY', 'NONCOMMERCIAL_LICENSE']
+__all__ = ['render_card', 'card_tags', 'META_KEY', 'NONCOMMERCIAL_LICENSE', 'MEASURED_PIPELINES']
 
 NONCOMMERCIAL_LICENSE = 'cc-by-nc-4.0'
 PAPER = ('[AlphaNet: Improved Training of Supernets with Alpha-Divergence](https://arxiv.org/abs/2102.07954) '
          '(Wang et al., ICML 2021)')
 META_KEY = 'timm_alphanet'  # config.json key holding our metadata (timm ignores keys it does not know)
+# the eval pipelines a result measured on the saved model names (`evaluation.PIPELINES`), as cards describe them;
+# a result under any other pipeline (an old export's copy of a search score) never enters the model-index
+MEASURED_PIPELINES = {
+    'timm': "timm eval pipeline (the model's pretrained_cfg: resize, centre crop, normalise)",
+    'paper': "paper eval pipeline (resize 256 bicubic, centre crop 224, resize to the model's resolution)",
+}
 
 
 def _registered_by_us(architecture: str) -> bool:
@@ -45,18 +53,23 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def _result_label(r: Mapping[str, Any]) -> str:
     parts = [str(r.get('dataset', 'unknown data')), f"split `{r.get('split', 'unknown')}`"]
     if r.get('pipeline'):
-        parts.append(f"{r['pipeline']} pipeline")
+        parts.append(MEASURED_PIPELINES.get(str(r['pipeline']), f"{r['pipeline']} pipeline"))
     if r.get('num_images'):
         parts.append(f"{r['num_images']} images")
     return ', '.join(parts)
 
 
 def _eval_results(results: List[Mapping[str, Any]]) -> List[EvalResult]:
+    """The model-index entries: results measured on this model under a named pipeline (the pipeline is the metric's
+    config), nothing else."""
     out = []
     for r in results:
+        if r.get('pipeline') not in MEASURED_PIPELINES:
+            continue
         common = dict(task_type='image-classification', task_name='Image Classification',
                       dataset_type=str(r.get('dataset', 'unknown')), dataset_name=str(r.get('dataset', 'unknown')),
-                      dataset_split=str(r.get('split', 'unknown')), metric_type='accuracy')
+                      dataset_split=str(r.get('split', 'unknown')), metric_type='accuracy',
+                      metric_config=f"{r['pipeline']} eval pipeline")
         for key, label in (('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy')):
             if isinstance(r.get(key), (int, float)):
                 out.append(EvalResult(metric_name=label, metric_value=round(float(r[key]), 3), **common))
@@ -78,7 +91,9 @@ def _description(config: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         text = f'A `{arch}` timm model saved with timm_alphanet.'
     source = meta.get('supernet')
     if isinstance(source, Mapping) and source.get('sha256'):
-        text += (f" Extracted from the weight-sharing supernet `{source.get('spec', '?')}` (weights sha256 "
+        # by name (older folders recorded the path they were exported from: only its last part is shown)
+        named = source.get('name') or str(source.get('spec', '?')).rstrip('/').rsplit('/', 1)[-1]
+        text += (f" Extracted from the weight-sharing supernet `{named}` (weights sha256 "
                  f"`{str(source['sha256'])[:16]}…`).")
     pareto = meta.get('pareto')
     if isinstance(pareto, Mapping) and 'index' in pareto:
@@ -89,13 +104,18 @@ def _description(config: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
 
 
 def _usage(config: Mapping[str, Any], meta: Mapping[str, Any], repo_id: Optional[str],
-           local_path: Optional[str]) -> List[str]:
+           folder_name: Optional[str]) -> List[str]:
     arch = config['architecture']
-    spec = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{local_path or "<this folder>"}'
+    # a folder by its own name, relative: a card is published, this machine's paths are nobody's business
+    folder = folder_name or 'path/to/this-folder'
+    spec = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{folder}'
     lines = ['```python', 'import timm']
     if _registered_by_us(arch):
         lines.append('import timm_alphanet  # registers the AlphaNet models with timm')
-    lines += ['', f"model = timm.create_model('{spec}', pretrained=True).eval()"]
+    lines.append('')
+    if not repo_id:
+        lines.append(f'# run where the folder {folder}/ is (or give its path)')
+    lines.append(f"model = timm.create_model('{spec}', pretrained=True).eval()")
     if meta.get('kind') == 'supernet':
         lines += ["supernet = model", "supernet.set_subnet(supernet.sample_subnet('min'))  # then calibrate_bn"]
     else:
@@ -141,6 +161,7 @@ def _metrics(meta: Mapping[str, Any]) -> List[str]:
         for key in ('top1', 'top5'):
             if isinstance(r.get(key), (int, float)):
                 rows.append((f"{'top-1' if key == 'top1' else 'top-5'} (%), {_result_label(r)}", _fmt(r[key])))
+    rows += _search_rows(meta.get('search'))
     onnx = meta.get('onnx')
     if isinstance(onnx, Mapping):
         rows.append(('ONNX: max abs logit difference onnxruntime vs torch', f"{onnx.get('max_abs_diff', 0):.2e}"))
@@ -155,6 +176,22 @@ def _metrics(meta: Mapping[str, Any]) -> List[str]:
         rows.append(('source supernet sha256', f"`{source['sha256']}`"))
     rows.append(('timm_alphanet version', str(meta.get('version', 'unknown'))))
     return ['| | |', '|---|---|', *(f'| {k} | {v} |' for k, v in rows)]
+
+
+def _search_rows(search: Any) -> List[Tuple[str, str]]:
+    """The search's own figures for a front point, each labelled for what it is (not in the model-index)."""
+    if not isinstance(search, Mapping):
+        return []
+    rows = []
+    if isinstance(search.get('selection_top1'), (int, float)):
+        rows.append((f"search selection score: top-1 (%) on held-out `{search.get('selection_split', '?')}` images "
+                     '(ranks subnets during alphanet-search; not a validation accuracy)',
+                     _fmt(search['selection_top1'])))
+    if isinstance(search.get('validation_top1'), (int, float)):
+        rows.append((f"search's validation estimate: top-1 (%) on `{search.get('validation_split', '?')}` with the "
+                     "search's pipeline (calibration recipe transform; not timm's pipeline)",
+                     _fmt(search['validation_top1'])))
+    return rows
 
 
 def _calibration_summary(calibration: Any) -> str:
@@ -184,13 +221,13 @@ def _license_text(license_id: str) -> str:
 
 
 def render_card(config: Mapping[str, Any], repo_id: Optional[str] = None,
-                local_path: Optional[str] = None) -> ModelCard:
+                folder_name: Optional[str] = None) -> ModelCard:
     """The model card of the model folder whose config.json is `config`.
 
     Args:
         config: the folder's config.json (timm keys plus our ``timm_alphanet`` metadata).
         repo_id: the Hub repository the folder is (being) pushed to; usage lines then load ``hf-hub:<repo_id>``.
-        local_path: the folder's path, for ``local-dir:`` usage lines before it is pushed.
+        folder_name: the folder's name (never a path), for ``local-dir:`` usage lines before it is pushed.
     """
     meta: Dict[str, Any] = dict(config.get(META_KEY) or {})
     name = meta.get('name') or (repo_id.split('/')[-1] if repo_id else config['architecture'])
@@ -201,7 +238,8 @@ def render_card(config: Mapping[str, Any], repo_id: Optional[str] = None,
         base_model=meta.get('base_model') or None, model_name=name,
         eval_results=_eval_results(results) or None,
     )
-    body = [f'# {name}', '', _description(config, meta), '', '## Usage', '', *_usage(config, meta, repo_id, local_path),
+    body = [f'# {name}', '', _description(config, meta), '', '## Usage', '',
+            *_usage(config, meta, repo_id, folder_name),
             '', '## Metrics', '', *_metrics(meta)]
     if isinstance(meta.get('arch'), Mapping):
         body += ['', '## Architecture', '', *_arch_table(meta['arch'])]

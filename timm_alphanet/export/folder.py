@@ -22,7 +22,8 @@ from timm.models import save_for_hf
 from ..archs import ALPHANET_ARCHS, ALPHANET_SPACE
 from ..cost.flops import count_macs_and_params
 from ..utils import (
-    LOCK_FILE, MAX_CONFIG_BYTES, display_path, parse_json, read_bounded_bytes, staged_directory, write_atomic,
+    LOCK_FILE, MAX_CONFIG_BYTES, check_writable_folder, display_path, parse_json, read_bounded_bytes, staged_directory,
+    write_atomic,
 )
 from ..models import is_supernet
 from ..models.alphanet import AlphaNet
@@ -48,16 +49,19 @@ def package_version() -> str:
         return 'unknown (not installed)'
 
 
-def check_output_folder(directory: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+def check_output_folder(directory: Union[str, os.PathLike], overwrite: bool = False,
+                        flag: str = 'overwrite=True') -> Path:
     """`directory` as a Path; raises OutputExistsError when it exists non-empty (or is a file) and not `overwrite`
-    (a `claim_folder` lock file alone does not count)."""
+    (a `claim_folder` lock file alone does not count). `flag` is how the caller's user asks to overwrite
+    (``--overwrite`` on a command line), named in the message."""
     directory = Path(directory)
     if directory.exists() or directory.is_symlink():
         if not directory.is_dir():
             raise OutputExistsError(f'{str(directory)[:300]} exists and is not a folder')
         if not overwrite and any(p.name != LOCK_FILE for p in directory.iterdir()):  # a claim's lock is not content
             raise OutputExistsError(f'output folder {str(directory)[:300]} exists and is not empty; choose another '
-                                    'folder or overwrite it (overwrite=True, --overwrite)')
+                                    f'folder or pass {flag} to replace it')
+    check_writable_folder(directory, 'output folder')  # here, before calibration, not when the first file is written
     return directory
 
 
@@ -146,7 +150,7 @@ def write_model_files(model: nn.Module, folder: Path, metadata: Mapping[str, Any
 def write_model_folder(model: nn.Module, folder: Path, metadata: Mapping[str, Any], final: Path) -> None:
     """Weights, config.json and the card into `folder` (a staging folder that will become `final`)."""
     write_model_files(model, folder, metadata)
-    card = render_card(read_config(folder), local_path=str(Path(final).resolve()))
+    card = render_card(read_config(folder), folder_name=Path(final).resolve().name)
     write_atomic(folder / 'README.md', str(card))
 
 
@@ -164,12 +168,13 @@ def read_config(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 
 def write_card(folder: Union[str, os.PathLike], repo_id: Optional[str] = None,
-               config: Optional[Mapping[str, Any]] = None) -> str:
-    """(Re)render README.md of `folder` from its config.json; `repo_id` gives `hf-hub:` usage lines."""
+               config: Optional[Mapping[str, Any]] = None, folder_name: Optional[str] = None) -> str:
+    """(Re)render README.md of `folder` from its config.json; `repo_id` gives `hf-hub:` usage lines, else they load
+    the folder by `folder_name` (default: its own name; a staging folder passes the name it will get)."""
     folder = Path(folder)
     config = read_config(folder) if config is None else config
     repo_id = repo_id or config.get(META_KEY, {}).get('hub_repo')  # a pushed folder keeps hf-hub: usage lines
-    text = str(render_card(config, repo_id=repo_id, local_path=str(folder.resolve())))
+    text = str(render_card(config, repo_id=repo_id, folder_name=folder_name or folder.resolve().name))
     write_atomic(folder / 'README.md', text)
     return text
 
@@ -201,11 +206,12 @@ def _check_same_weights(folder: Path, model: nn.Module) -> None:
 
 
 def record_evaluation(folder: Union[str, os.PathLike], result: Mapping[str, Any],
-                      model: Optional[nn.Module] = None) -> Dict[str, Any]:
+                      model: Optional[nn.Module] = None, source: str = 'alphanet-validate') -> Dict[str, Any]:
     """Add an evaluation `result` (top1, top5, loss, dataset, split, pipeline, num_images) to a model folder.
 
     It replaces an earlier result on the same dataset, split and pipeline; config.json and the card are rewritten.
-    With `model`, the folder's weights must be the model's (ValueError otherwise). Returns the new config.
+    With `model`, the folder's weights must be the model's (ValueError otherwise). `source` names the tool that
+    measured it. Returns the new config.
     """
     folder = Path(folder)
     config = read_config(folder)
@@ -213,7 +219,7 @@ def record_evaluation(folder: Union[str, os.PathLike], result: Mapping[str, Any]
         _check_same_weights(folder, model)
     keys = ('top1', 'top5', 'loss', 'dataset', 'split', 'pipeline', 'num_images')
     entry = {k: result[k] for k in keys if k in result}
-    entry.update(source='alphanet-validate', version=package_version())
+    entry.update(source=str(source)[:100], version=package_version())
     same = ('dataset', 'split', 'pipeline')
     results = [r for r in config.get(META_KEY, {}).get('results') or []
                if not isinstance(r, Mapping) or any(r.get(k) != entry.get(k) for k in same)]

@@ -36,12 +36,12 @@ HF_HUB_ORG = os.environ.get('TIMM_ALPHANET_HF_ORG') or 'timm-alphanet'
 if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]{0,95}', HF_HUB_ORG):
     raise ValueError(f'TIMM_ALPHANET_HF_ORG={HF_HUB_ORG[:100]!r} is not a Hugging Face organisation name '
                      '(letters, digits, ".", "_", "-")')
+# short: it ends a one-line error. The original checkpoint is the one the AlphaNet repository's README links
 WEIGHTS_HELP = (
-    'AlphaNet weights are to be published on the Hugging Face Hub under https://huggingface.co/' + HF_HUB_ORG +
-    ' and are not there yet. To get working weights, convert the original release: `alphanet-convert '
-    '<original alphanet .pth.tar> --out converted` writes converted/supernet and converted/alphanet_a0 ... a6, which '
-    "load with timm.create_model('local-dir:converted/alphanet_a0', pretrained=True) (a mirror of your own: set "
-    'TIMM_ALPHANET_HF_ORG); see the "Pretrained weights" section of the timm_alphanet README.')
+    'Not yet published at https://huggingface.co/' + HF_HUB_ORG + '; convert the original checkpoint (linked from '
+    'https://github.com/facebookresearch/AlphaNet): '
+    "`alphanet-convert CKPT.pth.tar --out converted`, then 'local-dir:converted/alphanet_a0' (README: Pretrained "
+    'weights).')
 
 
 class PretrainedWeightsError(RuntimeError, ValueError):

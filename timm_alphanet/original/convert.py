@@ -26,12 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..archs import ALPHANET_ARCHS, read_arch_file
-from ..calibration import CalibrationRecipe, calibrate_with_recipe, calibration_images, recipe_for
+from ..calibration import CalibrationRecipe, calibrate_with_recipe, calibration_images, fit_recipe, recipe_for
 from ..data import data_name, dataset_and_root, open_image_dataset
 from ..processes import check_device
 from ..spaces import SearchSpace, SubnetConfig
 from ..spaces.protocol import is_arch_file
-from ..utils import bounded_repr, regular_file_size, write_atomic
+from ..utils import bounded_repr, regular_file_size, sha256_file, write_atomic
 
 __all__ = ['convert_checkpoint', 'resolve_subnets', 'ConvertedPaths', 'SUBNET_NAMES']
 
@@ -189,7 +189,9 @@ def convert_checkpoint(
     if dataset is not None and archs:
 
         if not isinstance(recipe, CalibrationRecipe):
-            recipe = recipe_for(supernet, **recipe)
+            # a default image count larger than the split uses all of it, as alphanet-export does
+            recipe = recipe_for(supernet, **recipe) if recipe.get('num_images') is not None else \
+                fit_recipe(recipe_for(supernet, **recipe), len(dataset))
         images = calibration_images(dataset, recipe, workers=workers, progress=progress)
         say(f'calibration: {recipe.num_images} images of {calib_data} (split {recipe.split!r}, seed {recipe.seed}), '
             f'batches of {recipe.batch_size}, {recipe.image_size} px eval transform')
@@ -197,6 +199,8 @@ def convert_checkpoint(
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     source = os.path.basename(checkpoint)
+    # the checkpoint by name and sha256, never by this machine's path: the folders' cards get published
+    origin = {'name': source, 'kind': 'original', 'sha256': sha256_file(checkpoint)}
     supernet_dir = save_pretrained(
         supernet, os.path.join(out_dir, 'supernet'), name='alphanet_supernet', overwrite=True,
         notes=f'Converted from the original checkpoint `{source}` by `alphanet-convert`. BatchNorm statistics '
@@ -222,15 +226,15 @@ def convert_checkpoint(
             notes = ''
         notes += f'Converted from the original checkpoint `{source}` by `alphanet-convert`.'
         path = save_pretrained(model, os.path.join(out_dir, f'alphanet_{name}'), name=f'alphanet_{name}', notes=notes,
-                               overwrite=True, metadata={'calibration': calibration})
+                               overwrite=True, metadata={'calibration': calibration, 'supernet': origin})
         say(f'wrote {path} ({"calibrated" if calibration else "UNCALIBRATED"} BN statistics)')
         result.subnets[name] = path
         records.append({'name': name, 'dir': os.path.basename(path), 'arch': arch.to_dict(),
                         'calibration': calibration})
 
     meta = {
-        'source': os.path.abspath(checkpoint),
-        'config': os.path.abspath(config) if isinstance(config, (str, os.PathLike)) else None,
+        'source': origin,
+        'config': os.path.basename(os.fspath(config)) if isinstance(config, (str, os.PathLike)) else None,
         'space': space.to_dict(),
         'num_classes': supernet.num_classes,
         'supernet': os.path.basename(supernet_dir),

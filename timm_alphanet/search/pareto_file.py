@@ -13,10 +13,13 @@ The document is one JSON object:
 - ``progress`` (`progress_record`): generations done and planned, subnets evaluated, complete; null before the
   first generation;
 - ``points`` (`front_point`): the front, each with ``arch`` (AlphaNet archs in the original keys), ``mflops``,
-  ``params_m``, ``latency_ms``, ``latency_device``, ``top1`` (selection images) and ``top1_val`` (the validation
-  split, or null).
+  ``params_m``, ``latency_ms``, ``latency_device``, ``top1`` (selection images), ``top1_ci`` (since version 2:
+  ``[low, high]``, the 95 % Wilson score interval of ``top1`` on the selection images, `top1_interval`) and
+  ``top1_val`` (the validation split, or null);
+- ``intervals`` (since version 2): what ``top1_ci`` is, in words and numbers.
 
-Readers ignore unknown keys, so additions within a version do not break them.
+Readers ignore unknown keys, so additions within a version do not break them. Version 1 files (no ``top1_ci``) are
+read with ``top1_ci`` None.
 """
 import hashlib
 import json
@@ -31,19 +34,71 @@ from ..utils import bounded_repr, display_path, parse_json, read_bounded_bytes, 
 __all__ = ['FORMAT', 'FORMAT_NAME', 'FORMAT_VERSION', 'READABLE_VERSIONS', 'PARETO_JSON', 'MAX_PARETO_BYTES',
            'MAX_PARETO_NODES', 'arch_json', 'device_text', 'latency_record', 'pareto_header', 'progress_record',
            'front_point', 'point_numbers', 'check_top1', 'TOP1_RANGE', 'pareto_document', 'dumps', 'write_pareto',
+           'CONFIDENCE', 'wilson_interval', 'top1_interval', 'unseparated_neighbours',
            'format_version', 'ParetoFile',
            'read_pareto_file', 'resume_fingerprint', 'fingerprint_differences', 'check_resume', 'ParetoPoint',
            'ParetoFront', 'read_pareto', 'select_points']
 
 FORMAT_NAME = 'timm_alphanet.pareto'
-FORMAT_VERSION = 1  # the version this package writes
+FORMAT_VERSION = 2  # the version this package writes; 2 added the points' top1_ci
 FORMAT = f'{FORMAT_NAME}/{FORMAT_VERSION}'
-READABLE_VERSIONS = (1,)
+READABLE_VERSIONS = (1, 2)
 PARETO_JSON = 'pareto.json'
 MAX_PARETO_BYTES = 64 << 20
 MAX_PARETO_NODES = 4_000_000  # JSON values; a front of a few hundred points has ~20 000
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 TOP1_RANGE = (0.0, 100.0)  # top-1 in %, on the selection images (top1) and on the validation split (top1_val)
+CONFIDENCE = 0.95
+_Z = 1.959963984540054  # the standard normal's 0.975 quantile: a two-sided 95 % interval
+MAX_INTERVAL_IMAGES = 1 << 40  # a bound on the image count an interval is computed for, far above any data set
+
+
+# ---- uncertainty of a top-1
+def wilson_interval(successes: int, trials: int, z: float = _Z) -> Tuple[float, float]:
+    """The Wilson score interval of a binomial proportion ``successes / trials``, as fractions in [0, 1].
+
+    Unlike the normal (Wald) interval it stays inside [0, 1] and is not empty at 0 or `trials` successes, which is
+    where the best subnets of a small selection set sit.
+
+    Raises:
+        ValueError: `trials` not in [1, MAX_INTERVAL_IMAGES], `successes` not in [0, trials], or `z` not positive.
+    """
+    for name, value, low, high in (('trials', trials, 1, MAX_INTERVAL_IMAGES), ('successes', successes, 0, trials)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f'wilson_interval: {name} must be an integer in [{low}, {high}], got '
+                             f'{bounded_repr(value)}')
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 < z < math.inf:
+        raise ValueError(f'wilson_interval: z must be a positive number, got {bounded_repr(z)}')
+    p, n, z2 = successes / trials, trials, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)  # rounding may step outside by an ulp
+
+
+def top1_interval(top1: float, num_images: int) -> Tuple[float, float]:
+    """The 95 % Wilson interval (low, high), in %, of a top-1 (%) measured on `num_images` images: the count of
+    correct images is recovered from the percentage (scores are ``100 * correct / num_images``).
+
+    Raises:
+        ValueError: a top-1 outside [0, 100] or a bad image count.
+    """
+    top1 = check_top1(top1, 'top1_interval: top1')
+    low, high = wilson_interval(round(top1 * num_images / 100), num_images)
+    return 100.0 * low, 100.0 * high
+
+
+def unseparated_neighbours(points: Sequence[Mapping[str, Any]], cost: str = 'mflops') -> List[Tuple[int, int]]:
+    """Index pairs (i, j) of front points that are neighbours along `cost` and whose ``top1_ci`` intervals
+    overlap: the selection images cannot tell which of the two is more accurate. Points without an interval or the
+    cost are skipped."""
+    shown = sorted((p[cost], i) for i, p in enumerate(points)
+                   if p.get(cost) is not None and p.get('top1_ci') is not None)
+    pairs = []
+    for (_, i), (_, j) in zip(shown, shown[1:]):
+        (lo_i, hi_i), (lo_j, hi_j) = points[i]['top1_ci'], points[j]['top1_ci']
+        if lo_i <= hi_j and lo_j <= hi_i:
+            pairs.append((i, j))
+    return pairs
 
 
 # ---- the schema (writing)
@@ -95,6 +150,10 @@ def pareto_header(*, supernet: Mapping[str, Any], dataset: Optional[str], space:
                       'disjoint_from': 'calibration', 'batch_size': batch_size, 'metric': 'top-1 %'},
         'validation': None if validation is None else {'split': validation[0], 'num_images': validation[1]},
         'latency': None if latency is None else dict(latency),
+        # not part of the resume fingerprint: it describes the points, it does not change them
+        'intervals': {'top1_ci': f'{CONFIDENCE:.0%} Wilson score interval of top1 (a binomial proportion) on the '
+                                 f'{selection_images} selection images', 'confidence': CONFIDENCE,
+                      'num_images': selection_images},
     }
 
 
@@ -104,8 +163,10 @@ def progress_record(generations_done: int, generations: int, evaluated: int, com
             'complete': complete}
 
 
-def front_point(record: Mapping[str, Any], top1_val: Optional[float], latency_device: Optional[str]) -> Dict[str, Any]:
-    """One of the document's ``points`` from an evolution record (arch, top1, mflops, params_m, latency_ms).
+def front_point(record: Mapping[str, Any], top1_val: Optional[float], latency_device: Optional[str],
+                selection_images: Optional[int] = None) -> Dict[str, Any]:
+    """One of the document's ``points`` from an evolution record (arch, top1, mflops, params_m, latency_ms), with
+    ``top1_ci``, the 95 % Wilson interval of top1 on the `selection_images` images it was scored on (None: unknown).
 
     Raises:
         ValueError: a number the reader would refuse (`point_numbers`): a top-1 outside [0, 100], a negative or
@@ -113,7 +174,9 @@ def front_point(record: Mapping[str, Any], top1_val: Optional[float], latency_de
     """
     point = {'arch': arch_json(record['arch']), 'mflops': record['mflops'], 'params_m': record['params_m'],
              'latency_ms': record['latency_ms'], 'latency_device': latency_device, 'top1': record['top1'],
-             'top1_val': top1_val}
+             'top1_ci': None, 'top1_val': top1_val}
+    if selection_images is not None and record['top1'] is not None:
+        point['top1_ci'] = list(top1_interval(record['top1'], selection_images))
     point_numbers(point, f'front point {bounded_repr(point["arch"])}')
     return point
 
@@ -241,11 +304,12 @@ class ParetoPoint:
     latency_device: Optional[str]
     top1: Optional[float]
     top1_val: Optional[float]
+    top1_ci: Optional[Tuple[float, float]] = None  # 95 % Wilson interval of top1; None in version 1 files
 
-    def record(self) -> Dict[str, Optional[float]]:
+    def record(self) -> Dict[str, Any]:
         """The metrics as a record (``top1``, ``mflops``, ...), the shape the front maths and the plot take."""
         return {'top1': self.top1, 'top1_val': self.top1_val, 'mflops': self.mflops, 'params_m': self.params_m,
-                'latency_ms': self.latency_ms}
+                'latency_ms': self.latency_ms, 'top1_ci': self.top1_ci}
 
 
 @dataclass(frozen=True)
@@ -281,19 +345,35 @@ def check_top1(value: Any, what: str, optional: bool = False) -> Optional[float]
     return _number(value, what, optional, *TOP1_RANGE)
 
 
-def point_numbers(point: Mapping[str, Any], what: str) -> Dict[str, Optional[float]]:
+def point_numbers(point: Mapping[str, Any], what: str) -> Dict[str, Any]:
     """The numbers of a pareto.json point, checked: ``mflops`` finite and >= 0; ``params_m`` and ``latency_ms``
-    finite and >= 0 or null; ``top1`` and ``top1_val`` in `TOP1_RANGE` or null. The one check of both the writer
-    (`front_point`, `write_pareto`) and the reader (`read_pareto`), so the search never writes what export refuses.
+    finite and >= 0 or null; ``top1`` and ``top1_val`` in `TOP1_RANGE` or null; ``top1_ci`` null/absent or
+    ``[low, high]`` in `TOP1_RANGE` with low <= top1 <= high. The one check of both the writer (`front_point`,
+    `write_pareto`) and the reader (`read_pareto`), so the search never writes what export refuses.
 
     Raises:
         ValueError: naming `what`, the field, the value and the allowed range.
     """
-    return {'mflops': _number(point.get('mflops'), f'{what}: mflops'),
-            'params_m': _number(point.get('params_m'), f'{what}: params_m', optional=True),
-            'latency_ms': _number(point.get('latency_ms'), f'{what}: latency_ms', optional=True),
-            'top1': check_top1(point.get('top1'), f'{what}: top1', optional=True),
-            'top1_val': check_top1(point.get('top1_val'), f'{what}: top1_val', optional=True)}
+    out = {'mflops': _number(point.get('mflops'), f'{what}: mflops'),
+           'params_m': _number(point.get('params_m'), f'{what}: params_m', optional=True),
+           'latency_ms': _number(point.get('latency_ms'), f'{what}: latency_ms', optional=True),
+           'top1': check_top1(point.get('top1'), f'{what}: top1', optional=True),
+           'top1_val': check_top1(point.get('top1_val'), f'{what}: top1_val', optional=True)}
+    out['top1_ci'] = _interval(point.get('top1_ci'), out['top1'], f'{what}: top1_ci')
+    return out
+
+
+def _interval(value: Any, top1: Optional[float], what: str) -> Optional[Tuple[float, float]]:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f'{what} must be [low, high] or null, got {bounded_repr(value)}')
+    low, high = (check_top1(v, what) for v in value)
+    # a small tolerance: the bounds went through JSON as decimals, top1 too
+    if not low <= high or (top1 is not None and not low - 1e-9 <= top1 <= high + 1e-9):
+        raise ValueError(f'{what} must satisfy low <= top1 <= high, got {bounded_repr(list(value))} around top1 '
+                         f'{bounded_repr(top1)}')
+    return low, high
 
 
 def _split_name(value: Any) -> Optional[str]:

@@ -5,8 +5,10 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 from ..utils import import_optional
 from .pareto import OBJECTIVES
+from .pareto_file import unseparated_neighbours
 
-__all__ = ['AXIS_LABELS', 'arch_text', 'pareto_markdown', 'pareto_report', 'plot_costs', 'front_figure', 'plot_front']
+__all__ = ['AXIS_LABELS', 'arch_text', 'pareto_markdown', 'separation_note', 'pareto_report', 'plot_costs',
+           'front_figure', 'plot_front']
 
 AXIS_LABELS = {'mflops': 'MFLOPs (millions of multiply-adds)', 'params': 'parameters (millions)',
                'latency': 'predicted latency (ms)'}
@@ -32,14 +34,41 @@ def _num(value: Optional[float], digits: int) -> str:
     return '' if value is None else f'{value:.{digits}f}'
 
 
+def _ci(value: Optional[Sequence[float]]) -> str:
+    return '' if not value else f'{value[0]:.1f}-{value[1]:.1f}'
+
+
 def pareto_markdown(doc: Mapping[str, Any]) -> str:
-    """The Pareto table of a pareto.json document (one row per point, numbered as in the plot)."""
-    lines = ['| # | top-1 sel. % | top-1 val. % | MFLOPs | params M | latency ms | arch |',
-             '|---|---|---|---|---|---|---|']
+    """The Pareto table of a pareto.json document (one row per point, numbered as in the plot); ``95 % CI`` is the
+    Wilson interval of top-1 sel. (empty for files written before intervals were recorded)."""
+    lines = ['| # | top-1 sel. % | 95 % CI | top-1 val. % | MFLOPs | params M | latency ms | arch |',
+             '|---|---|---|---|---|---|---|---|']
     for i, p in enumerate(doc['points']):
-        lines.append(f'| {i} | {_num(p["top1"], 2)} | {_num(p.get("top1_val"), 2)} | {_num(p["mflops"], 2)} | '
-                     f'{_num(p["params_m"], 3)} | {_num(p.get("latency_ms"), 3)} | {arch_text(p["arch"])} |')
+        lines.append(f'| {i} | {_num(p["top1"], 2)} | {_ci(p.get("top1_ci"))} | {_num(p.get("top1_val"), 2)} | '
+                     f'{_num(p["mflops"], 2)} | {_num(p["params_m"], 3)} | {_num(p.get("latency_ms"), 3)} | '
+                     f'{arch_text(p["arch"])} |')
     return '\n'.join(lines)
+
+
+def separation_note(doc: Mapping[str, Any]) -> str:
+    """One line on what the selection set can resolve: the top-1 step of one image, and which neighbouring front
+    points (along the first cost objective) have overlapping 95 % intervals, i.e. are not told apart by it."""
+    n = (doc.get('selection') or {}).get('num_images')
+    points = doc['points']
+    if not isinstance(n, int) or n < 1 or not any(p.get('top1_ci') for p in points):
+        return '- uncertainty: not recorded (a pareto.json from before intervals)'
+    cost = plot_costs(doc.get('objectives') or ())[0]
+    key = OBJECTIVES[cost][0]
+    pairs = unseparated_neighbours(points, key)
+    compared = sum(1 for p in points if p.get('top1_ci') and p.get(key) is not None) - 1
+    text = (f'- uncertainty: top-1 sel. is measured on {n} images (one image = {100 / n:.2f} points); 95 % CI is its '
+            'Wilson interval')
+    if not pairs:
+        return text + f'; neighbouring points (by {cost}) have intervals that do not overlap'
+    shown = ', '.join(f'{i}-{j}' for i, j in pairs[:10]) + (f' (+{len(pairs) - 10} more)' if len(pairs) > 10 else '')
+    return (text + f'. The selection set is too small to separate {len(pairs)} of {compared} '
+            f'neighbouring pairs (by {cost}; intervals overlap: {shown}): their order is not established; give '
+            'more --selection-images, or compare them on top-1 val.')
 
 
 def pareto_report(doc: Mapping[str, Any]) -> str:
@@ -62,6 +91,7 @@ def pareto_report(doc: Mapping[str, Any]) -> str:
     if doc.get('latency'):
         d = doc['latency']['device']
         lines.append(f'- latency: table on {d["type"]} {d["name"]!r}, {d["threads"]} threads, batch {d["batch_size"]}')
+    lines.append(separation_note(doc))
     return '\n'.join(lines + ['', pareto_markdown(doc), ''])
 
 
@@ -105,6 +135,12 @@ def front_figure(points: Sequence[Mapping[str, Any]], objectives: Sequence[str] 
         line = sorted(shown, key=lambda ip: ip[1][key])
         ax.plot([p[key] for _, p in line], [p['top1'] for _, p in line], '-o', c='tab:red', ms=5,
                 label=f'Pareto front ({len(shown)})')
+        bars = [p for _, p in line if p.get('top1_ci')]
+        if bars:  # the selection set's 95 % Wilson intervals: overlapping bars are not told apart
+            ax.errorbar([p[key] for p in bars], [p['top1'] for p in bars], fmt='none', ecolor='tab:red', alpha=0.5,
+                        capsize=3, yerr=[[p['top1'] - p['top1_ci'][0] for p in bars],
+                                         [p['top1_ci'][1] - p['top1'] for p in bars]],
+                        label='95 % interval (selection images)')
         for i, p in shown:
             ax.annotate(str(i), (p[key], p['top1']), textcoords='offset points', xytext=(4, -10), fontsize=8)
             if i == highlight:

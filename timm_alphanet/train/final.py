@@ -135,7 +135,7 @@ def _write_subnets(acc, cfg: TrainConfig, supernet: nn.Module, run_dir: Path, tr
                    tmp: Optional[Path]) -> List[FinalModel]:
     final = run_dir / 'final'
     images = calibration_images(copy.copy(train_dataset), recipe, workers=cfg.workers, progress=not cfg.no_progress)
-    source = {'spec': str(run_dir), 'kind': 'run'}
+    source = {'name': f'{run_dir.name}/final/supernet', 'kind': 'run'}  # named as export names it, never by path
     if tmp is not None:
         meta = {**model_metadata(supernet), 'name': cfg.model, 'notes': SUPERNET_NOTE, 'training': dict(training)}
         write_model_folder(supernet, tmp / 'supernet', meta, final / 'supernet')
@@ -225,7 +225,9 @@ def next_steps(cfg: TrainConfig, run_dir: Path, models: Sequence[FinalModel]) ->
         lines.append(f'  evaluate: alphanet-validate reads image folders; {cfg.dataset!r} is not one')
     if any(m.name == 'supernet' for m in models):
         search = run_dir / 'search'
-        lines.append(f'  search:   alphanet-search {_q(run_dir)} --output {_q(search)}')
+        # the digits demo gets the README's short search (minutes); the default (20 generations of 100) is hours
+        short = ' --population 12 --generations 2' if cfg.dataset == DIGITS else ''
+        lines.append(f'  search:   alphanet-search {_q(run_dir)} --output {_q(search)}{short}')
         lines.append(f'  export:   alphanet-export {_q(run_dir)} --pareto {_q(search / "pareto.json")} '
                      f'--output {_q(run_dir / "export")}')
     return lines
