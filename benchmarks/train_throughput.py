@@ -1,5 +1,7 @@
 """Training throughput on this machine, side by side: supernet sandwich steps and teacher-KD steps in the default
-(contiguous) layout vs channels-last, out-of-place SiLU and torch.compile, and this tree vs another checkout.
+(contiguous) layout vs channels-last, out-of-place SiLU and the trainer's `compile_task` (contiguous or
+channels-last: a supernet's BN + activation layers, a KD student whole; its compile seconds and dynamo graphs are
+printed), and this tree vs another checkout.
 
 Task level: synthetic batches, no data loading, each variant on its own copy of the same model, the same subnets
 (steps 0..steps-1 of the seed) for every variant, variants interleaved and repeated, medians reported.
@@ -8,6 +10,8 @@ same run stopped after 2 steps, per step, so start-up and saving cancel out.
 
     python benchmarks/train_throughput.py                                   # demo space, 32 px, batch 64
     python benchmarks/train_throughput.py --space paper --batch-size 8 --threads 2 --steps 3
+    python benchmarks/train_throughput.py --space paper --batch-size 8 --threads 2 --steps 4 \
+        --variants contiguous,channels_last,channels_last_compile --no-per-subnet   # issue 19's CPU step target
     python benchmarks/train_throughput.py --trainer-steps 20                # also through train.py
     python benchmarks/train_throughput.py --compare-with /tmp/before        # before/after: another checkout
 """
@@ -29,7 +33,7 @@ from _timing import time_interleaved, timed
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
-VARIANTS = ('contiguous', 'channels_last', 'silu_out_of_place', 'compile')
+VARIANTS = ('contiguous', 'channels_last', 'silu_out_of_place', 'compile', 'channels_last_compile')
 
 
 def _median_times(fns: Dict[str, Callable[[], None]], steps: int, repeats: int) -> Dict[str, float]:
@@ -42,7 +46,7 @@ def _variant_model(base, variant: str):
     import torch
     import torch.nn as nn
     model = copy.deepcopy(base)
-    if variant == 'channels_last':
+    if variant.startswith('channels_last'):
         model = model.to(memory_format=torch.channels_last)
     if variant == 'silu_out_of_place':  # autograd of an in-place SiLU must save a copy of its input
         for m in model.modules():
@@ -73,22 +77,43 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
     teacher = timm.create_model(args.teacher, num_classes=10).eval()
 
     fns: Dict[str, Callable[[], None]] = {}
+    compiled: Dict[str, float] = {}
     for variant in args.variants:
-        xv = x.contiguous(memory_format=torch.channels_last) if variant == 'channels_last' else x
+        xv = x.contiguous(memory_format=torch.channels_last) if variant.startswith('channels_last') else x
         model = _variant_model(supernet, variant)
         task = SandwichTask(model, num_subnets=args.num_subnets, seed=0, verbose=False)
         kd = AlphaDistillationTask(_variant_model(student, variant), _variant_model(teacher, variant),
                                    verbose=False).train()
-        if variant == 'compile':
-            task.compile()
-            kd.compile()
+        if variant.endswith('compile'):  # the trainer's compile: a supernet's BN + activations, a KD student whole
+            compiled.update(_compile(task, kd, xv, y, args.steps, variant))
         fns[f'sandwich/{variant}'] = sandwich_step(task, model.parameters(), xv, y, args.steps)
         fns[f'kd/{variant}'] = _kd_step(kd, xv, y)
     out = _median_times(fns, args.steps, args.repeats)
+    out.update(compiled)
     if args.per_subnet:
         out.update(_per_subnet(supernet, space, x, args))
     out['_module'] = timm_alphanet.__file__
     out['_threads'] = torch.get_num_threads()
+    return out
+
+
+def _compile(task, kd, x, y, steps: int, variant: str) -> Dict[str, float]:
+    """`compile_task` on both tasks, then `steps` sandwich steps on a separate copy of its step function (every
+    subnet the timed steps train) and one KD step: compile seconds and dynamo graphs, as ``_compile/...`` entries."""
+    import time
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from timm_alphanet.train import compile_task
+    out = {}
+    for name, t, warm, n in (('sandwich', task, sandwich_step(task, task.supernet.parameters(), x, y, steps), steps),
+                             ('kd', kd, _kd_step(kd, x, y), 1)):
+        counter = CompileCounterWithBackend('inductor')
+        compile_task(t, counter)
+        start = time.perf_counter()
+        for _ in range(n):
+            warm()
+        out[f'_compile/{variant} {name} seconds'] = time.perf_counter() - start
+        out[f'_compile/{variant} {name} graphs'] = counter.frame_count
     return out
 
 
@@ -176,7 +201,8 @@ def main() -> None:
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     p.add_argument('--variants', type=variant_list(VARIANTS),
                    default=['contiguous', 'channels_last', 'silu_out_of_place'],
-                   help=f'comma-separated, from {",".join(VARIANTS)} (compile takes minutes per subnet on CPU)')
+                   help=f'comma-separated, from {",".join(VARIANTS)} (compile: the trainer\'s compile_task, '
+                        'minutes of compiling on a CPU)')
     p.add_argument('--no-per-subnet', dest='per_subnet', action='store_false')
     p.add_argument('--trainer-steps', type=int, default=0, help='also time train.py (demo) per step, N > 2 steps')
     p.add_argument('--compare-with', type=Path, default=None, help='another checkout (e.g. git archive of a commit)')
@@ -204,14 +230,19 @@ def main() -> None:
                 runs[tree].append(_worker_in(trees[tree], argv, args.threads))
         results = {t: {k: (statistics.median(x[k] for x in rs) if not k.startswith('_') else rs[0][k])
                        for k in rs[0]} for t, rs in runs.items()}
+    compile_notes = {}
     for k, r in results.items():
         print(f'  {k}: timm_alphanet from {r.pop("_module")}, {r.pop("_threads")} threads')
+        compile_notes[k] = {n: r.pop(n) for n in [n for n in r if n.startswith('_compile/')]}
+        if compile_notes[k]:  # compile_task's cost: the first steps' seconds and dynamo's graphs
+            print(f'  {k} compile_task: ' + ', '.join(f'{n[len("_compile/"):]} {v:.4g}'
+                                                        for n, v in compile_notes[k].items()))
     names = list(next(iter(results.values())))
     if args.trainer_steps > 2:
         names += _trainer_rows(args, trees, results)
     ratios = _print_table(names, results, args.batch_size)
     write_json(args.json, 'train_throughput', ratios, {'seconds_per_step': results, 'batch_size': args.batch_size,
-                                                      'space': args.space},
+                                                      'space': args.space, 'compile': compile_notes},
                {'*': 'step time of a variant over its contiguous counterpart (or after/before); < 1 is faster'})
 
 

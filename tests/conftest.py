@@ -12,6 +12,19 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+# pytest-xdist runs test files side by side: every torchrun a test starts would take the default port 29500 and the
+# second would die with "address already in use"; each worker gives its launches a port of its own (torchrun reads
+# PET_MASTER_PORT, `accelerate launch` its --main_process_port, which the tests pass as 0 = a free one)
+os.environ.setdefault('PET_MASTER_PORT', str(_free_port()))
+
+
 @pytest.fixture(autouse=True)
 def _hub_offline(monkeypatch):
     import huggingface_hub.constants as c

@@ -156,9 +156,9 @@ def test_fp16_grad_scaler_skip_leaves_a_kd_students_ema_alone(fresh_accelerate_s
 
 
 # ---- (c) compile_task
-def compile_counts_with_supernet(device: torch.device, backend: str = 'eager'):
-    """`compile_task` on a SandwichTask with an external teacher, then 3 steps with new subnets each: (trainable
-    module compiled?, teacher compiled?, dynamo frames compiled after each step)."""
+def compile_counts_with_supernet(device: torch.device, backend: str = 'eager', steps: int = 6):
+    """`compile_task` on a SandwichTask with an external teacher, then `steps` steps with new subnets each
+    (4 per step): (trainable module compiled whole?, teacher compiled?, dynamo frames compiled after each step)."""
     from torch._dynamo.eval_frame import OptimizedModule
     from torch._dynamo.testing import CompileCounterWithBackend
     torch._dynamo.reset()
@@ -168,7 +168,7 @@ def compile_counts_with_supernet(device: torch.device, backend: str = 'eager'):
     compile_task(task, counter)
     x, y = fake_batches(1, device)[0]
     frames = []
-    for step in range(3):
+    for step in range(steps):
         task.trainable_module.zero_grad(set_to_none=True)
         task(x, y, step, backward=lambda loss: loss.backward())
         frames.append(counter.frame_count)
@@ -196,11 +196,12 @@ def compile_counts_with_kd_student(device: torch.device, backend: str = 'aot_eag
     return isinstance(task.trainable_module, OptimizedModule), frames
 
 
-def test_compile_task_leaves_a_supernet_eager_and_compiles_its_teacher_once():
+def test_compile_task_compiles_a_supernets_norm_act_in_a_few_graphs_for_every_subnet():
     supernet_compiled, teacher_compiled, frames = compile_counts_with_supernet(DEV)
-    assert not supernet_compiled and teacher_compiled
-    # the teacher's frames compile at the first step; new subnets at the next steps compile nothing
-    assert frames[0] > 0 and frames == [frames[0]] * len(frames), frames
+    assert not supernet_compiled and teacher_compiled  # the supernet's BN + activations only, the teacher whole
+    # 24 subnets of the demo space: the first steps compile the teacher and the norm-act kinds (static, then dynamic
+    # shapes); the last steps' new subnets compile nothing
+    assert frames[0] > 0 and frames[-1] == frames[-3] and frames[-1] <= frames[0] + 8, frames
 
 
 def test_compile_task_compiles_a_kd_student_once_for_fixed_shapes():

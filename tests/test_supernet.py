@@ -287,3 +287,25 @@ def test_drop_path_only_on_active_identity_shortcuts_and_only_when_regularized()
         model.set_subnet({**ELASTIC_ARCH, 'widths': [16, 8, 16, 24, 32]})  # switching inside: mb3 now 16 -> 24
         assert rates()[(2, 0)] == 0 and rates()[(2, 1)] > 0
     assert set(rates().values()) == {0.0}
+
+
+def test_switching_subnets_bypasses_module_setattr_but_not_its_effect(supernet, monkeypatch):
+    """set_subnet writes ~200 plain attributes per subnet, five times a sandwich step: not through
+    nn.Module.__setattr__ (which checks every value for a parameter, buffer or module), yet every layer sees them."""
+    calls = []
+    original = torch.nn.Module.__setattr__
+
+    def counting(self, name, value):
+        calls.append(name)
+        original(self, name, value)
+    monkeypatch.setattr(torch.nn.Module, '__setattr__', counting)
+    arch = supernet.space.min_config()
+    supernet.set_subnet(arch)
+    with supernet.regularized():
+        pass
+    assert len(calls) < 20, len(calls)  # the stem, depths and head only
+    monkeypatch.undo()
+    x = torch.randn(2, 3, arch.resolution, arch.resolution)
+    static = extract_subnet(supernet, arch).eval()
+    torch.testing.assert_close(supernet.eval()(x), static(x), rtol=1e-5, atol=1e-5)
+    supernet.set_subnet(supernet.space.max_config())

@@ -19,6 +19,7 @@ from timm_alphanet.archs import ALPHANET_ARCHS
 from timm_alphanet.layers.sync_bn import SyncDynamicBatchNormAct2d
 from timm_alphanet.models import is_supernet
 from timm_alphanet.spaces import SearchSpace
+from timm_alphanet.task import TeacherOutputError
 from timm_alphanet.testing.host_reads import count_host_reads
 from timm_alphanet.task import AlphaDistillationTask, SandwichTask, sandwich_subnets
 from timm_alphanet.data import build_digits_folder
@@ -317,3 +318,42 @@ def test_train_one_epoch_reads_the_device_once_per_step_outside_log_steps(acc, d
         train_one_epoch(cfg, acc, task, batches, opt, _Scheduler(), state, 1000)  # no log step in 5 batches
     assert len(reads) == 5 + 1, reads  # 5 finite checks + the epoch-end read of the summed loss
     assert state.loss_steps == 5 and math.isfinite(state.loss_sum)
+
+
+def test_a_teacher_adds_no_host_read_per_step_and_its_nan_stops_the_epoch_naming_the_rows(acc, digits, teacher_dir):
+    cfg, _, task = _supernet_task(acc, digits, log_interval=1000, teacher=teacher_dir)
+    assert task.defer_teacher_check
+    opt = torch.optim.SGD(task.trainable_module.parameters(), lr=0.1)
+    with count_host_reads() as reads:
+        train_one_epoch(cfg, acc, task, _batches(3), opt, _Scheduler(), TrainState(), 1000)
+    assert len(reads) == 3 + 1, reads  # as without a teacher: its rows are read only on a non-finite loss
+
+    model = task.teacher.model
+    forward = model.forward
+
+    def broken(x):  # rows 2 and 5 without a distribution
+        out = forward(x).clone()
+        out[[2, 5], 1] = float('nan')
+        return out
+    model.forward = broken
+    state = TrainState()
+    with pytest.raises(TeacherOutputError, match=r'unusable logits for 2 of 8 images in this batch \(rows 2, 5\)'):
+        train_one_epoch(cfg, acc, task, _batches(2), opt, _Scheduler(), state, 1000)
+    assert state.step == 0 and state.nonfinite_in_row == 0  # refused, not skipped as a bad step
+
+
+def test_nonfinite_check_log_reads_the_device_only_where_the_loss_is_read_and_stops_on_nan(acc, digits):
+    cfg, _, task = _supernet_task(acc, digits, log_interval=1000, nonfinite_check='log')
+    opt = torch.optim.SGD(task.trainable_module.parameters(), lr=0.1)
+    state = TrainState()
+    with count_host_reads() as reads:
+        train_one_epoch(cfg, acc, task, _batches(5), opt, _Scheduler(), state, 1000)
+    assert len(reads) == 2, reads  # the epoch end only: the summed loss and the all-process non-finite count
+    assert state.step == 5 and state.loss_steps == 5 and math.isfinite(state.loss_sum)
+
+    batches = _batches(3)
+    batches[1] = _batches(1, nan=True)[0]
+    with pytest.raises(NonFiniteLossError, match=r'a non-finite loss between steps 5 and 7 \(epoch 0; '
+                                                 r'nonfinite_check: log'):
+        train_one_epoch(cfg, acc, task, batches, opt, _Scheduler(), state, 1000)
+    assert state.loss_steps == 5  # the window with the NaN is not added to the epoch's loss

@@ -135,7 +135,7 @@ def test_two_processes_equal_one_with_double_batch(tmp_path, env, tiny_cfg, laun
             str(tmp_path)]
     cmd = ([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2'] if launcher == 'torchrun' else
            [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-            '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no'])
+            '--num_machines', '1', '--main_process_port', '0', '--mixed_precision', 'no', '--dynamo_backend', 'no'])
     p = _train([*args, '-b', '16', '--experiment', 'two'], env, launcher=cmd)
     assert '2 processes agree: same subnet sequence' in p.stdout and 'on 2 process(es)' in p.stdout
     if launcher == 'torchrun':  # the reference run once is enough

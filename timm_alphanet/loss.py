@@ -18,7 +18,8 @@ below its row's largest logit, which keeps every product finite. Where the true 
 masks a class the student gives probability -- the result is therefore huge (about 1e30 times that probability)
 but finite. The alpha = 1 gradient stays exactly ``q - p``; the alpha = 0 one is huge, so do not pair alpha = 0
 with masked teachers. Other alphas are finite whatever is masked (the clip bounds the importance weight). Every
-row needs a finite logit on each side; NaN or +inf logits give NaN.
+row needs a finite logit on each side; NaN or +inf logits give NaN (a diverging student's NaN is for the training
+loop to skip; the tasks refuse such logits from a frozen teacher, naming the rows: `task.check_teacher_logits`).
 
 The functions return the loss together with its per-sample statistics (`KDOutput`); the modules' call returns
 only the loss, and their `forward_with_stats` the whole `KDOutput`.

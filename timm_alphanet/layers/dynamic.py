@@ -8,12 +8,14 @@ through unchanged: that is how a block's optional layers (the expansion conv at 
 when the active widths agree) switch off without a second block forward.
 """
 
+from typing import Callable, Dict, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, Linear, SEModule
 
-__all__ = ['DynamicConv2d', 'DynamicBatchNormAct2d', 'DynamicSqueezeExcite', 'DynamicLinear']
+__all__ = ['DynamicConv2d', 'DynamicBatchNormAct2d', 'DynamicSqueezeExcite', 'DynamicLinear', 'compile_norm_act']
 
 
 class DynamicConv2d(nn.Conv2d):
@@ -65,6 +67,7 @@ class DynamicBatchNormAct2d(BatchNormAct2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.enabled = True
+        self.compiled = ''  # the key of `compile_norm_act`'s shared function ('': eager)
 
     @classmethod
     def convert(cls, bn: BatchNormAct2d) -> 'DynamicBatchNormAct2d':
@@ -72,6 +75,7 @@ class DynamicBatchNormAct2d(BatchNormAct2d):
         plain attributes this class adds."""
         bn.__class__ = cls
         bn.enabled = True
+        bn.compiled = ''
         return bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +95,20 @@ class DynamicBatchNormAct2d(BatchNormAct2d):
         var = var[:c] if track and var is not None else None
         weight = weight[:c] if weight is not None else None
         bias = bias[:c] if bias is not None else None
+        # compiled: training steps only (calibration sets a new momentum per batch, a graph each; evaluation has no
+        # backward to fuse)
+        if self.compiled and torch.is_grad_enabled() and self.momentum is not None and not torch.jit.is_scripting():
+            return self._compiled_forward(x, mean, var, weight, bias, use_batch_stats, momentum)
         x = F.batch_norm(x, mean, var, weight, bias, use_batch_stats, momentum, self.eps)
         x = self.drop(x)
         return self.act(x)
+
+    @torch.jit.unused
+    def _compiled_forward(self, x: torch.Tensor, mean: Optional[torch.Tensor], var: Optional[torch.Tensor],
+                          weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], use_batch_stats: bool,
+                          momentum: float) -> torch.Tensor:
+        return _COMPILED[self.compiled](x, mean, var, weight, bias, use_batch_stats, momentum, self.eps, self.drop,
+                                        self.act)
 
 
 class DynamicSqueezeExcite(SEModule):
@@ -118,3 +133,36 @@ class DynamicLinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight[:, :x.shape[-1]], self.bias)
+
+
+def _norm_act(x: torch.Tensor, mean: Optional[torch.Tensor], var: Optional[torch.Tensor],
+              weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], use_batch_stats: bool, momentum: float,
+              eps: float, drop: nn.Module, act: nn.Module) -> torch.Tensor:
+    return act(drop(F.batch_norm(x, mean, var, weight, bias, use_batch_stats, momentum, eps)))
+
+
+# one compiled function per (backend, mode), shared by every layer: dynamo keys its graphs by code and guards, not by
+# layer, so all layers of a kind share them
+_COMPILED: Dict[str, Callable] = {}
+
+
+def compile_norm_act(model: nn.Module, backend: str = 'inductor', mode: Optional[str] = None) -> int:
+    """Compile the BN + activation of every `DynamicBatchNormAct2d` in `model` (in place); returns how many.
+
+    A supernet cannot be compiled whole: every subnet has other widths, kernels, depths and resolution, so dynamo
+    compiles a graph per subnet (hours for a space). BN + activation are what compiling fuses (the convolutions
+    stay library calls), and as one function of sliced tensors with dynamic shapes they compile to a bounded set of
+    graphs for the whole space: one per (activation, dropout, train/eval, momentum) kind, whatever the widths and
+    resolution. Forwards without gradient (BN calibration, whose momentum changes every batch, and evaluation) and
+    a cumulative average (momentum None) run eagerly.
+    """
+    key = f'{backend}/{mode}'
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_norm_act, backend=backend, mode=mode, dynamic=True)
+    count = 0
+    for m in model.modules():
+        # a subclass with a forward of its own (sync BN: its all-reduces) stays eager
+        if isinstance(m, DynamicBatchNormAct2d) and type(m).forward is DynamicBatchNormAct2d.forward:
+            m.compiled = key
+            count += 1
+    return count

@@ -39,30 +39,39 @@ class DynamicMBConv(MBConv):
 
     def set_active(self, spec: BlockSpec) -> None:
         """Configure the layers for one subnet's block `spec` (its widths must fit the stored max sizes)."""
+        m = self._modules  # not nn.Module.__getattr__'s lookup: set_active runs for every block of every subnet
         expand = spec.expand_ratio != 1
-        if isinstance(self.conv_pw, DynamicConv2d):
-            self.conv_pw.enabled = self.bn1.enabled = expand
-            self.conv_pw.active_out_channels = spec.mid_chs
-        self.conv_dw.active_kernel_size = spec.kernel_size
-        if isinstance(self.se, DynamicSqueezeExcite):
-            self.se.active_rd_channels = spec.se_chs
-        self.conv_pwl.active_out_channels = spec.out_chs
-        if isinstance(self.shortcut.conv, DynamicConv2d):
-            self.shortcut.conv.enabled = spec.in_chs != spec.out_chs
-            self.shortcut.conv.active_out_channels = spec.out_chs
-        self.identity_shortcut = spec.stride == 1 and spec.in_chs == spec.out_chs
+        if isinstance(m['conv_pw'], DynamicConv2d):
+            _set(m['conv_pw'], enabled=expand, active_out_channels=spec.mid_chs)
+            _set(m['bn1'], enabled=expand)
+        _set(m['conv_dw'], active_kernel_size=spec.kernel_size)
+        if isinstance(m['se'], DynamicSqueezeExcite):
+            _set(m['se'], active_rd_channels=spec.se_chs)
+        _set(m['conv_pwl'], active_out_channels=spec.out_chs)
+        shortcut_conv = m['shortcut']._modules['conv']
+        if isinstance(shortcut_conv, DynamicConv2d):
+            _set(shortcut_conv, enabled=spec.in_chs != spec.out_chs, active_out_channels=spec.out_chs)
+        _set(self, identity_shortcut=spec.stride == 1 and spec.in_chs == spec.out_chs)
         self._update_drop_path()
 
     def set_drop_path(self, enabled: bool) -> None:
         """Switch drop path on (at this block's rate, if its active shortcut is the identity) or off."""
-        self.drop_path_enabled = enabled
+        _set(self, drop_path_enabled=enabled)
         self._update_drop_path()
 
     def _update_drop_path(self) -> None:
         # timm's DropPath passes its input through at drop_prob 0: the switch is its rate, not a forward branch
-        if isinstance(self.drop_path, DropPath):
+        drop_path = self._modules['drop_path']
+        if isinstance(drop_path, DropPath):
             on = self.drop_path_enabled and self.identity_shortcut
-            self.drop_path.drop_prob = self.drop_path_rate if on else 0.
+            _set(drop_path, drop_prob=self.drop_path_rate if on else 0.)
+
+
+def _set(module: nn.Module, **values) -> None:
+    """Write plain (int, bool, float) attributes that `module` already has. nn.Module.__setattr__ first checks
+    whether each value is a parameter, buffer or module (about 25 us a write): a subnet switch writes ~200 of them,
+    five times per sandwich step."""
+    module.__dict__.update(values)
 
 
 class DynamicConvBnAct(ConvBnAct):

@@ -109,7 +109,7 @@ class AlphaNetSupernet(AlphaNet):
         """
         old = self.drop_rate
         self.drop_rate = self.max_drop_rate if drop_rate is None else drop_rate
-        blocks = [b for b in self.modules() if isinstance(b, DynamicMBConv)]
+        blocks = [b for stage in self.blocks for b in stage if isinstance(b, DynamicMBConv)]  # not all ~1000 modules
         for b in blocks:
             b.set_drop_path(drop_path)
         try:

@@ -17,7 +17,8 @@ from timm.utils import unwrap_model
 from ..calibration import mean_std_of
 from ..utils import check_model_spec, check_safetensors
 
-__all__ = ['TeacherSpec', 'create_teacher', 'student_normalization', 'teacher_logits']
+__all__ = ['TeacherOutputError', 'TeacherSpec', 'check_teacher_logits', 'create_teacher', 'student_normalization',
+           'teacher_logits', 'unusable_teacher_rows']
 
 TeacherSpec = Union[str, nn.Module, DistillationTeacher]
 
@@ -133,8 +134,52 @@ def student_normalization(student: nn.Module, device: Optional[torch.device] = N
                  for v in mean_std_of(unwrap_model(student)))
 
 
+class TeacherOutputError(ValueError):
+    """The frozen teacher gave logits no KD loss can use (NaN, +inf, or a row without a finite logit)."""
+
+
 @torch.no_grad()
 def teacher_logits(teacher: DistillationTeacher, input: torch.Tensor, student_mean: torch.Tensor,
-                   student_std: torch.Tensor) -> torch.Tensor:
-    """The teacher's logits, without gradient, for a batch normalised with the student's mean/std."""
-    return teacher(teacher.normalize_input(input, student_mean, student_std), return_features=False)
+                   student_std: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """The teacher's logits, without gradient, for a batch normalised with the student's mean/std.
+
+    Raises:
+        TeacherOutputError: with `check`, a row holds NaN or +inf, or no finite logit (all -inf); the message names
+            the rows. The check reads the device once; a caller that must not wait on it (the training loop) passes
+            ``check=False`` and checks `unusable_teacher_rows` where it reads the device anyway.
+    """
+    logits = teacher(teacher.normalize_input(input, student_mean, student_std), return_features=False)
+    if check:
+        check_teacher_logits(logits)
+    return logits
+
+
+def unusable_teacher_rows(logits: torch.Tensor) -> torch.Tensor:
+    """[N] bool on the logits' device, no host read: rows with NaN or +inf, or without a finite logit (all -inf).
+
+    The KD losses take -inf as a masked class, but such a row has no distribution: its loss is NaN.
+    """
+    flat = logits.detach().reshape(-1, logits.shape[-1])
+    return torch.isnan(flat).any(-1) | torch.isposinf(flat).any(-1) | torch.isneginf(flat).all(-1)
+
+
+def check_teacher_logits(logits: Optional[torch.Tensor], unusable: Optional[torch.Tensor] = None) -> None:
+    """Refuse teacher logits that make every KD loss NaN (`TeacherOutputError` naming the rows).
+
+    The teacher is frozen, so that is not a divergence the training loop should skip as a bad step (it skips
+    non-finite losses, up to --max-nonfinite in a row): the same images would give the same NaN in every epoch,
+    silently. Refused at once instead, naming the rows, so the teacher (its weights, or an fp16 overflow:
+    --mixed-precision bf16) can be fixed. `unusable`: the rows' mask if already computed (`unusable_teacher_rows`).
+    """
+    if unusable is None:
+        if not logits.is_floating_point() or logits.numel() == 0:
+            return
+        unusable = unusable_teacher_rows(logits)
+    if not bool(unusable.any()):
+        return
+    rows = torch.nonzero(unusable).flatten().tolist()
+    shown = ', '.join(str(r) for r in rows[:10]) + (f' and {len(rows) - 10} more' if len(rows) > 10 else '')
+    raise TeacherOutputError(
+        f'the teacher gave unusable logits for {len(rows)} of {unusable.numel()} images in this batch (rows {shown}): '
+        'NaN or +inf, or no finite logit (every class -inf), which makes the KD loss NaN. Check the teacher\'s '
+        'weights; under --mixed-precision fp16 its logits may overflow (use bf16)')

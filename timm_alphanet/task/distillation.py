@@ -18,7 +18,7 @@ from timm.task.distillation import DistillationTeacher, LogitDistillationTask
 from timm.utils import unwrap_model
 
 from ..loss import KD_LOSSES, create_kd_loss
-from ._teacher import create_teacher, teacher_logits
+from ._teacher import create_teacher, teacher_logits, unusable_teacher_rows
 
 __all__ = ['AlphaDistillationTask']
 
@@ -106,12 +106,16 @@ class AlphaDistillationTask(LogitDistillationTask):
         self.distillation_head = hasattr(unwrap_model(student_model), 'set_distilled_training')
         if self.distillation_head:
             unwrap_model(student_model).set_distilled_training(True)
+        # True: the teacher's logits are not checked in forward (a host read) but returned as 'teacher_unusable'
+        # rows for the caller to check where it reads the device anyway (the trainer: on a non-finite loss)
+        self.defer_teacher_check = False
         if self.verbose:
             _logger.info(f'AlphaDistillationTask: kd_loss={self.kd_criterion}')
 
     def teacher_logits(self, input: torch.Tensor) -> torch.Tensor:
         """Teacher logits for a student-normalised input batch, without gradient."""
-        return teacher_logits(self.teacher, input, self.student_mean, self.student_std)
+        return teacher_logits(self.teacher, input, self.student_mean, self.student_std,
+                              check=not self.defer_teacher_check)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Forward pass with alpha-divergence (or KL) logit distillation.
@@ -121,8 +125,8 @@ class AlphaDistillationTask(LogitDistillationTask):
             target: Class indices [B] (or soft targets, if the criterion takes them).
 
         Returns:
-            Dictionary with 'loss', 'output', 'task_loss', 'kd_loss', 'kd_divergence' and, for 'alpha',
-            'kd_alpha_max_frac'.
+            Dictionary with 'loss', 'output', 'task_loss', 'kd_loss', 'kd_divergence', for 'alpha'
+            'kd_alpha_max_frac', and with `defer_teacher_check` 'teacher_unusable' ([B] bool).
         """
         student_out = self.trainable_module(input)
         if isinstance(student_out, tuple):  # distillation head in training mode: (class logits, distillation logits)
@@ -131,7 +135,8 @@ class AlphaDistillationTask(LogitDistillationTask):
         else:  # one head, or a distilled model in eval mode (which returns the mean itself)
             class_logits = distill_logits = student_logits = student_out
         task_loss = self.criterion(class_logits, target)
-        kd = self.kd_criterion.forward_with_stats(distill_logits, self.teacher_logits(input))
+        teacher_out = self.teacher_logits(input)
+        kd = self.kd_criterion.forward_with_stats(distill_logits, teacher_out)
         total_loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd.loss
 
         result = {
@@ -143,4 +148,6 @@ class AlphaDistillationTask(LogitDistillationTask):
         }
         if kd.branch is not None:
             result['kd_alpha_max_frac'] = kd.branch.float().mean()
+        if self.defer_teacher_check:
+            result['teacher_unusable'] = unusable_teacher_rows(teacher_out)
         return result

@@ -21,7 +21,7 @@ from ..utils import as_float
 from ..calibration import INTERPOLATIONS, resize_to
 from ..models import is_supernet
 from ..loss import KD_LOSSES, create_kd_loss
-from ._teacher import TeacherSpec, create_teacher, student_normalization, teacher_logits
+from ._teacher import TeacherSpec, create_teacher, student_normalization, teacher_logits, unusable_teacher_rows
 from .sampling import sandwich_subnets
 
 __all__ = ['SandwichTask']
@@ -144,6 +144,8 @@ class SandwichTask(ClassificationTask):
 
         self.teacher: Optional[DistillationTeacher] = None
         self.teacher_weight = teacher_weight
+        # as AlphaDistillationTask's: True returns the teacher's 'teacher_unusable' rows instead of checking them here
+        self.defer_teacher_check = False
         if teacher is not None:
             self.teacher = create_teacher(teacher, supernet, teacher_pretrained_path, teacher_pretrained_cfg_overlay,
                                           device=self.device, dtype=self.dtype)
@@ -192,7 +194,8 @@ class SandwichTask(ClassificationTask):
         """External teacher logits for a supernet-normalised batch, without gradient."""
         if self.teacher is None:
             raise RuntimeError('this SandwichTask has no teacher')
-        return teacher_logits(self.teacher, input, self.student_mean, self.student_std)
+        return teacher_logits(self.teacher, input, self.student_mean, self.student_std,
+                              check=not self.defer_teacher_check)
 
     def resize(self, input: torch.Tensor, resolution: int) -> torch.Tensor:
         """`input` resized to ``resolution x resolution`` (returned as is when already that size)."""
@@ -227,7 +230,8 @@ class SandwichTask(ClassificationTask):
             in-place KD), 'kd_divergence' (the per-sample divergence of the KD subnets, averaged over them; only with
             in-place KD), 'kd_alpha_max_frac' (for 'alpha':
             fraction of samples that used the alpha_max branch) and 'subnets' (the step's configs). With a
-            teacher also 'teacher_kd_loss' and 'teacher_kd_divergence'. All tensors but 'loss' are detached.
+            teacher also 'teacher_kd_loss' and 'teacher_kd_divergence' (and the [B] bool 'teacher_unusable' with
+            `defer_teacher_check`). All tensors but 'loss' are detached.
         """
         if backward is None and isinstance(self.trainable_module, DistributedDataParallel):
             # DDP expects one forward per backward: with several subnets it marks parameters ready twice
@@ -279,6 +283,8 @@ class SandwichTask(ClassificationTask):
         if teacher_kd is not None:
             result['teacher_kd_loss'] = teacher_kd.loss.detach()
             result['teacher_kd_divergence'] = teacher_kd.divergence.mean()
+            if self.defer_teacher_check:
+                result['teacher_unusable'] = unusable_teacher_rows(teacher_out)
         if divergences:
             result['kd_divergence'] = torch.stack(divergences).mean()
         if alpha_max_fracs:

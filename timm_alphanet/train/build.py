@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..archs import ARCH_NAMES, DEMO_SPACE
 from ..data import num_classes_of
+from ..layers.dynamic import compile_norm_act
 from ..layers.sync_bn import convert_sync_dynamic_bn
 from ..models import is_supernet
 from ..processes import check_world_size, has_accelerator_device
@@ -267,6 +268,8 @@ def build_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module) -> 
     if task.teacher is not None:
         for p in task.teacher.parameters():
             p.requires_grad = False
+        # the training loop checks the teacher's rows only when a loss is non-finite: no host read per step for it
+        task.defer_teacher_check = True
     if cfg.mixup > 0 or cfg.cutmix > 0:
         task.criterion = SoftTargetCrossEntropy()
     task.to(accelerator.device)
@@ -290,16 +293,19 @@ def _create_task(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module, k
 
 
 def compile_task(task: nn.Module, backend: str, mode: Optional[str] = None) -> None:
-    """torch.compile what keeps its shapes: a KD student and any teacher; a supernet runs eagerly.
+    """torch.compile what keeps its shapes: a KD student and any teacher whole; a supernet's BN + activations.
 
-    Every subnet of a supernet has other channel counts, depths and resolution, so dynamo compiles one graph per
-    subnet (the demo space: a new graph for nearly every step); importing timm.optim raises dynamo's recompile limit
-    to 1,000,000, so nothing stops it before hours of compiling. The supernet is therefore left eager, and the run
-    says so in one line.
+    Every subnet of a supernet has other channel counts, depths and resolution, so compiling it whole gives one graph
+    per subnet (the demo space: a new graph for nearly every step); importing timm.optim raises dynamo's recompile
+    limit to 1,000,000, so nothing would stop hours of compiling. Its BN + activation layers are compiled instead
+    (`compile_norm_act`: a few graphs with dynamic shapes for the whole space); convolutions stay eager. The run says
+    so in one line.
     """
     if isinstance(task, SandwichTask):
-        _logger.warning('torchcompile: a supernet is not compiled (each subnet is a new graph: one compile per '
-                        'subnet); %s', 'its teacher is compiled' if task.teacher is not None else 'it runs eagerly')
+        layers = compile_norm_act(task.supernet, backend=backend, mode=mode)
+        _logger.info('torchcompile: the supernet compiles its %d BN + activation layers (a few shared graphs with '
+                     'dynamic shapes for every subnet), not whole (a graph per subnet); %s', layers,
+                     'its teacher is compiled whole' if task.teacher is not None else 'no teacher')
         if task.teacher is not None:
             task.teacher.compile(backend=backend, mode=mode, compile_model=True, compile_features=False)
         return

@@ -20,10 +20,13 @@ import yaml
 
 from ..archs import DEMO_SPACE
 from ..data import DIGITS
-from ..loss import KD_LOSSES, create_kd_loss
 from ..utils import MAX_TEXT_BYTES, read_yaml_file
 
 __all__ = ['MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
+
+# loss.KD_LOSSES, named here because loss imports torch and the command line builds its parser from this class
+# without it (tests/test_cli_startup.py checks they match)
+KD_LOSSES = ('alpha', 'kl')
 
 MAX_CONFIG_BYTES = MAX_TEXT_BYTES  # 1 MiB: a training config is a few KiB; refuse anything that is clearly not one
 
@@ -185,6 +188,11 @@ class TrainConfig:
     checkpoint_interval: int = _option(0, 'also save every N steps (0: epoch ends only)', _RUN)
     checkpoint_hist: int = _option(3, 'keep the last K checkpoints (plus the best)', _RUN)
     max_nonfinite: int = _option(5, 'stop after this many non-finite losses in a row', _RUN)
+    nonfinite_check: str = _option('step', 'step: check every step that all losses are finite and skip a '
+                                   'non-finite one exactly (one host read per step); log: no read per step, '
+                                   'the summed loss is checked at log steps, checkpoints and epoch ends and a '
+                                   'non-finite one stops the run (for GPUs, where a per-step read makes '
+                                   'the host wait for the device)', _RUN, choices=('step', 'log'))
     bn_calib_batches: int = _option(8, 'supernet: BN calibration batches per validated subnet', _RUN)
     max_train_steps: int = _option(0, 'stop after this many steps in total (0: all epochs)', _RUN)
     no_progress: bool = _option(False, 'no progress bars', _RUN)
@@ -201,6 +209,8 @@ class TrainConfig:
                 raise ValueError(f'{f.name}: {_short(value)} is not allowed; choose from {list(choices)}')
             object.__setattr__(self, f.name, value)
         _check_ranges(self)
+        from ..loss import create_kd_loss  # torch: a parsed config is checked, a parser is built without it
+
         create_kd_loss(self.kd_loss, self.alpha_min, self.alpha_max, self.alpha_clip, self.kd_temperature)
         if isinstance(self.space, str):  # its content, so args.yaml holds the space itself; the model checks it
             data = _read_yaml(self.space, what='search space YAML')

@@ -50,16 +50,22 @@ class SeededAugmentation(Dataset):
     (`numpy.random.SeedSequence` mixes them) and then put back, so augmentation does not depend on the number of
     loader processes, on the order batches are fetched (Accelerate prefetches one), or on where a run resumed, and
     it leaves the step's own seeding (dropout, drop path, mixup) untouched. `set_epoch` must be called before each
-    epoch's loader starts its workers (the training loader's workers are not persistent, so they see it).
+    epoch's loader is iterated; the epoch lives in shared memory, so persistent loader workers see it (the training
+    loader keeps its workers: BN calibration iterates it once per validated subnet, and restarting them each time
+    costs seconds per subnet at ImageNet scale).
     """
 
     def __init__(self, dataset: Any, seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -82,10 +88,10 @@ def create_loaders(cfg, train_ds, val_ds) -> Tuple[DataLoader, DataLoader]:
     """DataLoaders over the per-process batch size (`Accelerator.prepare` shards them); the training set's
     augmentation is seeded per sample (`SeededAugmentation`)."""
     kw = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available())
+    kw['persistent_workers'] = cfg.workers > 0
     train = DataLoader(SeededAugmentation(train_ds, cfg.seed), batch_size=cfg.batch_size, shuffle=True,
                        drop_last=True, **kw)
-    val = DataLoader(val_ds, batch_size=cfg.validation_batch_size or cfg.batch_size, shuffle=False,
-                     persistent_workers=cfg.workers > 0, **kw)
+    val = DataLoader(val_ds, batch_size=cfg.validation_batch_size or cfg.batch_size, shuffle=False, **kw)
     if len(train) == 0:
         raise ValueError(f'the training set has {len(train_ds)} images, fewer than one batch of {cfg.batch_size} '
                          '(batch_size)')

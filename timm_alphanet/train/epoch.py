@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.utils import unwrap_model
 from tqdm.auto import tqdm
 
-from ..task import SandwichTask
+from ..task import SandwichTask, check_teacher_logits
 from .checkpoint import TrainState
 from .config import TrainConfig
 
@@ -44,25 +44,46 @@ def seed_step(seed: int, step: int, rank: int) -> None:
 
 
 def _scalars(result: Dict[str, Any]) -> Dict[str, float]:
-    return {k: float(v.detach()) for k, v in result.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+    return {k: float(v.detach()) for k, v in result.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()}
 
 
 class _PendingLoss:
-    """Task losses summed on the device, added to ``state.loss_sum`` / ``loss_steps`` only on `flush` (one read)."""
+    """Task losses summed on the device, added to ``state.loss_sum`` / ``loss_steps`` only on `flush` (one read).
 
-    def __init__(self, state: TrainState, device: torch.device) -> None:
+    With ``checked``, `flush` raises `NonFiniteLossError` if any loss since the last flush was non-finite (the
+    ``nonfinite_check: log`` mode, whose steps are not checked one by one): before a checkpoint saves such weights.
+    """
+
+    def __init__(self, state: TrainState, device: torch.device, checked: Optional[Callable] = None) -> None:
         self.state, self.sum, self.steps = state, torch.zeros((), dtype=torch.float64, device=device), 0
+        self.nonfinite = torch.zeros((), dtype=torch.float32, device=device)
+        self.checked, self.first_step = checked, state.step
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.sum += loss.detach().to(torch.float64)
+    def add(self, task_loss: torch.Tensor, loss: torch.Tensor) -> None:
+        """Sum `task_loss` (what is shown); with ``checked``, also count a non-finite total `loss`."""
+        self.sum += task_loss.detach().to(torch.float64)
+        if self.checked is not None:
+            self.nonfinite += (~torch.isfinite(loss.detach())).float()
         self.steps += 1
 
     def flush(self) -> None:
         if self.steps:
-            self.state.loss_sum += float(self.sum)
+            total = float(self.sum)
+            # every process flushes at the same steps: all stop together when any saw a non-finite loss
+            if self.checked is not None and float(self.checked(self.nonfinite.reshape(1))) > 0:
+                raise NonFiniteLossError(
+                    f'stopped: a non-finite loss between steps {self.first_step} and {self.state.step - 1} (epoch '
+                    f'{self.state.epoch}; nonfinite_check: log checks at log steps only; a teacher\'s NaN logits '
+                    'count too). Resume from the last '
+                    "checkpoint in the run folder's checkpoints/ with a lower --lr, --clip-grad, bf16 instead of "
+                    'fp16, or --nonfinite-check step (skips single bad steps).')
+            self.state.loss_sum += total
             self.state.loss_steps += self.steps
             self.sum.zero_()
+            self.nonfinite.zero_()
             self.steps = 0
+        self.first_step = self.state.step
 
 
 def train_one_epoch(
@@ -107,7 +128,9 @@ def train_one_epoch(
     snapshot = [torch.empty_like(b) for b in buffers]
     # the task loss is summed on the device and read only where it is shown or saved: a read per step would make
     # the host wait for the device every step
-    pending = _PendingLoss(state, accelerator.device)
+    per_step = cfg.nonfinite_check == 'step'
+    pending = _PendingLoss(state, accelerator.device,
+                           checked=None if per_step else lambda t: accelerator.reduce(t, reduction='sum'))
     max_steps = cfg.max_train_steps or None
     bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f'epoch {state.epoch}', leave=False,
                disable=cfg.no_progress or not accelerator.is_main_process)
@@ -132,7 +155,9 @@ def train_one_epoch(
         # the one host read of a step: whether every process's loss is finite. Skipping exactly (no optimizer,
         # momentum or weight-decay update) needs the answer before optimizer.step() for any optimizer; GradScaler
         # reads its inf flag the same way under fp16
-        finite = bool(accelerator.reduce(torch.isfinite(loss).float().reshape(1), reduction='sum') == world)
+        # (nonfinite_check: log skips it; `pending` then checks the summed losses where it is read anyway)
+        finite = not per_step or bool(accelerator.reduce(torch.isfinite(loss).float().reshape(1),
+                                                         reduction='sum') == world)
         if finite:
             if cfg.clip_grad is not None:
                 clip = accelerator.clip_grad_value_ if cfg.clip_mode == 'value' else accelerator.clip_grad_norm_
@@ -146,9 +171,11 @@ def train_one_epoch(
                 if ema is not None:
                     ema.update(unwrap_model(task.get_trainable_module()), step=state.step)
                 # a sandwich's total also holds KD surrogates; the sums live in `state` so a resumed epoch keeps them
-                pending.add(out.get('task_loss', loss))
+                pending.add(out.get('task_loss', loss), loss)
             state.nonfinite_in_row = 0
         else:
+            if 'teacher_unusable' in out:  # a frozen teacher's NaN is no bad step to skip: it recurs every epoch
+                check_teacher_logits(None, out['teacher_unusable'])
             if buffers:
                 with torch.no_grad():
                     torch._foreach_copy_(buffers, snapshot)
