@@ -100,8 +100,6 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
 def _compile(task, kd, x, y, steps: int, variant: str) -> Dict[str, float]:
     """`compile_task` on both tasks, then `steps` sandwich steps on a separate copy of its step function (every
     subnet the timed steps train) and one KD step: compile seconds and dynamo graphs, as ``_compile/...`` entries."""
-    import time
-
     from torch._dynamo.testing import CompileCounterWithBackend
     from timm_alphanet.train import compile_task
     out = {}
@@ -109,10 +107,8 @@ def _compile(task, kd, x, y, steps: int, variant: str) -> Dict[str, float]:
                              ('kd', kd, _kd_step(kd, x, y), 1)):
         counter = CompileCounterWithBackend('inductor')
         compile_task(t, counter)
-        start = time.perf_counter()
-        for _ in range(n):
-            warm()
-        out[f'_compile/{variant} {name} seconds'] = time.perf_counter() - start
+        _, seconds = timed(lambda: [warm() for _ in range(n)])
+        out[f'_compile/{variant} {name} seconds'] = seconds
         out[f'_compile/{variant} {name} graphs'] = counter.frame_count
     return out
 

@@ -18,9 +18,14 @@ class _FakeAccelerator:
     def wait_for_everyone(self):
         pass
 
-    def save_state(self, path):
+    def save_state(self, path):  # what Accelerate's save_state writes of the RNGs (the restricted reader checks it)
+        import random
+
+        import numpy as np
+        import torch
         Path(path).mkdir(parents=True)
-        (Path(path) / 'random_states_0.pkl').write_bytes(b'x')
+        torch.save({'step': 0, 'random_state': random.getstate(), 'numpy_random_seed': np.random.get_state(),
+                    'torch_manual_seed': torch.get_rng_state()}, Path(path) / 'random_states_0.pkl')
 
 
 def test_checkpoints_keep_last_k_plus_best_and_are_complete(tmp_path):
