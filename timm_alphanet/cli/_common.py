@@ -5,12 +5,11 @@ checkpoints, `MissingExtraError` for an extra that is not installed) naming the 
 its traceback.
 """
 import argparse
-import errno
 import pickle
 import sys
 from typing import Callable, NoReturn, Tuple, Type
 
-from ..utils import MissingExtraError
+from ..utils import NO_SPACE_ERRNOS, MissingExtraError
 
 __all__ = ['USER_ERRORS', 'MAX_MESSAGE', 'HelpFormatter', 'int_at_least', 'fail', 'user_errors_exit']
 
@@ -46,7 +45,7 @@ def user_errors_exit(prog: str, fn: Callable[[], int]) -> int:
     except USER_ERRORS as e:
         fail(prog, str(e) or type(e).__name__)
     except OSError as e:  # a full disk or quota: the writers (utils.files) name the file in strerror
-        if e.errno not in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)):
+        if e.errno not in NO_SPACE_ERRNOS:
             raise
         fail(prog, e.strerror or str(e))
     finally:

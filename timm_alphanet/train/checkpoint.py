@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from safetensors.torch import load_file, save_file
 
-from ..utils import read_json_file, replace_directory, sha256_file, write_atomic
+from ..utils import NO_SPACE_ERRNOS, read_json_file, replace_directory, sha256_file, write_atomic
 
 __all__ = ['CheckpointManager', 'TrainState', 'check_random_states', 'find_checkpoint', 'checkpoint_processes',
            'load_checkpoint_extras', 'no_space_left']
@@ -81,7 +81,7 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
     torch.save reports a full disk as a bare RuntimeError and safetensors as its own error type, so besides the
     errno the free space left on the file system is asked.
     """
-    if getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(error):
+    if getattr(error, 'errno', None) in NO_SPACE_ERRNOS or 'No space left' in str(error):
         return True
     if not isinstance(error, (OSError, RuntimeError)) and type(error).__module__.split('.')[0] != 'safetensors':
         return False  # e.g. a ValueError or KeyboardInterrupt is itself, whatever the free space

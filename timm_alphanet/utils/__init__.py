@@ -1,7 +1,7 @@
 """File and value plumbing shared by every part of the package: bounded readers, the one atomic writer, hashing,
 value checks and model-folder checks. The bottom tier: plain Python, no torch, imported by all."""
 from .files import (
-    LOCK_FILE, MAX_TEXT_BYTES, PathLike, append_jsonl, check_writable_folder, claim_folder, read_bounded_bytes,
+    LOCK_FILE, MAX_TEXT_BYTES, NO_SPACE_ERRNOS, PathLike, append_jsonl, check_writable_folder, claim_folder, read_bounded_bytes,
     read_text_file,
     regular_file_size, replace_directory, replace_symlink, sha256_file, staged_directory, write_atomic,
 )
@@ -18,7 +18,8 @@ from .values import as_float, as_int, check_int, instance_or_mapping, int_tuple,
 
 __all__ = [
     'MAX_CONFIG_BYTES', 'MAX_DEPTH', 'MAX_NODES', 'MAX_NUM_CLASSES', 'MAX_REPR', 'MAX_SAFETENSORS_HEADER',
-    'MAX_TEXT_BYTES', 'EXTRAS', 'INT_HASH_MODULUS', 'MissingExtraError', 'PathLike', 'append_jsonl', 'LOCK_FILE',
+    'MAX_TEXT_BYTES', 'EXTRAS', 'INT_HASH_MODULUS', 'MissingExtraError', 'NO_SPACE_ERRNOS', 'PathLike', 'append_jsonl',
+    'LOCK_FILE',
     'check_writable_folder', 'claim_folder', 'as_float', 'as_int',
     'bounded_repr', 'check_int', 'check_num_classes',
     'check_model_dir', 'check_model_spec', 'check_safetensors', 'check_tree', 'display_path', 'import_optional',

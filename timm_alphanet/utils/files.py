@@ -24,7 +24,7 @@ from .messages import bounded_repr, display_path
 
 __all__ = ['MAX_TEXT_BYTES', 'PathLike', 'regular_file_size', 'read_bounded_bytes', 'read_text_file', 'write_atomic',
            'check_writable_folder', 'replace_directory', 'staged_directory', 'replace_symlink', 'sha256_file',
-           'append_jsonl', 'LOCK_FILE', 'claim_folder']
+           'append_jsonl', 'LOCK_FILE', 'claim_folder', 'NO_SPACE_ERRNOS']
 
 PathLike = Union[str, os.PathLike]
 
@@ -103,7 +103,7 @@ def _umask() -> int:
     return mask
 
 
-_NO_SPACE = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
+NO_SPACE_ERRNOS = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))  # a full disk, or a full quota
 
 
 def _no_space_left(e: OSError, path: PathLike, what: str) -> OSError:
@@ -135,7 +135,7 @@ def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; it should look like any other
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in _NO_SPACE:
+        if e.errno in NO_SPACE_ERRNOS:
             raise _no_space_left(e, path, 'it was not written (the file is as it was)') from None
         raise
     finally:
@@ -208,7 +208,7 @@ def staged_directory(directory: PathLike, if_exists: str = 'replace',
         try:
             yield staged
         except OSError as e:
-            if e.errno not in _NO_SPACE:
+            if e.errno not in NO_SPACE_ERRNOS:
                 raise
             # named as the file would have been called, not by its staging path
             file = os.fspath(e.filename) if isinstance(e.filename, (str, os.PathLike)) else None
