@@ -117,7 +117,7 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     out = tmp_path / 'kdo'
     argv = ['--output', str(out), '--seeds', '0', '1', '--epochs', '1', '--teacher-epochs', '1',
             '--supernet-epochs', '1', '--students', 'mobilenetv2_035', '--train-fraction', '0.05', '--jobs', '1',
-            '--threads', '1', '--set', 'bn_calib_batches=1']
+            '--threads', '1', '--set', 'bn_calib_batches=1', '--lr-grid-factors', '0.5', '2']
     assert kdo.main(argv) == 0
     data = json.loads((out / 'kd_ordering.json').read_text())
     md = (out / 'kd_ordering.md').read_text()
@@ -133,11 +133,13 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     assert data['meta']['settings']['seeds'] == [0, 1]
     n_val = len(list((out / 'data').glob('digits*_train0.05/validation/*/*')))
     assert n_val > 300 and f'all {n_val} validation images' in data['meta']['settings']['data']
-    n_train = len(list((out / 'data').glob('digits*_train0.05/train/*/*')))  # the students', not the teacher's
-    assert f'training split ({n_train} images)' in data['meta']['settings']['data']
+    n_train = len(list((out / 'data').glob('digits*_train0.05_fit*/train/*/*')))  # the students', not the teacher's
+    n_held = len(list((out / 'data').glob('digits*_train0.05_tune*/validation/*/*')))
+    assert n_held and f'training split ({n_train} images for training, {n_held} more held out' in \
+        data['meta']['settings']['data']
     cpu = data['meta']['settings']['run_cpu_seconds']  # every run's cost, for sizing the default
-    assert len(cpu) == 13 and all(v > 0 for v in cpu.values())
-    assert f'CPU time of the 13 run(s) {sum(cpu.values()) / 60:.1f} min' in md
+    assert len(cpu) == 25 and all(v > 0 for v in cpu.values())
+    assert f'CPU time of the 25 run(s) {sum(cpu.values()) / 60:.1f} min' in md
     for (part, name), r in rows.items():
         for m in kdo.METHODS:  # the JSON's per-seed values give its summary ...
             values = list(r['per_seed'][m].values())
@@ -190,12 +192,51 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     assert f"| mobilenetv2_035: KL-KD | {mech['kl']['kl']:.4f} |" in md
     assert not (out / 'runs' / 'mobilenetv2_035-kl-s1' / 'checkpoints').exists()  # cleaned once recorded
 
+    # the protocol's lr: per row and method, the same tuning runs (2 lrs x tuning seed 1000) ...
+    tuning = [r for r in records if r['key'].startswith('tune/')]
+    by_row = {}
+    for r in tuning:
+        part, model, method, lr, seed = r['key'].split('/')[1:]
+        by_row.setdefault(f'{part}/{model}/{method}', {})[(float(lr[2:]), int(seed[1:]))] = statistics.fmean(
+            r['top1'].values())
+    assert len(by_row) == 6 and all(set(runs) == {(0.01, 1000), (0.04, 1000)} for runs in by_row.values())
+    assert set(data['lr_tuning']) == set(by_row)
+    for row, runs in by_row.items():  # ... the chosen lr is the argmax of the recorded held-out top-1 (ties: smaller)
+        best = max(sorted(runs), key=lambda k: runs[k])[0]
+        t = data['lr_tuning'][row]
+        assert t['chosen'] == best and t['held_out_top1'] == {f'{lr:g}': v for (lr, _), v in runs.items()}
+        assert data['meta']['settings']['lr'][row] == best
+        part, model, method = row.split('/')
+        run = f"{'supernet' if part == 'supernet' else model}-{method}-s1"
+        assert re.search(rf'^lr: {best}$', args[run], re.M)  # the reported runs train at it
+        assert f"| {model}: {kdo.METHOD_NAMES[method]} | " in md
+    # ... and the tuning runs never see the validation images: they train on the reported runs' training part and
+    # are scored on a held-out part of the students' training images, disjoint from both
+    tune_dir = Path(re.search(r'^data_dir: (.+)$', args['tune-mobilenetv2_035-kl-lr0.04-s1000'], re.M).group(1))
+    subset = student_dir.parent / student_dir.name.split('_fit')[0]
+    files = {d: {p.relative_to(d) for p in d.glob('*/*')} for d in
+             (tune_dir / 'train', tune_dir / 'validation', student_dir / 'validation', subset / 'train',
+              subset / 'validation')}
+    held = files[tune_dir / 'validation']
+    assert held and held <= files[subset / 'train'] and not held & files[subset / 'validation']
+    assert not held & names[student_dir] and files[tune_dir / 'train'] == names[student_dir]
+    assert files[student_dir / 'validation'] == files[subset / 'validation']
+    for run, text in args.items():  # every reported run on the students' part; every tuning run on the tuning folder
+        if run != 'teacher':
+            want = tune_dir if run.startswith('tune-') else student_dir
+            assert Path(re.search(r'^data_dir: (.+)$', text, re.M).group(1)) == want, run
+            assert re.search(r'^head_init: zero$', text, re.M), run  # zero-initialised classifier everywhere
+    assert data['initial_logit_scale'].keys() == {'supernet', 'mobilenetv2_035'}
+    for v in data['initial_logit_scale'].values():
+        assert v['run'] == 0 and v['timm_default'] > 0  # zero head: every logit 0; timm's own init is not
+    assert 'Initial logit scale' in md and 'mobilenetv2_035 0 (' in md
+
     # a second invocation reuses every finished run (nothing is trained again)
     lines = (out / 'results.jsonl').read_text().splitlines()
-    assert len(lines) == 13  # teacher + 2 seeds x 3 methods x (supernet + one student)
+    assert len(lines) == 25  # teacher + 2 seeds x 3 methods x 2 rows + 2 lrs x 3 methods x 2 rows of tuning
     capsys.readouterr()
     assert kdo.main(argv) == 0
-    assert 'reusing 13 finished run(s)' in capsys.readouterr().out
+    assert 'reusing 25 finished run(s)' in capsys.readouterr().out
     assert (out / 'results.jsonl').read_text().splitlines() == lines
     assert json.loads((out / 'kd_ordering.json').read_text())['rows'] == data['rows']
 
@@ -210,7 +251,7 @@ def test_a_given_teacher_replaces_the_trained_one(kdo, tmp_path):
     spec = 'local-dir:/elsewhere/teacher'
     args = kdo.parse_args(['--output', str(tmp_path), '--parts', 'students', '--students', 'mobilenetv2_035',
                            '--seeds', '0', '--trained-teacher', spec])
-    jobs = kdo.plan(args)
+    jobs = [j for j in kdo.plan(args) if j.tuning_lr is None]
     assert [j.part for j in jobs] == ['students'] * 3  # no teacher run to wait for
     kd = {j.method: j for j in jobs}
     assert kd['kl'].cfg.teacher == spec and kd['alpha'].cfg.teacher == spec and kd['kl'].needs is None

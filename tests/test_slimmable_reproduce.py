@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ['--seeds', '0', '--epochs', '1', '--max-train-steps', '2', '--batch-size', '16', '--image-size', '32',
-         '--widths', '0.35', '1.0', '--calib-images', '32', '--jobs', '1', '--in-process', '--no-plot']
+         '--widths', '0.35', '1.0', '--calib-images', '32', '--jobs', '1', '--in-process', '--no-plot',
+         '--lr-grid-factors', '0.5', '2']
 
 
 @pytest.fixture(scope='module')
@@ -31,13 +32,14 @@ def smoke(script, tmp_path_factory):
 
 
 def test_the_settings_differ_only_in_the_kd_flags_and_train_different_weights(script, smoke):
-    cfgs = {p.stem: yaml.safe_load(p.read_text()) for p in (smoke / 'logs').glob('*.yaml')}
+    cfgs = {p.stem: yaml.safe_load(p.read_text()) for p in (smoke / 'logs').glob('*.yaml')
+            if not p.name.startswith('tune-')}
     assert len(cfgs) == 6  # 2 nets x 3 settings x 1 seed
     for net in script.NETS:
         runs = {tag: cfgs[f'{net}-{tag}-seed0'] for tag in ('nokd', 'kl', 'alpha')}
         assert [runs[tag]['inplace_kd'] for tag in ('nokd', 'kl', 'alpha')] == [False, True, True]
         assert (runs['kl']['kd_loss'], runs['alpha']['kd_loss']) == ('kl', 'alpha')
-        flags = ('inplace_kd', 'kd_loss', 'experiment')
+        flags = ('inplace_kd', 'kd_loss', 'experiment', 'lr')  # the lr: each setting's own, tuned
         budgets = [{k: v for k, v in cfg.items() if k not in flags} for cfg in runs.values()]
         assert budgets[0] == budgets[1] == budgets[2]  # same seed, data, schedule, steps
         assert budgets[0]['max_train_steps'] == 2 and budgets[0]['seed'] == 0
@@ -83,4 +85,47 @@ def test_json_and_markdown_hold_every_run_and_a_rerun_reuses_them(script, smoke)
 
 def test_a_run_folder_of_another_config_is_refused(script, smoke):
     with pytest.raises(ValueError, match=r'mobilenetv1-nokd-seed0 holds a run of another config'):
-        script.main(['--out', str(smoke), *SMOKE, '--lr', '0.5'])
+        script.main(['--out', str(smoke), *SMOKE, '--lr', '0.5', '--no-tune'])
+
+
+def test_each_setting_gets_its_lr_from_the_same_tuning_runs_on_held_out_training_images(script, smoke):
+    meta = json.loads((smoke / 'slimmable.json').read_text())['meta']
+    tuning = meta['lr_tuning']
+    assert set(tuning) == {f'{net}/{s}' for net in script.NETS for s in script.SETTINGS}
+    base = 0.125 * 16 / 256  # the recipe's rule at batch 16
+    for key, t in tuning.items():  # the same grid and number of tuning runs for every setting
+        assert t['grid'] == [base * 0.5, base * 2] and t['runs'] == 2 and t['tuning_seeds'] == [1000]
+        net, setting = key.split('/', 1)
+        tag = {'w/o KD': 'nokd', 'KL-KD': 'kl', 'adaptive-KD': 'alpha'}[setting]
+        scores = {}  # the held-out scores as each tuning run recorded them
+        for lr in t['grid']:
+            cached = json.loads((smoke / 'logs' / f'tune-{net}-{tag}-lr{lr:g}-seed1000.score.json').read_text())
+            scores[lr] = cached['score']
+        assert t['held_out_top1'] == {f'{lr:g}': v for lr, v in scores.items()}
+        best = max(sorted(scores), key=lambda lr: scores[lr])  # ties: the smaller lr
+        assert t['chosen'] == best == meta['lr'][key]
+        reported = yaml.safe_load((smoke / 'logs' / f'{net}-{tag}-seed0.yaml').read_text())
+        assert reported['lr'] == best
+    table = (smoke / 'slimmable.md').read_text()
+    assert 'chosen by `protocol.choose_lr`' in table and '| MobileNet-V2: KL-KD |' in table
+
+    # the tuning runs train on the reported runs' training images and are scored on held-out training images,
+    # never on the validation images
+    cfgs = {p.stem: yaml.safe_load(p.read_text()) for p in (smoke / 'logs').glob('*.yaml')}
+    tune_dirs = {Path(c['data_dir']) for k, c in cfgs.items() if k.startswith('tune-')}
+    fit_dirs = {Path(c['data_dir']) for k, c in cfgs.items() if not k.startswith('tune-')}
+    assert len(tune_dirs) == len(fit_dirs) == 1 and all(c['dataset'] == '' for c in cfgs.values())
+    (tune,), (fit,) = tune_dirs, fit_dirs
+    files = {(d, split): {p.relative_to(d / split) for p in (d / split).glob('*/*')}
+             for d in (tune, fit) for split in ('train', 'validation')}
+    held = files[(tune, 'validation')]
+    assert held and meta['holdout'] == len(held)
+    assert files[(tune, 'train')] == files[(fit, 'train')] and not held & files[(fit, 'train')]
+    assert not held & files[(fit, 'validation')]  # file names are the digits' indices: disjoint images
+    assert len(files[(fit, 'validation')]) == json.loads((smoke / 'slimmable.json').read_text())['runs'][0]['eval'][
+        'num_val_images']
+
+    # every run starts from a zero-initialised classifier
+    assert all(c['head_init'] == 'zero' for c in cfgs.values())
+    for scale in meta['initial_logit_scale'].values():
+        assert scale['run'] == 0 and scale['timm_default'] > 0

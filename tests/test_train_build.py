@@ -25,8 +25,8 @@ from timm_alphanet.task import AlphaDistillationTask, SandwichTask, sandwich_sub
 from timm_alphanet.data import build_digits_folder
 from timm_alphanet.train import (NonFiniteLossError, TrainConfig, TrainState, build_accelerator, build_data,
                                  build_loaders, build_model, build_optimizer, build_scheduler,
-                                 build_task, data_config_for, model_is_supernet, run, train_one_epoch,
-                                 validation_archs)
+                                 build_task, data_config_for, init_classifier, model_is_supernet, run,
+                                 train_one_epoch, validation_archs)
 
 from test_train_run import TINY_SPACE  # one tiny space for the trainer's tests
 
@@ -100,6 +100,30 @@ def test_build_model_supernet_student_seed_sync_bn_channels_last(acc, digits, te
     assert all(v.is_contiguous() for v in a.state_dict().values())  # what safetensors can save
     student = build_model(_cfg(digits, model='mobilenetv2_050', teacher=teacher_dir), acc, 7)
     assert not is_supernet(student) and student.num_classes == 7
+
+
+def test_head_init_zero_zeroes_only_the_classifier_and_default_leaves_it(acc, digits, teacher_dir):
+    for cfg in (_cfg(digits), _cfg(digits, model='mobilenetv2_050', teacher=teacher_dir)):  # supernet, student
+        default, zero = build_model(cfg, acc, 10), build_model(cfg.replace(head_init='zero'), acc, 10)
+        head, zero_head = default.get_classifier(), zero.get_classifier()
+        assert torch.count_nonzero(head.weight) > 0  # the default keeps the model's own (non-zero) init ...
+        assert torch.equal(zero_head.weight, torch.zeros_like(zero_head.weight))  # ... 'zero' sets it to exactly 0
+        assert torch.equal(zero_head.bias, torch.zeros_like(zero_head.bias))
+        names = {n for n, _ in zero.named_parameters() if n.startswith(('classifier.', 'head.'))}
+        assert names  # everything else is the seed's init, unchanged
+        for (n, v), w in zip(default.state_dict().items(), zero.state_dict().values()):
+            assert torch.equal(v, w) or n in names, n
+    two, heads = nn.Module(), (nn.Linear(3, 2), nn.Linear(3, 2))
+    two.get_classifier = lambda: heads  # a tuple, as DeiT's head and distillation head
+    init_classifier(two, 'zero')
+    assert all(torch.count_nonzero(p) == 0 for h in heads for p in h.parameters())
+    assert init_classifier(nn.Linear(2, 2), 'default').weight.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"head_init: 'xavier' is not allowed; choose from \['default', 'zero'\]"):
+        TrainConfig(head_init='xavier')
+    with pytest.raises(ValueError, match=r"head_init: 'one' is not allowed; choose from \['default', 'zero'\]"):
+        init_classifier(nn.Linear(2, 2), 'one')
+    with pytest.raises(ValueError, match="'zero' needs a classifier with weights.*Linear has none"):
+        init_classifier(nn.Linear(2, 2), 'zero')
 
 
 def test_data_config_and_loaders(acc, digits, teacher_dir):

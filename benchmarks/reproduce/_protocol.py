@@ -19,11 +19,12 @@ What it fixes (the reproduction reports print `PROTOCOL` verbatim):
 import math
 import random
 import statistics
-from typing import Callable, Dict, Hashable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Sequence, Tuple
 
 __all__ = ['PROTOCOL', 'NONINFERIORITY_MARGIN', 'SIGNIFICANCE', 'POWER', 'LR_GRID_FACTORS', 'disjoint_splits',
            'convex_weights', 'choose_lr', 'paired_test', 'min_detectable_effect', 'seeds_needed',
-           'teacher_information', 'logit_scale', 'hypotheses_lines']
+           'teacher_information', 'logit_scale', 'hypotheses_lines', 'holdout_folders', 'logit_scale_lines',
+           'tuning_table', 'add_tuning_arguments', 'check_tuning_arguments']
 
 NONINFERIORITY_MARGIN = 1.0  # top-1 points: the paper's alpha - KL gains are +0.2 to +1, so "not worse by 1"
 SIGNIFICANCE = 0.05  # one-sided
@@ -61,6 +62,66 @@ def disjoint_splits(labels: Sequence[Hashable], fractions: Sequence[float], seed
             part.extend(idx[start:start + take])
             start += take
     return [sorted(p) for p in parts]
+
+
+def holdout_folders(folder: Any, holdout: float) -> Tuple[Any, Any]:
+    """`folder`'s training images split once (per class, `disjoint_splits`, seed 0) into a fit part and a
+    held-out part of share `holdout`, as two image folders next to it (written once, atomically): the reported runs'
+    (train: the fit part; validation: `folder`'s, the reported images) and the tuning runs' (train: the fit part;
+    validation: the held-out part). The lr is chosen on the latter, never on the reported validation images."""
+    import shutil
+    from pathlib import Path
+
+    from timm_alphanet.utils import staged_directory
+    folder = Path(folder)
+    fit_dir = folder.parent / f'{folder.name}_fit{1 - holdout:g}'
+    tune_dir = folder.parent / f'{folder.name}_tune{holdout:g}'
+    files = sorted(p.relative_to(folder / 'train') for p in (folder / 'train').glob('*/*'))
+    fit, held = disjoint_splits([f.parent.name for f in files], (1 - holdout, holdout), seed=0)
+    validation = sorted(p.relative_to(folder / 'validation') for p in (folder / 'validation').glob('*/*'))
+    for target, parts in ((fit_dir, {'train': (folder / 'train', [files[i] for i in fit]),
+                                     'validation': (folder / 'validation', validation)}),
+                          (tune_dir, {'train': (folder / 'train', [files[i] for i in fit]),
+                                      'validation': (folder / 'train', [files[i] for i in held])})):
+        if (target / 'train').is_dir():
+            continue
+        with staged_directory(target, if_exists='keep') as tmp:
+            for split, (source, names) in parts.items():
+                for name in names:
+                    (tmp / split / name.parent).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source / name, tmp / split / name)
+    return fit_dir, tune_dir
+
+
+def add_tuning_arguments(parser: Any, holdout: float, tuning_seeds: Sequence[int]) -> None:
+    """The lr-tuning options every reproduction script has: ``--lr-grid-factors``, ``--tuning-seeds``,
+    ``--holdout-fraction``, ``--tune-data-dir`` and ``--no-tune`` (`check_tuning_arguments` validates them)."""
+    parser.add_argument('--lr-grid-factors', type=float, nargs='+', default=list(LR_GRID_FACTORS),
+                        help=f"the lr grid every method is tuned over: base lr x these (default {list(LR_GRID_FACTORS)})")
+    parser.add_argument('--tuning-seeds', type=int, nargs='+', default=list(tuning_seeds),
+                        help='seeds of the tuning runs (per lr and method; disjoint from --seeds)')
+    parser.add_argument('--holdout-fraction', type=float, default=holdout,
+                        help='digits: share of the training images held out to choose the lr (the reported runs '
+                             'train on the rest)')
+    parser.add_argument('--tune-data-dir', default=None,
+                        help='image folder of the tuning runs with --data-dir / --dataset: train/ a part of the '
+                             'training split, validation/ a held-out part of it (never the reported validation images)')
+    parser.add_argument('--no-tune', dest='tune', action='store_false', help='no lr tuning: every run at the base lr')
+
+
+def check_tuning_arguments(parser: Any, args: Any, given_data: bool) -> None:
+    """`parser.error` on bad `add_tuning_arguments` values (`given_data`: the runs read --data-dir / --dataset)."""
+    if not args.tune:
+        return
+    if set(args.tuning_seeds) & set(args.seeds) or len(set(args.tuning_seeds)) != len(args.tuning_seeds):
+        parser.error(f'--tuning-seeds must be distinct and disjoint from --seeds, got {args.tuning_seeds}')
+    if not args.lr_grid_factors or not min(args.lr_grid_factors) > 0 or not max(args.lr_grid_factors) < math.inf:
+        parser.error(f'--lr-grid-factors must be positive numbers, got {args.lr_grid_factors}')
+    if not 0 < args.holdout_fraction < 1:
+        parser.error(f'--holdout-fraction must be in (0, 1), got {args.holdout_fraction}')
+    if given_data and args.tune_data_dir is None:
+        parser.error('lr tuning on given data needs --tune-data-dir (a held-out part of the training split), '
+                     'or --no-tune')
 
 
 def convex_weights(kd_share: float) -> Tuple[float, float]:
@@ -154,6 +215,28 @@ def teacher_information(teacher_logits, labels, smoothing: float) -> Dict[str, f
 def logit_scale(logits) -> float:
     """The std of the logits (over images and classes): the start's scale, to report (0 for a zero-init head)."""
     return float(logits.double().std(unbiased=False))
+
+
+def logit_scale_lines(scales: Dict[str, Dict[str, float]], what: str) -> List[str]:
+    """Markdown: each model's initial logit scale (``{name: {'run': .., 'timm_default': ..}}``) as `what` builds it,
+    timm's default head's in brackets; nothing without scales."""
+    if not scales:
+        return []
+    return [f"Initial logit scale (std of the logits on one training batch, {what}; timm's default head in "
+            'brackets): ' + ', '.join(f"{name} {v['run']:.3g} ({v['timm_default']:.3g})" for name, v in scales.items())
+            + '.', '']
+
+
+def tuning_table(tuning: Dict[str, Dict[str, Any]], label: Callable[[str], str], header: str) -> List[str]:
+    """Markdown table of the lr tuning (``{row: {'grid', 'held_out_top1': {'<lr:g>': top-1}, 'chosen'}}``): the
+    mean held-out top-1 of every lr of the grid per row (``label(row)``) and the chosen lr."""
+    grid = next(iter(tuning.values()))['grid']
+    lines = [f'| {header} | ' + ' | '.join(f'lr {lr:g}' for lr in grid) + ' | chosen lr |',
+             '|---|' + '---|' * (len(grid) + 1)]
+    for row, t in tuning.items():
+        lines.append(f'| {label(row)} | ' + ' | '.join(f"{t['held_out_top1'].get(f'{lr:g}', math.nan):.2f}"
+                                                       for lr in grid) + f" | {t['chosen']:g} |")
+    return lines
 
 
 def hypotheses_lines(diffs_kl_none: Sequence[float], diffs_alpha_kl: Sequence[float], what: str = 'top-1',

@@ -17,13 +17,18 @@ the same seeds for each; only the KD loss differs:
 The protocol is `_protocol.py`'s (shared with the other reproductions); the report states the teacher's information
 on the students' images, the hypotheses' one-sided tests and the smallest effect the seeds could detect, and, next to
 top-1, each student's departure from the teacher on the validation images (`timm_alphanet.evaluation.kd_report`: KL,
-D_-1, entropy gap, q - p on the teacher's top and secondary classes, agreement where the teacher is unsure). Not yet
-here: per-method lr tuning on a held-out part and a zero-initialised classifier (see `kd_mechanism.py`, which has
-both).
+D_-1, entropy gap, q - p on the teacher's top and secondary classes, agreement where the teacher is unsure).
+Every supernet and student starts from a zero-initialised classifier (``head_init: zero``; the report gives the
+initial logit scale, 0, next to timm's default). Each method's lr (per row: supernet, each student) is chosen with
+`protocol.choose_lr` from the same grid, ``--lr`` x ``--lr-grid-factors`` (the protocol's 0.25, 0.5, 1, 2), by
+held-out top-1 of tuning runs (``--tuning-seeds``, disjoint from ``--seeds``) that train on the students' fit part and
+are scored on a held-out 20% of the students' training images: the same number of tuning runs for every method, the
+validation images never used to choose. Tuning runs are recorded in ``results.jsonl`` like the others.
+``--no-tune`` trains every run at ``--lr`` instead.
 
 Default data: scikit-learn's bundled digits (no download), a fixed 30% of its training split (434 images, the same
-for every run) at 12 px, without augmentation, for the students; the other 70% for the teacher; the 355 validation
-images give the top-1. Digits at full size are
+for every run) at 12 px, without augmentation, for the students: 345 to train on, 89 held out to choose the lr;
+the other 70% for the teacher; the 355 validation images give the top-1. Digits at full size are
 nearly solved (~98%); few images and a low resolution keep the students well below that (60-85% measured), so
 differences can show. The small supernet still reaches 96-98% at this size: its part is near the ceiling.
 Budget: SGD (nesterov, lr 0.02, cosine, 1 warm-up epoch), batch 32, label smoothing 0.1, gradients clipped by value at
@@ -36,13 +41,15 @@ model too), ``logs/<run>.txt`` its output.
 
     python benchmarks/reproduce/kd_ordering.py                     # the miniature (5 seeds x 3 methods x 4 rows)
 
-The default is sized to about half an hour of CPU time on 2 cores (61 runs at 1 thread each, 2 in parallel); the
-report states each run's CPU time, and the README's Results section the measured cost of a full run.
+The default is 109 runs: the teacher, 48 tuning runs (4 rows x 3 methods x 4 lrs x 1 tuning seed) and 60 reported
+ones (4 rows x 3 methods x 5 seeds), about an hour of CPU time (half an hour of wall time on 2 free cores, 1 thread
+per run, 2 in parallel); the report states each run's CPU time.
     python benchmarks/reproduce/kd_ordering.py --parts students --seeds 0 1 2 3 4 5 6 7 8 9 --epochs 60
     # full scale: each run is distributed over the launched processes, runs follow one another
     accelerate launch --multi_gpu --num_processes 8 benchmarks/reproduce/kd_ordering.py --parts students \\
         --students-config train_configs/kd_mobilenetv2_050_in1k.yaml --students mobilenetv2_050 mobilenetv2_035 \\
-        --trained-teacher mobilenetv2_100.ra_in1k --data-dir /data/imagenet --dataset '' --resolution 224
+        --trained-teacher mobilenetv2_100.ra_in1k --data-dir /data/imagenet --dataset '' --resolution 224 \\
+        --tune-data-dir /data/imagenet-heldout   # train/: part of ImageNet's training set, validation/: the rest of it
     (the DeiT row likewise: --students-config train_configs/kd_deit_tiny_in1k.yaml --students
     deit_tiny_distilled_patch16_224 --trained-teacher regnety_160.deit_in1k)
 """
@@ -106,6 +113,8 @@ MINI_EPOCHS = {'supernet': 30, 'students': 30, 'teacher': 90}  # a teacher train
 # information on the students' inputs; KD students train on (1 - l) CE + l KD, the label loss's scale.
 TEACHER_AUG: Dict[str, Any] = dict(no_aug=False, scale=(0.6, 1.0), hflip=0.0)
 KD_SHARE = 0.9  # l: the paper's only combined loss, 0.9 KD + 0.1 CE
+HOLDOUT = 0.2  # the share of the students' training images held out to choose each method's lr
+TUNING_SEEDS = (1000,)  # tuning runs per lr and method: disjoint from the reported seeds (0 .. 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +130,12 @@ class Job:
     needs: Optional[str] = None
     keep_final: bool = False
     mechanism_teacher: Optional[str] = None  # a student's: measure `kd_mechanism` against this teacher after training
+    tuning_lr: Optional[float] = None  # a tuning run's lr (trained on the fit part, scored on the held-out part)
+
+    @property
+    def row(self) -> str:
+        """What gets one lr: ``<part>/<model>/<method>``."""
+        return f'{self.part}/{self.model}/{self.method}'
 
 
 # ---- data and models written once
@@ -178,6 +193,7 @@ def _base_config(path: Optional[str], defaults: Dict[str, Any]):
 
 def _overrides(args: argparse.Namespace, data_dir: Optional[str], epochs: Optional[int]) -> Dict[str, Any]:
     out: Dict[str, Any] = dict(args.set)
+    out.setdefault('head_init', 'zero')  # the protocol's start: every logit 0 (`--set head_init=default`: timm's)
     out.update(no_progress=True, checkpoint_hist=1, output=str(args.output / 'runs'))
     for key, value in (('data_dir', data_dir), ('dataset', args.dataset), ('batch_size', args.batch_size),
                        ('epochs', epochs), ('lr', args.lr)):
@@ -204,17 +220,44 @@ def label_only(cfg, placeholder: str):
     return cfg.replace(teacher=placeholder, kd_weight=0.0, task_weight=None)
 
 
-def plan(args: argparse.Namespace) -> List[Job]:
-    """All runs: the teacher first (students need it), the supernet runs, then the student runs."""
+def lr_grid(args: argparse.Namespace, base_lr: Optional[float]) -> List[float]:
+    """The lrs every method is tuned over: `base_lr` x ``--lr-grid-factors`` (the protocol's grid)."""
+    if base_lr is None:
+        raise ValueError('lr tuning needs a fixed base lr: give --lr (the config has lr: null)')
+    return [round(base_lr * f, 12) for f in args.lr_grid_factors]
+
+
+def _tuning_jobs(args: argparse.Namespace, job: Job, tune_dir: Optional[str]) -> List[Job]:
+    """`job`'s tuning runs: every lr of the grid x every tuning seed, on the tuning folder (fit part -> held-out
+    part); the same number for every method and row. None without tuning."""
+    if not args.tune:
+        return []
+    out = []
+    for lr in lr_grid(args, job.cfg.lr):
+        for seed in args.tuning_seeds:
+            cfg = job.cfg.replace(lr=lr, seed=seed, data_dir=tune_dir, dataset='',
+                                  experiment=f'tune-{job.cfg.experiment.rsplit("-s", 1)[0]}-lr{lr:g}-s{seed}')
+            out.append(dataclasses.replace(job, key=f'tune/{job.row}/lr{lr:g}/s{seed}', seed=seed, cfg=cfg,
+                                           mechanism_teacher=None, tuning_lr=lr))
+    return out
+
+
+def plan(args: argparse.Namespace, lrs: Optional[Dict[str, float]] = None) -> List[Job]:
+    """All runs: the teacher first (students need it), the tuning runs, the supernet runs, then the student runs.
+
+    A reported run's lr is ``lrs[job.row]`` (`choose_lrs`, once the tuning runs are done), else the base lr."""
     import timm_alphanet  # noqa: F401  (registers the supernet)
     from timm_alphanet.spaces import SearchSpace
     from timm_alphanet.train import TrainConfig
 
     models = args.output / 'models'
     models.mkdir(parents=True, exist_ok=True)
-    data_dir = args.data_dir
-    if data_dir is None and args.dataset in (None, ''):
-        data_dir = str(digits_subset(args.output / 'data', args.train_fraction))
+    data_dir, tune_dir = args.data_dir, args.tune_data_dir
+    if data_dir is None and args.dataset in (None, ''):  # the students' images: fit part (reported) + held-out part
+        fit, tune = protocol.holdout_folders(digits_subset(args.output / 'data', args.train_fraction), args.holdout_fraction)
+        data_dir, tune_dir = str(fit), tune_dir or str(tune)
+    lrs = lrs or {}
+    tuning: List[Job] = []
     mini = dict(MINI_COMMON, input_size=(3, args.resolution, args.resolution))
     jobs: List[Job] = []
 
@@ -232,8 +275,11 @@ def plan(args: argparse.Namespace) -> List[Job]:
             for method in METHODS:
                 cfg = base.replace(seed=seed, kd_loss='kl' if method == 'kl' else 'alpha', teacher='',
                                    experiment=f'supernet-{method}-s{seed}')
-                jobs.append(Job(f'supernet/{method}/s{seed}', 'supernet', 'supernet', method, seed, cfg,
-                                inplace_kd=method != 'none'))
+                job = Job(f'supernet/{method}/s{seed}', 'supernet', 'supernet', method, seed, cfg,
+                          inplace_kd=method != 'none')
+                if seed == args.seeds[0]:
+                    tuning += _tuning_jobs(args, job, tune_dir)
+                jobs.append(dataclasses.replace(job, cfg=cfg.replace(lr=lrs.get(job.row, cfg.lr))))
 
     if 'students' in args.parts:
         base = _base_config(args.students_config, dict(mini, epochs=MINI_EPOCHS['students']))
@@ -267,9 +313,33 @@ def plan(args: argparse.Namespace) -> List[Job]:
                         task_weight, kd_weight = protocol.convex_weights(args.kd_share)
                         cfg = cfg.replace(teacher=teacher_spec, kd_loss=method, kd_weight=kd_weight,
                                           task_weight=round(task_weight, 12))
-                    jobs.append(Job(f'students/{student}/{method}/s{seed}', 'students', student, method, seed, cfg,
-                                    needs=needs, mechanism_teacher=teacher_spec))
-    return jobs
+                    job = Job(f'students/{student}/{method}/s{seed}', 'students', student, method, seed, cfg,
+                              needs=needs, mechanism_teacher=teacher_spec)
+                    if seed == args.seeds[0]:
+                        tuning += _tuning_jobs(args, job, tune_dir)
+                    jobs.append(dataclasses.replace(job, cfg=cfg.replace(lr=lrs.get(job.row, cfg.lr))))
+    first = 1 if jobs and jobs[0].part == 'teacher' else 0
+    return jobs[:first] + tuning + jobs[first:]
+
+
+def choose_lrs(jobs: List[Job], done: Dict[str, Dict[str, Any]]) -> Tuple[Dict[str, float], Dict[str, Any]]:
+    """Each row's lr (`protocol.choose_lr` over its tuning runs' held-out top-1; a supernet's: the mean over its
+    validated subnets) and, per row, the grid, the tuning seeds and each lr's mean held-out top-1."""
+    rows: Dict[str, Dict[Tuple[float, int], Job]] = {}
+    for job in jobs:
+        if job.tuning_lr is not None:
+            rows.setdefault(job.row, {})[(job.tuning_lr, job.seed)] = job
+    lrs, tuning = {}, {}
+    for row, runs in rows.items():
+        grid = sorted({lr for lr, _ in runs})
+        seeds = sorted({seed for _, seed in runs})
+
+        def score(lr: float, seed: int, runs: Dict[Tuple[float, int], Job] = runs) -> float:
+            return statistics.fmean(done[runs[(lr, seed)].key]['top1'].values())
+        lrs[row], means = protocol.choose_lr(grid, score, seeds)
+        tuning[row] = {'grid': grid, 'tuning_seeds': seeds, 'runs': len(runs), 'chosen': lrs[row],
+                       'held_out_top1': {f'{lr:g}': v for lr, v in means.items()}}
+    return lrs, tuning
 
 
 def fingerprint(job: Job, done: Dict[str, Dict[str, Any]]) -> str:
@@ -430,7 +500,7 @@ def teacher_information(jobs: List[Job]) -> Optional[Dict[str, float]]:
     smoothed labels on the students' training images (eval transform, as KD sees them up to augmentation); None
     without a trained teacher or an image folder."""
     teacher = next((j for j in jobs if j.part == 'teacher'), None)
-    student = next((j for j in jobs if j.part == 'students'), None)
+    student = next((j for j in jobs if j.part == 'students' and j.tuning_lr is None), None)
     if teacher is None or student is None or student.cfg.dataset not in (None, '') or not student.cfg.data_dir:
         return None
     import timm
@@ -451,6 +521,29 @@ def teacher_information(jobs: List[Job]) -> Optional[Dict[str, float]]:
     return protocol.teacher_information(torch.cat(logits), torch.cat(labels), student.cfg.smoothing)
 
 
+def initial_logit_scales(jobs: List[Job]) -> Dict[str, Dict[str, float]]:
+    """Per row (supernet, each student): `protocol.logit_scale` of the model as the trainer builds it (seed and
+    ``head_init`` of its first reported run) on one batch of its training images, and with timm's default head for
+    comparison. 0 for a zero-initialised classifier."""
+    import torch
+
+    from timm_alphanet.train import build_accelerator, build_data, build_loaders, build_model
+    out: Dict[str, Dict[str, float]] = {}
+    for job in jobs:
+        name = 'supernet' if job.part == 'supernet' else job.model
+        if job.part == 'teacher' or job.tuning_lr is not None or name in out:
+            continue
+        out[name] = {}
+        for label, cfg in (('run', job.cfg), ('timm_default', job.cfg.replace(head_init='default'))):
+            acc = build_accelerator(cfg)
+            data = build_data(cfg, acc)
+            model = build_model(cfg, acc, data.num_classes)
+            x, _ = next(iter(build_loaders(cfg, data, model)[0]))
+            with torch.no_grad():
+                out[name][label] = protocol.logit_scale(model.eval()(x))
+    return out
+
+
 # ---- statistics and reports
 def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any]:
     """Per part and row (subnet or student): per-seed top-1 of each method, mean +- std, and the paired per-seed
@@ -458,7 +551,7 @@ def summarize(done: Dict[str, Dict[str, Any]], jobs: List[Job]) -> Dict[str, Any
     per: Dict[Tuple[str, str], Dict[str, Dict[int, float]]] = {}
     mech: Dict[Tuple[str, str], Dict[str, List[Dict[str, float]]]] = {}
     for job in jobs:
-        if job.part == 'teacher' or job.key not in done:
+        if job.part == 'teacher' or getattr(job, 'tuning_lr', None) is not None or job.key not in done:
             continue
         if done[job.key].get('mechanism'):
             mech.setdefault((job.part, job.model), {}).setdefault(job.method, []).append(done[job.key]['mechanism'])
@@ -583,8 +676,24 @@ def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
         f"Data: {s['data']}. Seeds {s['seeds']} (the same for every method; differences are paired per seed). "
         f"Budget per run: {s['budget']}.", '',
     ]
-    lines += [protocol.PROTOCOL + ' Here: no per-method lr tuning and no zero-initialised classifier yet (one lr '
-              f"for every method); KD students: (1 - l) CE + l KD with l = {s.get('kd_share', KD_SHARE):g}.", '']
+    lines += [protocol.PROTOCOL, '', f"Here: KD students train on (1 - l) CE + l KD with l = "
+              f"{s.get('kd_share', KD_SHARE):g}; the supernet's in-place KD trains the random and min subnets on KD "
+              "alone (weight 1, as the original), so every method has the label loss's scale.", '']
+    lines += protocol.logit_scale_lines(summary.get('initial_logit_scale') or {}, 'as the trainer builds each model')
+    tuning = summary.get('lr_tuning') or {}
+    if tuning:
+        any_row = next(iter(tuning.values()))
+        lines += [f"lr per method: chosen by `protocol.choose_lr` from the base lr x {s['lr_grid_factors']} on the "
+                  f"held-out part of the students' training images (never the validation images), "
+                  f"{any_row['runs']} tuning runs per method and row ({len(any_row['grid'])} lrs x tuning seeds "
+                  f"{any_row['tuning_seeds']}, disjoint from the reported seeds).", '']
+        lines += protocol.tuning_table(
+            tuning, lambda row: f"{row.split('/')[1]}: {METHOD_NAMES[row.split('/')[2]]}", 'row: method')
+        lines += ['', 'Held-out top-1 (%) per lr: mean over the tuning seeds (a supernet: over its validated '
+                  'subnets too).', '']
+    elif s.get('lr'):
+        lines += ['No lr tuning (--no-tune): lr ' + ', '.join(sorted({f'{v:g}' for v in s['lr'].values()}))
+                  + ' for every method.', '']
     if summary.get('teacher'):
         t = summary['teacher']
         lines += [f"Teacher ({s['teacher']}, trained first from the labels, seed {s['teacher_seed']}): top-1 "
@@ -661,7 +770,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--teacher-epochs', type=int, default=None, help=f"default {MINI_EPOCHS['teacher']}")
     p.add_argument('--supernet-epochs', type=int, default=None, help=f"default {MINI_EPOCHS['supernet']}")
     p.add_argument('--batch-size', type=int, default=None, help=f"default {MINI_COMMON['batch_size']}")
-    p.add_argument('--lr', type=float, default=None, help=f"default {MINI_COMMON['lr']}")
+    p.add_argument('--lr', type=float, default=None, help=f"base lr of the tuning grid (--no-tune: the lr of "
+                   f"every run); default {MINI_COMMON['lr']}")
+    protocol.add_tuning_arguments(p, HOLDOUT, TUNING_SEEDS)
     p.add_argument('--students-config', default=None, help='TrainConfig YAML for teacher and students (e.g. '
                    'train_configs/kd_mobilenetv2_050_in1k.yaml) instead of the miniature settings')
     p.add_argument('--supernet-config', default=None, help='TrainConfig YAML for the supernet (e.g. '
@@ -692,6 +803,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f'--train-fraction must be in (0, 1], got {args.train_fraction}')
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f'--seeds must be distinct, got {args.seeds}')
+    protocol.check_tuning_arguments(p, args, given_data=args.data_dir is not None or args.dataset not in (None, ''))
     return args
 
 
@@ -730,23 +842,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = plan(args)
     results_path = args.output / 'results.jsonl'
     done: Dict[str, Dict[str, Any]] = {}
+    previous: Dict[str, Dict[str, Any]] = {}
+    reused: set = set()
     if results_path.is_file():  # finished runs of an interrupted invocation: reused when their settings match
         with open(results_path) as f:
             previous = {r['key']: r for r in _read_records(f.read(64 << 20)) if 'key' in r}
+
+    def reuse(jobs: List[Job]) -> None:
         for job in jobs:  # in plan order, so a student sees the teacher's fingerprint
             r = previous.get(job.key)
-            if r and r.get('fingerprint') == fingerprint(job, done) and (
+            if job.key not in done and r and r.get('fingerprint') == fingerprint(job, done) and (
                     not job.keep_final or (Path(job.cfg.output) / job.cfg.experiment / 'final').is_dir()):
                 done[job.key] = r
-        if done:
-            print(f'reusing {len(done)} finished run(s) from {results_path}')
+                reused.add(job.key)
 
     def record(job: Job, result: Dict[str, Any]) -> None:
         if _is_main_process():
             with open(results_path, 'a') as f:
                 f.write(json.dumps(result) + '\n')
 
-    failed = execute(jobs, done, args.jobs, args.threads, args.keep_checkpoints, record)
+    # first the teacher and the tuning runs (recorded and reused like the others), then the reported runs at each
+    # method's chosen lr: their configs, so their fingerprints, hold it
+    first = [j for j in jobs if j.part == 'teacher' or j.tuning_lr is not None]
+    reuse(first)
+    failed = execute(first, done, args.jobs, args.threads, args.keep_checkpoints, record)
+    tuning: Dict[str, Any] = {}
+    if not failed:
+        lrs, tuning = choose_lrs(jobs, done)
+        jobs = plan(args, lrs)
+        reuse(jobs)
+        if reused:
+            print(f'reusing {len(reused)} finished run(s) from {results_path}')
+        failed = execute(jobs, done, args.jobs, args.threads, args.keep_checkpoints, record)
     wall = time.monotonic() - t0
     if failed:
         print('failed runs (finished ones are kept; rerun the same command to continue):\n  ' + '\n  '.join(failed),
@@ -758,20 +885,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     summary = summarize(done, jobs)
     summary['teacher_information'] = teacher_information(jobs)
+    summary['lr_tuning'] = tuning
+    summary['initial_logit_scale'] = initial_logit_scales(jobs)
     if args.dataset not in (None, '') or args.data_dir:
         data = f'{args.dataset!r} at {args.data_dir}'
     else:  # counted, not assumed: the split is the library's
-        students = next(j for j in jobs if j.part != 'teacher')  # the teacher learns on the other images
+        students = next(j for j in jobs if j.part != 'teacher' and j.tuning_lr is None)  # the teacher: other images
         n = {split: sum(len(files) for _, _, files in os.walk(Path(students.cfg.data_dir) / split))
              for split in ('train', 'validation')}
-        data = (f"scikit-learn digits, a fixed {args.train_fraction:g} of the training split ({n['train']} images), "
-                f"all {n['validation']} validation images, {args.resolution} px")
+        tune_job = next((j for j in jobs if j.tuning_lr is not None), None)
+        held = 0 if tune_job is None else sum(len(files) for _, _, files in
+                                              os.walk(Path(tune_job.cfg.data_dir) / 'validation'))
+        data = (f"scikit-learn digits, a fixed {args.train_fraction:g} of the training split ({n['train']} images "
+                f"for training, {held} more held out to choose the lr), all {n['validation']} validation images, "
+                f"{args.resolution} px")
     meta = {
         'date': time.strftime('%Y-%m-%d %H:%M %Z'), 'machine': machine_info(), 'jobs': args.jobs,
         'threads_per_run': args.threads, 'wall_s': wall, 'command': ' '.join(['python', *sys.argv]) if argv is None
         else 'kd_ordering.main(' + repr(list(argv)) + ')',
         'settings': {'data': data, 'seeds': args.seeds, 'teacher': args.teacher, 'teacher_seed': args.teacher_seed,
-                     'kd_share': args.kd_share,
+                     'kd_share': args.kd_share, 'tune': args.tune, 'lr_grid_factors': list(args.lr_grid_factors),
+                     'tuning_seeds': list(args.tuning_seeds), 'holdout_fraction': args.holdout_fraction,
+                     'lr': {j.row: j.cfg.lr for j in jobs if j.part != 'teacher' and j.tuning_lr is None},
                      'trained_teacher': args.trained_teacher,
                      'students': args.students, 'budget': _describe_budget(jobs),
                      'run_seconds': {k: round(v['seconds'], 1) for k, v in done.items()},

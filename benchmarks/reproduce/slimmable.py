@@ -3,23 +3,32 @@ in-place KL-KD and with in-place adaptive alpha-KD, then top-1 per width after B
 
 Each run is ``train.py`` on a miniature of the recipe ``train_configs/slimmable_mobilenetv{1,2}_in1k.yaml`` (its
 width space, KD hyper-parameters and label loss; the data, resolution, schedule and batch of `MINIATURE` plus the
-flags), so the three KD settings differ only in ``inplace_kd`` / ``kd_loss``: same seeds (initial weights, data
-order, the widths of every step), same budget. Afterwards every run's final weights are BN-calibrated per width on the
-same fixed training images (eval transform) and evaluated on the validation split. Writes ``slimmable.md`` (the
+flags), so the three KD settings differ only in ``inplace_kd`` / ``kd_loss`` and their lr: same seeds (initial
+weights, data order, the widths of every step), same budget. The protocol (`_protocol`): every run starts from a
+zero-initialised classifier (``head_init: zero``; the report gives the initial logit scale, 0, next to timm's
+default); each setting's lr is chosen with `protocol.choose_lr` from the same grid, the base lr (``--lr`` or the
+recipe's rule) x ``--lr-grid-factors`` (the protocol's 0.25, 0.5, 1, 2), by the mean top-1 over the widths of tuning
+runs (``--tuning-seeds``, disjoint from ``--seeds``) scored on 20% of the training images held out from every run,
+the same tuning runs for every setting; the validation images are never used to choose (``--no-tune``: one lr).
+Every setting has the label loss's scale: the max width learns from the labels, the other widths from the labels
+(w/o KD) or from the in-place KD loss alone (as the original), each with weight 1. Afterwards every run's final weights
+are BN-calibrated per width on the same fixed training images (eval transform) and evaluated on the validation split. Writes ``slimmable.md`` (the
 table, mean +- std over seeds, next to the paper's ImageNet numbers), ``slimmable.json`` (every run) and, with
-matplotlib, ``slimmable.png`` into ``--out``. Finished runs are reused and interrupted ones resumed, so a killed
-benchmark continues where it stopped.
+matplotlib, ``slimmable.png`` into ``--out``. Finished runs (tuning runs too, and their held-out scores) are reused
+and interrupted ones resumed, so a killed benchmark continues where it stopped.
 
     python benchmarks/reproduce/slimmable.py                         # digits at 64 px, 2 seeds x 8 epochs
     python benchmarks/reproduce/slimmable.py --seeds 0 1 2 3 --epochs 30 --jobs 4 --threads 4
     python benchmarks/reproduce/slimmable.py --dataset '' --data-dir /data/imagenet --image-size 224 --epochs 250 \\
-        --batch-size 128 --lr 0.5 --launcher 'accelerate launch --multi_gpu --num_processes 8' --jobs 1 --threads 8
+        --batch-size 128 --lr 0.5 --launcher 'accelerate launch --multi_gpu --num_processes 8' --jobs 1 --threads 8 \\
+        --tune-data-dir /data/imagenet-heldout   # train/: part of ImageNet's training set, validation/: the rest
 
 Digits are 8x8 images (written at 32 px): at 32 px a MobileNet's stride-32 features are 1x1, so the miniature runs at
 64 px (2x2 features).
 
-The default budget (2 seeds x 8 epochs, 12 runs) is sized to about half an hour of CPU time on 2 cores (the README's
-Results section states what a full run measured). Two seeds rather than more epochs: one seed cannot tell a KD gain from the noise of 355 validation images (one image is 0.28 points),
+The default budget is 36 runs of 8 epochs: 24 tuning runs (2 nets x 3 settings x 4 lrs x 1 tuning seed, on 80% of
+the training images) and 12 reported ones (2 nets x 3 settings x 2 seeds), about 80 CPU-minutes (40 min of wall time
+on 2 free cores; the 12 runs alone measured 30 CPU-minutes). Two seeds rather than more epochs: one seed cannot tell a KD gain from the noise of 355 validation images (one image is 0.28 points),
 and at 8 epochs the max width is at 89-97 % top-1 already. The three KD settings always share the budget.
 """
 import argparse
@@ -78,7 +87,10 @@ MINIATURE: Dict[str, Any] = dict(
     dataset='sklearn/digits', data_dir=None, train_split='train', val_split='validation', eval_archs=(),
     hflip=0.0, scale=(0.5, 1.0), crop_pct=1.0, warmup_epochs=1.0, warmup_lr=1e-4, mixed_precision='no', workers=0,
     checkpoint_interval=0, checkpoint_hist=1, log_interval=1000, no_progress=True, bn_calib_batches=4,
+    head_init='zero',  # the protocol's start: every width's logits 0 (timm's init gives std-4 logits at 10 classes)
 )
+HOLDOUT = 0.2  # the share of the training images held out to choose each setting's lr
+TUNING_SEEDS = (1000,)  # tuning runs per lr and setting: disjoint from the reported seeds
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -90,7 +102,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--epochs', type=int, default=8)
     p.add_argument('--batch-size', type=int, default=64, help='per process')
     p.add_argument('--lr', type=float, default=None,
-                   help="default: the recipe's rule, lr_base 0.125 x global batch / 256 (0.03125 at 64)")
+                   help="base lr of the tuning grid (--no-tune: every run's); default: the recipe's rule, lr_base "
+                        "0.125 x global batch / 256 (0.03125 at 64)")
+    protocol.add_tuning_arguments(p, HOLDOUT, TUNING_SEEDS)
     p.add_argument('--image-size', type=int, default=64, help='training and evaluation resolution')
     p.add_argument('--dataset', default=None, help="timm dataset name ('' = image folder); default: sklearn/digits")
     p.add_argument('--data-dir', default=None)
@@ -117,6 +131,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error('--in-process trains one run at a time in this process: give --jobs 1 and no --launcher')
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f'--max-train-steps must be >= 1, got {args.max_train_steps}')
+    protocol.check_tuning_arguments(p, args, given_data=args.dataset is not None or args.data_dir is not None)
     return args
 
 
@@ -126,18 +141,66 @@ def recipe(net: str):
     return TrainConfig.from_yaml(ROOT / 'train_configs' / f'slimmable_{net}_in1k.yaml')
 
 
-def run_config(net: str, setting: str, seed: int, args: argparse.Namespace, runs_dir: Path):
-    """The TrainConfig of one run: the recipe, the miniature's changes, the flags, the setting and the seed."""
+def run_config(net: str, setting: str, seed: int, args: argparse.Namespace, runs_dir: Path,
+               lr: Optional[float] = None, tuning: bool = False):
+    """The TrainConfig of one run: the recipe, the miniature's changes, the flags, the setting, the seed and `lr`
+    (default: the base lr). `tuning`: a tuning run (on ``args.tune_folder``: the fit part, scored on the held-out
+    part), else a reported one (on ``args.fit_folder`` where the digits are split, else the given data)."""
     base = recipe(net)
     changes = dict(MINIATURE)
     changes.update(space={'widths': list(base.space['widths']), 'resolutions': [args.image_size]},
                    epochs=args.epochs, batch_size=args.batch_size, seed=seed, output=str(runs_dir),
-                   experiment=run_name(net, setting, seed))
+                   experiment=run_name(net, setting, seed) if not tuning else
+                   f'tune-{run_name(net, setting, seed).rsplit("-seed", 1)[0]}-lr{lr:g}-seed{seed}')
     for key in ('lr', 'dataset', 'data_dir', 'mixed_precision', 'workers', 'max_train_steps'):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
+    folder = getattr(args, 'tune_folder' if tuning else 'fit_folder', None)
+    if folder is not None:
+        changes.update(dataset='', data_dir=str(folder))
+    if lr is not None:
+        changes['lr'] = lr
     changes.update(SETTINGS[setting])
     return base.replace(**changes)
+
+
+def lr_grid(net: str, args: argparse.Namespace) -> List[float]:
+    """The lrs every setting of `net` is tuned over: the base lr (``--lr`` or the recipe's rule) x the factors."""
+    from timm_alphanet.train import learning_rate
+    base = learning_rate(run_config(net, 'w/o KD', args.seeds[0], args, Path('.')), 1)
+    return [round(base * f, 12) for f in args.lr_grid_factors]
+
+
+def tuning_score(cfg, widths: Sequence[float], calib_images: int, logs: Path) -> float:
+    """Mean top-1 over `widths` of a finished tuning run on its held-out part (its validation split), cached in
+    ``logs/<run>.score.json`` next to the config it belongs to (a rerun reads it back)."""
+    path = logs / f'{cfg.experiment}.score.json'
+    key = {'config': cfg.to_yaml(), 'widths': list(widths), 'calib_images': calib_images}
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get('key') == key:
+            return cached['score']
+    ev = evaluate_run(cfg, widths, calib_images)
+    score = statistics.fmean(v['top1'] for v in ev['widths'].values())
+    write_atomic(path, json.dumps({'key': key, 'score': score, 'num_held_out': ev['num_val_images']}))
+    return score
+
+
+def initial_logit_scale(cfg) -> Dict[str, float]:
+    """`protocol.logit_scale` of the supernet as the trainer builds it (`cfg`'s seed and head init; its max width)
+    on one training batch, and with timm's default head for comparison (0 for a zero-initialised classifier)."""
+    import torch
+
+    from timm_alphanet.train import build_accelerator, build_data, build_loaders, build_model
+    out = {}
+    for label, c in (('run', cfg), ('timm_default', cfg.replace(head_init='default'))):
+        acc = build_accelerator(c)
+        data = build_data(c, acc)
+        model = build_model(c, acc, data.num_classes)
+        x, _ = next(iter(build_loaders(c, data, model)[0]))
+        with torch.no_grad():
+            out[label] = protocol.logit_scale(model.eval()(x))
+    return out
 
 
 def run_name(net: str, setting: str, seed: int) -> str:
@@ -273,6 +336,20 @@ def markdown(runs: List[Dict[str, Any]], widths: Dict[str, List[float]], summary
     lines = [f"Miniature: {meta['data']}; top-1 (%) per width after BN calibration, mean ± std over seeds "
              f"{meta['seeds']}; {meta['budget']}. The paper's rows are ImageNet (their column widths are our guess).",
              '']
+    lines += protocol.logit_scale_lines({NETS[n]: v for n, v in (meta.get('initial_logit_scale') or {}).items()},
+                                        'the supernet as the trainer builds it')
+    tuning = meta.get('lr_tuning') or {}
+    if tuning:
+        first = next(iter(tuning.values()))
+        lines += [f"lr per setting: chosen by `protocol.choose_lr` from the base lr x {meta['lr_grid_factors']} by "
+                  f"mean top-1 over the widths on {meta['holdout']} training images held out from every run (never the "
+                  f"validation images), {first['runs']} tuning runs per setting (tuning seeds {first['tuning_seeds']}, "
+                  'disjoint from the reported ones).', '']
+        lines += protocol.tuning_table(tuning, lambda key: f"{NETS[key.split('/', 1)[0]]}: {key.split('/', 1)[1]}",
+                                       'net: setting')
+        lines.append('')
+    elif meta.get('lr'):
+        lines += ['No lr tuning (--no-tune): ' + ', '.join(f'{k} {v:g}' for k, v in meta['lr'].items()) + '.', '']
     for net, ws in widths.items():
         lines.append(f'| {NETS[net]} | ' + ' | '.join(str(w) for w in ws) + ' | gain over w/o KD |')
         lines.append('|---' * (len(ws) + 2) + '|')
@@ -347,18 +424,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out).resolve()  # train.py runs with cwd=ROOT
     runs_dir, logs = out / 'runs', out / 'logs'
     logs.mkdir(parents=True, exist_ok=True)
-    jobs = [(net, setting, seed) for seed in args.seeds for net in args.nets for setting in args.settings]
-    cfgs = {job: run_config(*job, args, runs_dir) for job in jobs}
+    if args.dataset is None and args.data_dir is None:  # the digits: the reported runs' part + a held-out part
+        from timm_alphanet.data import build_digits_folder
+        args.fit_folder, args.tune_folder = protocol.holdout_folders(build_digits_folder(out / 'data' / 'digits32'),
+                                                                     args.holdout_fraction)
+    else:
+        args.fit_folder, args.tune_folder = None, args.tune_data_dir
     widths = {net: report_widths(net, args) for net in args.nets}
     t0 = time.time()
     timings: Dict[str, Any] = {}
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each thread waits on one train.py process
-        futures = {pool.submit(train, cfgs[job], args, logs): job for job in jobs}
-        for f in concurrent.futures.as_completed(futures):
-            t = f.result()
-            timings[t['run']] = t
-            print(f"[{time.time() - t0:7.0f}s] trained {t['run']}" + (' (reused)' if t['reused'] else
-                                                                      f" in {t['seconds']:.0f}s"), flush=True)
+
+    def train_all(cfgs: List[Any]) -> None:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each thread waits on one train.py process
+            futures = [pool.submit(train, cfg, args, logs) for cfg in cfgs]
+            for f in concurrent.futures.as_completed(futures):
+                t = f.result()
+                timings[t['run']] = t
+                print(f"[{time.time() - t0:7.0f}s] trained {t['run']}" + (' (reused)' if t['reused'] else
+                                                                          f" in {t['seconds']:.0f}s"), flush=True)
+
+    # each setting's lr first: the same grid and tuning seeds for every setting (`protocol.choose_lr`), trained on
+    # the fit part and scored on the held-out part of the training images
+    lrs: Dict[Any, float] = {}
+    tuning: Dict[str, Any] = {}
+    if args.tune:
+        grids = {net: lr_grid(net, args) for net in args.nets}
+        tuning_cfgs = {(net, setting, lr, seed): run_config(net, setting, seed, args, runs_dir, lr=lr, tuning=True)
+                       for net in args.nets for setting in args.settings for lr in grids[net]
+                       for seed in args.tuning_seeds}
+        train_all(list(tuning_cfgs.values()))
+        for net in args.nets:
+            for setting in args.settings:
+                def score(lr: float, seed: int, net: str = net, setting: str = setting) -> float:
+                    return tuning_score(tuning_cfgs[(net, setting, lr, seed)], widths[net], args.calib_images, logs)
+                lrs[(net, setting)], means = protocol.choose_lr(grids[net], score, args.tuning_seeds)
+                tuning[f'{net}/{setting}'] = {
+                    'grid': grids[net], 'tuning_seeds': list(args.tuning_seeds), 'runs': len(grids[net]) * len(
+                        args.tuning_seeds), 'chosen': lrs[(net, setting)],
+                    'held_out_top1': {f'{lr:g}': v for lr, v in means.items()}}
+                print(f"lr {net} {setting}: {lrs[(net, setting)]:g} (held-out top-1 per lr {means})", flush=True)
+    jobs = [(net, setting, seed) for seed in args.seeds for net in args.nets for setting in args.settings]
+    cfgs = {job: run_config(*job, args, runs_dir, lr=lrs.get(job[:2])) for job in jobs}
+    train_all([cfgs[job] for job in jobs])
     train_s = time.time() - t0
     runs = []
     for job in jobs:
@@ -370,20 +477,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'[{time.time() - t0:7.0f}s] evaluated {cfgs[job].experiment}', flush=True)
     from timm_alphanet.train import learning_rate
     first = cfgs[jobs[0]]
+    held = None if not args.tune or args.tune_folder is None else sum(
+        1 for _ in (Path(args.tune_folder) / 'validation').glob('*/*'))
     meta = {
-        'data': f"{first.dataset or 'image folder'} at {args.image_size} px "
-                f"({runs[0]['eval']['num_val_images']} validation images)",
+        'data': (f"sklearn/digits ({sum(1 for _ in (args.fit_folder / 'train').glob('*/*'))} training images"
+                 + (f'; {held} more held out to choose the lr)' if held else ')')
+                 if args.fit_folder else first.dataset or 'image folder')
+                + f" at {args.image_size} px ({runs[0]['eval']['num_val_images']} validation images)",
         'seeds': list(args.seeds),
         'budget': f'{args.epochs} epochs'
                   + (f' (at most {args.max_train_steps} steps)' if args.max_train_steps else '')
                   + f' x batch {args.batch_size} x {first.num_subnets} widths per step, '
-                  f'lr {learning_rate(first, 1):.4g} (cosine, {first.warmup_epochs:g} warm-up epoch)',
+                  + (f'lr {learning_rate(first, 1):.4g}' if not args.tune else 'lr per setting (below)')
+                  + f' (cosine, {first.warmup_epochs:g} warm-up epoch)',
         'command': ' '.join(shlex.quote(a) for a in ['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
         'wall_s': {'train': round(train_s, 1), 'total': round(time.time() - t0, 1)},
         'cpu_s': round(_cpu_seconds(), 1), 'load_average_at_end': list(os.getloadavg()),
         'threads_per_run': args.threads, 'parallel_runs': args.jobs,
         'miniature_changes': {k: list(v) if isinstance(v, tuple) else v for k, v in MINIATURE.items()},
+        'lr': {f'{net}/{setting}': cfgs[(net, setting, args.seeds[0])].lr for net in args.nets
+               for setting in args.settings},
+        'lr_tuning': tuning, 'tune': args.tune, 'lr_grid_factors': list(args.lr_grid_factors),
+        'holdout': held,
+        'initial_logit_scale': {net: initial_logit_scale(cfgs[(net, args.settings[0], args.seeds[0])])
+                                for net in args.nets},
     }
     summary = summarise(runs, widths, args.seeds)
     table = markdown(runs, widths, summary, meta)

@@ -14,7 +14,8 @@ from typing import Any
 _NAMES = {
     **dict.fromkeys(('TrainData', 'build_accelerator', 'build_data', 'build_ema', 'build_loaders', 'build_model',
                      'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'compile_task',
-                     'data_config_for', 'learning_rate', 'model_is_supernet', 'validation_archs'), 'build'),
+                     'data_config_for', 'init_classifier', 'learning_rate', 'model_is_supernet', 'validation_archs'),
+                    'build'),
     **dict.fromkeys(('CheckpointManager', 'TrainState', 'find_checkpoint'), 'checkpoint'),
     'TrainConfig': 'config',
     **dict.fromkeys(('EpochResult', 'NonFiniteLossError', 'train_one_epoch'), 'epoch'),
@@ -25,7 +26,8 @@ __all__ = ['CheckpointManager', 'EpochResult', 'NonFiniteLossError', 'TrainConfi
            'TrainState', 'build_accelerator', 'build_data', 'build_ema', 'build_loaders',
            'build_model', 'build_optimizer', 'build_scheduler', 'build_task', 'check_world_size', 'compile_task',
            'data_config_for',
-           'find_checkpoint', 'learning_rate', 'model_is_supernet', 'run', 'train_one_epoch', 'validation_archs']
+           'find_checkpoint', 'init_classifier', 'learning_rate', 'model_is_supernet', 'run', 'train_one_epoch',
+           'validation_archs']
 
 
 def __getattr__(name: str) -> Any:

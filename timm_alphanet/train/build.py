@@ -30,13 +30,13 @@ from ..models import is_supernet
 from ..processes import check_world_size, has_accelerator_device
 from ..utils import bounded_repr
 from ..task import AlphaDistillationTask, SandwichTask
-from .config import TrainConfig
+from .config import HEAD_INITS, TrainConfig
 from .data import create_datasets, create_loaders, set_transforms
 from .epoch import seed_step
 
 __all__ = ['TrainData', 'build_accelerator', 'build_data', 'build_ema', 'build_loaders', 'build_model',
            'build_optimizer', 'build_scheduler', 'build_task', 'compile_task', 'check_world_size', 'data_config_for',
-           'learning_rate', 'model_is_supernet', 'validation_archs']
+           'init_classifier', 'learning_rate', 'model_is_supernet', 'validation_archs']
 
 _HUB_PREFIXES = ('hf-hub:', 'local-dir:')
 PREPROCESSING = ('input_size', 'interpolation', 'crop_pct', 'mean', 'std')  # what timm's eval pipeline reads
@@ -171,6 +171,7 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) ->
         if not cfg.pretrained or 'pretrained' not in str(e):
             raise
         raise ValueError(f'pretrained: {" ".join(str(e).split())[:300]}') from None  # "No pretrained weights exist"
+    init_classifier(model, cfg.head_init)
     if cfg.sync_bn and supernet:
         convert_sync_dynamic_bn(model)  # in place
     elif cfg.sync_bn:
@@ -178,6 +179,30 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator, num_classes: int) ->
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.register_state_dict_post_hook(_contiguous_state_dict)
+    return model
+
+
+def init_classifier(model: nn.Module, head_init: str) -> nn.Module:
+    """`model` with its classifier (``model.get_classifier()``; every head of a tuple, e.g. DeiT's two) initialised
+    per `head_init` (`HEAD_INITS`): 'default' leaves it as built, 'zero' sets its weights and biases to 0 in place.
+
+    Raises:
+        ValueError: `head_init` not in `HEAD_INITS`, or 'zero' for a model without a classifier with weights.
+    """
+    if head_init not in HEAD_INITS:
+        raise ValueError(f'head_init: {head_init!r:.40} is not allowed; choose from {list(HEAD_INITS)}')
+    if head_init == 'default':
+        return model
+    heads = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+    params = [p for h in heads if isinstance(h, nn.Module) for p in (getattr(h, 'weight', None), getattr(h, 'bias', None))
+              if isinstance(p, torch.Tensor)]
+    if not params:
+        raise ValueError(f"head_init: 'zero' needs a classifier with weights (model.get_classifier()); "
+                         f'{type(model).__name__} has none')
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
     return model
 
 

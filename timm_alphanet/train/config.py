@@ -22,7 +22,7 @@ from ..archs import DEMO_SPACE
 from ..data import DIGITS
 from ..utils import MAX_TEXT_BYTES, read_yaml_file
 
-__all__ = ['MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
+__all__ = ['HEAD_INITS', 'MAX_CONFIG_BYTES', 'SCHEDULERS', 'TrainConfig']
 
 # loss.KD_LOSSES, named here because loss imports torch and the command line builds its parser from this class
 # without it (tests/test_cli_startup.py checks they match)
@@ -32,6 +32,8 @@ MAX_CONFIG_BYTES = MAX_TEXT_BYTES  # 1 MiB: a training config is a few KiB; refu
 
 # timm schedulers that step per epoch/update without a metric ('plateau' needs one)
 SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'constant', 'poly', 'wsd', 'rsqrt')
+# classifier initialisations (`head_init`): the model's own, or weights and bias 0 (every logit starts at 0)
+HEAD_INITS = ('default', 'zero')
 _INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest', 'box', 'hamming', 'lanczos')
 
 
@@ -102,6 +104,11 @@ class TrainConfig:
         "text, '0.35', or as mappings)", _MODEL)
     pretrained: bool = _option(False, 'start from the model\'s pretrained weights', _MODEL)
     initial_checkpoint: str = _option('', 'weights file to start from', _MODEL)
+    head_init: str = _option('default', "classifier (model.get_classifier()) init after the model is built: "
+                             "'default' keeps the model's own; 'zero' sets its weights and bias to 0, so every logit "
+                             "starts at 0 whatever the seed (a stable start: timm's init gives std-4 logits at 10 "
+                             "classes); applied after pretrained / initial_checkpoint weights, before a resume",
+                             _MODEL, choices=HEAD_INITS)
     num_classes: Optional[int] = _option(None, 'classes (default: the dataset\'s)', _MODEL)
     drop: float = _option(0.0, 'dropout rate (supernet: max subnet only)', _MODEL)
     drop_path: Optional[float] = _option(None, 'drop path rate (supernet: max subnet only)', _MODEL)
