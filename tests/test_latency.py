@@ -389,6 +389,8 @@ def test_cli_validate_of_a_real_table_scaled_3x(tmp_path, capsys):
     assert latency_main(['validate', str(tmp_path / 'x3.json'), '--samples', '3', '--no-progress']) == 0
     out, err = capsys.readouterr()
     mape = float(out.split('MAPE ')[1].split(' %')[0])
+    if abs(mape - latency.MAPE_LIMIT_PCT) <= 0.005:
+        return  # printed with 2 decimals: whether the unrounded MAPE is over the limit cannot be told from it
     if mape > latency.MAPE_LIMIT_PCT:
         # stdout prints two decimals, the warning one: both round the same unrounded value (207.05 printed may be
         # 207.0499... warned), so compare the numbers, not their texts
