@@ -97,7 +97,8 @@ def add_tuning_arguments(parser: Any, holdout: float, tuning_seeds: Sequence[int
     """The lr-tuning options every reproduction script has: ``--lr-grid-factors``, ``--tuning-seeds``,
     ``--holdout-fraction``, ``--tune-data-dir`` and ``--no-tune`` (`check_tuning_arguments` validates them)."""
     parser.add_argument('--lr-grid-factors', type=float, nargs='+', default=list(LR_GRID_FACTORS),
-                        help=f"the lr grid every method is tuned over: base lr x these (default {list(LR_GRID_FACTORS)})")
+                        help='the lr grid every method is tuned over: base lr x these (default '
+                             f'{list(LR_GRID_FACTORS)})')
     parser.add_argument('--tuning-seeds', type=int, nargs='+', default=list(tuning_seeds),
                         help='seeds of the tuning runs (per lr and method; disjoint from --seeds)')
     parser.add_argument('--holdout-fraction', type=float, default=holdout,

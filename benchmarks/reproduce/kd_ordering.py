@@ -254,7 +254,8 @@ def plan(args: argparse.Namespace, lrs: Optional[Dict[str, float]] = None) -> Li
     models.mkdir(parents=True, exist_ok=True)
     data_dir, tune_dir = args.data_dir, args.tune_data_dir
     if data_dir is None and args.dataset in (None, ''):  # the students' images: fit part (reported) + held-out part
-        fit, tune = protocol.holdout_folders(digits_subset(args.output / 'data', args.train_fraction), args.holdout_fraction)
+        fit, tune = protocol.holdout_folders(digits_subset(args.output / 'data', args.train_fraction),
+                                             args.holdout_fraction)
         data_dir, tune_dir = str(fit), tune_dir or str(tune)
     lrs = lrs or {}
     tuning: List[Job] = []

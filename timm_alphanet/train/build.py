@@ -195,8 +195,8 @@ def init_classifier(model: nn.Module, head_init: str) -> nn.Module:
         return model
     heads = model.get_classifier() if hasattr(model, 'get_classifier') else None
     heads = heads if isinstance(heads, (tuple, list)) else (heads,)
-    params = [p for h in heads if isinstance(h, nn.Module) for p in (getattr(h, 'weight', None), getattr(h, 'bias', None))
-              if isinstance(p, torch.Tensor)]
+    params = [p for h in heads if isinstance(h, nn.Module)
+              for p in (getattr(h, 'weight', None), getattr(h, 'bias', None)) if isinstance(p, torch.Tensor)]
     if not params:
         raise ValueError(f"head_init: 'zero' needs a classifier with weights (model.get_classifier()); "
                          f'{type(model).__name__} has none')
