@@ -122,6 +122,9 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     data = json.loads((out / 'kd_ordering.json').read_text())
     md = (out / 'kd_ordering.md').read_text()
     png = (out / 'kd_ordering.png').read_bytes()
+    budget = data['meta']['settings']['budget']  # a reported run's budget: the lr is per method, not a tuning run's
+    assert 'lr per method' in budget['students'] and 'lr per method' in budget['supernet']
+    assert 'lr per method' not in budget['teacher']
     assert png.startswith(b'\x89PNG\r\n\x1a\n')
     import matplotlib.image
     assert matplotlib.image.imread(str(out / 'kd_ordering.png')).shape[0] > 100
@@ -220,6 +223,7 @@ def test_tiny_run_writes_consistent_table_json_and_plot(kdo, tmp_path, capsys):
     held = files[tune_dir / 'validation']
     assert held and held <= files[subset / 'train'] and not held & files[subset / 'validation']
     assert not held & names[student_dir] and files[tune_dir / 'train'] == names[student_dir]
+    assert not held & names[teacher_dir]  # the teacher never saw the images the lr is chosen on
     assert files[student_dir / 'validation'] == files[subset / 'validation']
     for run, text in args.items():  # every reported run on the students' part; every tuning run on the tuning folder
         if run != 'teacher':
@@ -262,3 +266,25 @@ def test_a_results_line_cut_short_is_skipped_not_fatal(kdo, capsys):
     text = '{"key": "a", "top1": 1.0}\n{"key": "b", "to\n[1, 2]\n'
     assert kdo._read_records(text) == [{'key': 'a', 'top1': 1.0}]
     assert 'skipping a damaged results line' in capsys.readouterr().err
+
+
+def test_choose_lrs_takes_each_rows_best_mean_held_out_top1(kdo):
+    """Hand-made tuning results: the best lr is neither the smallest nor the same for both rows, and a supernet's
+    score is the mean over its validated subnets."""
+    top1 = {('a', 0.01): ({'s': 50.0}, {'s': 52.0}), ('a', 0.02): ({'s': 70.0}, {'s': 68.0}),
+            ('a', 0.04): ({'s': 60.0}, {'s': 61.0}),
+            ('b', 0.01): ({'max': 90.0, 'min': 80.0}, {'max': 90.0, 'min': 82.0}),
+            ('b', 0.02): ({'max': 95.0, 'min': 60.0}, {'max': 95.0, 'min': 60.0}),  # best max, worst mean
+            ('b', 0.04): ({'max': 50.0, 'min': 50.0}, {'max': 50.0, 'min': 50.0})}
+    jobs, done = [], {}
+    for (row, lr), per_seed in top1.items():
+        for seed, t in zip((1000, 1001), per_seed):
+            key = f'tune/{row}/lr{lr:g}/s{seed}'
+            jobs.append(SimpleNamespace(key=key, row=row, seed=seed, tuning_lr=lr))
+            done[key] = {'top1': t}
+    jobs.append(SimpleNamespace(key='reported', row='a', seed=0, tuning_lr=None))  # not a tuning run: ignored
+    lrs, tuning = kdo.choose_lrs(jobs, done)
+    assert lrs == {'a': 0.02, 'b': 0.01}
+    assert tuning['a']['held_out_top1'] == {'0.01': 51.0, '0.02': 69.0, '0.04': 60.5}
+    assert tuning['b']['held_out_top1']['0.01'] == pytest.approx(85.5) and tuning['b']['runs'] == 6
+    assert tuning['a']['tuning_seeds'] == [1000, 1001] and tuning['a']['grid'] == [0.01, 0.02, 0.04]

@@ -99,3 +99,32 @@ def test_hypotheses_lines_state_tests_and_detectable_effects(protocol):
     lines = protocol.hypotheses_lines([1.0, 2.0, 1.5], [0.1, -0.2, 0.0])
     assert lines[0].startswith('- H1') and 'supported' in lines[0] and 'Minimum detectable effect' in lines[0]
     assert lines[1].startswith('- H2') and 'by > 1' in lines[1]
+
+
+def test_tuning_table_gives_rows_with_another_grid_a_table_of_their_own(protocol):
+    tuning = {'a': {'grid': [0.1, 0.2], 'held_out_top1': {'0.1': 50.0, '0.2': 60.0}, 'chosen': 0.2},
+              'b': {'grid': [0.5, 1.0], 'held_out_top1': {'0.5': 70.0, '1': 65.0}, 'chosen': 0.5}}
+    lines = protocol.tuning_table(tuning, str.upper, 'row')
+    assert lines[0] == '| row | lr 0.1 | lr 0.2 | chosen lr |' and lines[2] == '| A | 50.00 | 60.00 | 0.2 |'
+    assert '| row | lr 0.5 | lr 1 | chosen lr |' in lines and '| B | 70.00 | 65.00 | 0.5 |' in lines
+    assert 'nan' not in '\n'.join(lines)
+
+
+def test_tuning_arguments_refuse_choosing_on_the_reported_images(protocol, tmp_path):
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    protocol.add_tuning_arguments(parser, 0.2, (1000,))
+    (tmp_path / 'data' / 'validation').mkdir(parents=True)
+
+    def check(*argv, data_dir=None):
+        protocol.check_tuning_arguments(parser, parser.parse_args(list(argv)), given_data=data_dir is not None,
+                                        data_dir=data_dir)
+    check()  # the defaults
+    check('--tune-data-dir', str(tmp_path / 'held'), data_dir=tmp_path / 'data')
+    for argv, data_dir in ((['--tune-data-dir', str(tmp_path / 'data' / '.')], tmp_path / 'data'),
+                           (['--tuning-seeds', '1'], None), (['--lr-grid-factors', '0'], None),
+                           (['--holdout-fraction', '1'], None), (['--no-tune', '--holdout-fraction', '-1'], None),
+                           ([], tmp_path / 'data')):
+        with pytest.raises(SystemExit):
+            check(*argv, data_dir=data_dir)

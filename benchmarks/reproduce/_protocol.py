@@ -110,19 +110,26 @@ def add_tuning_arguments(parser: Any, holdout: float, tuning_seeds: Sequence[int
     parser.add_argument('--no-tune', dest='tune', action='store_false', help='no lr tuning: every run at the base lr')
 
 
-def check_tuning_arguments(parser: Any, args: Any, given_data: bool) -> None:
-    """`parser.error` on bad `add_tuning_arguments` values (`given_data`: the runs read --data-dir / --dataset)."""
+def check_tuning_arguments(parser: Any, args: Any, given_data: bool, data_dir: Any = None) -> None:
+    """`parser.error` on bad `add_tuning_arguments` values (`given_data`: the runs read --data-dir / --dataset,
+    `data_dir` that folder: the tuning folder must not score on its validation images)."""
+    if not 0 < args.holdout_fraction < 1:
+        parser.error(f'--holdout-fraction must be in (0, 1), got {args.holdout_fraction}')
     if not args.tune:
         return
     if set(args.tuning_seeds) & set(args.seeds) or len(set(args.tuning_seeds)) != len(args.tuning_seeds):
         parser.error(f'--tuning-seeds must be distinct and disjoint from --seeds, got {args.tuning_seeds}')
     if not args.lr_grid_factors or not min(args.lr_grid_factors) > 0 or not max(args.lr_grid_factors) < math.inf:
         parser.error(f'--lr-grid-factors must be positive numbers, got {args.lr_grid_factors}')
-    if not 0 < args.holdout_fraction < 1:
-        parser.error(f'--holdout-fraction must be in (0, 1), got {args.holdout_fraction}')
     if given_data and args.tune_data_dir is None:
         parser.error('lr tuning on given data needs --tune-data-dir (a held-out part of the training split), '
                      'or --no-tune')
+    if args.tune_data_dir is not None and data_dir is not None:
+        from pathlib import Path
+        tune_val, val = (Path(d, 'validation').resolve() for d in (args.tune_data_dir, data_dir))
+        if tune_val == val:  # choosing on the reported images is what the protocol forbids
+            parser.error('--tune-data-dir has the same validation/ folder as --data-dir: the lr would be chosen on '
+                         'the reported images; give a held-out part of the training split')
 
 
 def convex_weights(kd_share: float) -> Tuple[float, float]:
@@ -229,14 +236,22 @@ def logit_scale_lines(scales: Dict[str, Dict[str, float]], what: str) -> List[st
 
 
 def tuning_table(tuning: Dict[str, Dict[str, Any]], label: Callable[[str], str], header: str) -> List[str]:
-    """Markdown table of the lr tuning (``{row: {'grid', 'held_out_top1': {'<lr:g>': top-1}, 'chosen'}}``): the
-    mean held-out top-1 of every lr of the grid per row (``label(row)``) and the chosen lr."""
-    grid = next(iter(tuning.values()))['grid']
-    lines = [f'| {header} | ' + ' | '.join(f'lr {lr:g}' for lr in grid) + ' | chosen lr |',
-             '|---|' + '---|' * (len(grid) + 1)]
+    """Markdown tables of the lr tuning (``{row: {'grid', 'held_out_top1': {'<lr:g>': top-1}, 'chosen'}}``): the
+    mean held-out top-1 of every lr of the grid per row (``label(row)``) and the chosen lr; one table per distinct
+    grid (rows whose base lr differs have other columns)."""
+    grids: Dict[Tuple[float, ...], List[str]] = {}
     for row, t in tuning.items():
-        lines.append(f'| {label(row)} | ' + ' | '.join(f"{t['held_out_top1'].get(f'{lr:g}', math.nan):.2f}"
-                                                       for lr in grid) + f" | {t['chosen']:g} |")
+        grids.setdefault(tuple(t['grid']), []).append(row)
+    lines: List[str] = []
+    for grid, rows in grids.items():
+        if lines:
+            lines.append('')
+        lines += [f'| {header} | ' + ' | '.join(f'lr {lr:g}' for lr in grid) + ' | chosen lr |',
+                  '|---|' + '---|' * (len(grid) + 1)]
+        for row in rows:
+            t = tuning[row]
+            lines.append(f'| {label(row)} | ' + ' | '.join(f"{t['held_out_top1'][f'{lr:g}']:.2f}" for lr in grid)
+                         + f" | {t['chosen']:g} |")
     return lines
 
 

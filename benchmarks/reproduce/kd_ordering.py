@@ -220,11 +220,15 @@ def label_only(cfg, placeholder: str):
     return cfg.replace(teacher=placeholder, kd_weight=0.0, task_weight=None)
 
 
-def lr_grid(args: argparse.Namespace, base_lr: Optional[float]) -> List[float]:
-    """The lrs every method is tuned over: `base_lr` x ``--lr-grid-factors`` (the protocol's grid)."""
-    if base_lr is None:
-        raise ValueError('lr tuning needs a fixed base lr: give --lr (the config has lr: null)')
-    return [round(base_lr * f, 12) for f in args.lr_grid_factors]
+def _world_size() -> int:
+    return int(os.environ.get('WORLD_SIZE', '1'))
+
+
+def lr_grid(args: argparse.Namespace, cfg) -> List[float]:
+    """The lrs every method is tuned over: the run's lr (``cfg.lr``, or the recipe's rule, lr_base x the global
+    batch over the launched processes) x ``--lr-grid-factors`` (the protocol's grid)."""
+    from timm_alphanet.train import learning_rate
+    return [round(learning_rate(cfg, _world_size()) * f, 12) for f in args.lr_grid_factors]
 
 
 def _tuning_jobs(args: argparse.Namespace, job: Job, tune_dir: Optional[str]) -> List[Job]:
@@ -233,7 +237,7 @@ def _tuning_jobs(args: argparse.Namespace, job: Job, tune_dir: Optional[str]) ->
     if not args.tune:
         return []
     out = []
-    for lr in lr_grid(args, job.cfg.lr):
+    for lr in lr_grid(args, job.cfg):
         for seed in args.tuning_seeds:
             cfg = job.cfg.replace(lr=lr, seed=seed, data_dir=tune_dir, dataset='',
                                   experiment=f'tune-{job.cfg.experiment.rsplit("-s", 1)[0]}-lr{lr:g}-s{seed}')
@@ -253,10 +257,12 @@ def plan(args: argparse.Namespace, lrs: Optional[Dict[str, float]] = None) -> Li
     models = args.output / 'models'
     models.mkdir(parents=True, exist_ok=True)
     data_dir, tune_dir = args.data_dir, args.tune_data_dir
-    if data_dir is None and args.dataset in (None, ''):  # the students' images: fit part (reported) + held-out part
+    if data_dir is None and args.dataset in (None, '') and args.tune:  # students: fit part (reported) + held-out
         fit, tune = protocol.holdout_folders(digits_subset(args.output / 'data', args.train_fraction),
                                              args.holdout_fraction)
         data_dir, tune_dir = str(fit), tune_dir or str(tune)
+    elif data_dir is None and args.dataset in (None, ''):  # --no-tune: nothing to hold out
+        data_dir = str(digits_subset(args.output / 'data', args.train_fraction))
     lrs = lrs or {}
     tuning: List[Job] = []
     mini = dict(MINI_COMMON, input_size=(3, args.resolution, args.resolution))
@@ -688,8 +694,9 @@ def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
                   f"held-out part of the students' training images (never the validation images), "
                   f"{any_row['runs']} tuning runs per method and row ({len(any_row['grid'])} lrs x tuning seeds "
                   f"{any_row['tuning_seeds']}, disjoint from the reported seeds).", '']
-        lines += protocol.tuning_table(
-            tuning, lambda row: f"{row.split('/')[1]}: {METHOD_NAMES[row.split('/')[2]]}", 'row: method')
+        lines += protocol.tuning_table(  # a row is part/model/method, and a model (hf-hub:org/name) may hold '/'
+            tuning, lambda row: f"{row.split('/', 1)[1].rsplit('/', 1)[0]}: {METHOD_NAMES[row.rsplit('/', 1)[1]]}",
+            'row: method')
         lines += ['', 'Held-out top-1 (%) per lr: mean over the tuning seeds (a supernet: over its validated '
                   'subnets too).', '']
     elif s.get('lr'):
@@ -699,6 +706,9 @@ def report(summary: Dict[str, Any], meta: Dict[str, Any]) -> str:
         t = summary['teacher']
         lines += [f"Teacher ({s['teacher']}, trained first from the labels, seed {s['teacher_seed']}): top-1 "
                   + ', '.join(f'{v:.2f}' for v in t.values()) + '.', '']
+        if not s.get('teacher_disjoint', True):
+            lines += ["NOT the protocol's teacher: with given data it learned on the students' own training images "
+                      '(and the held-out part); its soft labels then say little beyond the labels.', '']
         info = summary.get('teacher_information')
         if info:
             lines += [f"On the students' {info['num_images']} training images the teacher has top-1 {info['top1']:.2f} "
@@ -733,15 +743,16 @@ def _cpu_line(meta: Dict[str, Any]) -> str:
             f"{sum(cpu.values()) / cores / 60:.1f} min of wall time on {cores} free core(s))")
 
 
-def _describe_budget(jobs: List[Job]) -> Dict[str, str]:
+def _describe_budget(jobs: List[Job], tuned: bool) -> Dict[str, str]:
     budget = {}
     for part in ('supernet', 'students', 'teacher'):
-        job = next((j for j in jobs if j.part == part), None)
+        job = next((j for j in jobs if j.part == part and j.tuning_lr is None), None)
         if job is None:
             continue
         c = job.cfg
         extra = f', {c.num_subnets} subnets/step' if part == 'supernet' else ''
-        budget[part] = (f'{c.epochs} epochs, batch {c.batch_size}, {c.opt} lr {c.lr} {c.sched} (warm-up '
+        lr = 'lr per method (the lr table)' if tuned and part != 'teacher' else f'lr {c.lr}'
+        budget[part] = (f'{c.epochs} epochs, batch {c.batch_size}, {c.opt} {lr} {c.sched} (warm-up '
                         f'{c.warmup_epochs:g}), wd {c.weight_decay:g}, label smoothing {c.smoothing:g}, '
                         f'{"no augmentation" if c.no_aug else "augmentation"}{extra}')
     return budget
@@ -804,7 +815,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f'--train-fraction must be in (0, 1], got {args.train_fraction}')
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f'--seeds must be distinct, got {args.seeds}')
-    protocol.check_tuning_arguments(p, args, given_data=args.data_dir is not None or args.dataset not in (None, ''))
+    protocol.check_tuning_arguments(p, args, given_data=args.data_dir is not None or args.dataset not in (None, ''),
+                                    data_dir=args.data_dir)
     return args
 
 
@@ -880,14 +892,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print('failed runs (finished ones are kept; rerun the same command to continue):\n  ' + '\n  '.join(failed),
               file=sys.stderr)
         return 1
-    if not _is_main_process():
-        return 0
     import torch
     torch.set_num_threads(args.threads)
+    scales = initial_logit_scales(jobs)  # every process: building the data waits for all of them
+    if not _is_main_process():
+        return 0
+    from timm_alphanet.train import learning_rate
     summary = summarize(done, jobs)
     summary['teacher_information'] = teacher_information(jobs)
     summary['lr_tuning'] = tuning
-    summary['initial_logit_scale'] = initial_logit_scales(jobs)
+    summary['initial_logit_scale'] = scales
     if args.dataset not in (None, '') or args.data_dir:
         data = f'{args.dataset!r} at {args.data_dir}'
     else:  # counted, not assumed: the split is the library's
@@ -907,9 +921,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'settings': {'data': data, 'seeds': args.seeds, 'teacher': args.teacher, 'teacher_seed': args.teacher_seed,
                      'kd_share': args.kd_share, 'tune': args.tune, 'lr_grid_factors': list(args.lr_grid_factors),
                      'tuning_seeds': list(args.tuning_seeds), 'holdout_fraction': args.holdout_fraction,
-                     'lr': {j.row: j.cfg.lr for j in jobs if j.part != 'teacher' and j.tuning_lr is None},
+                     'lr': {j.row: learning_rate(j.cfg, _world_size()) for j in jobs
+                            if j.part != 'teacher' and j.tuning_lr is None},
                      'trained_teacher': args.trained_teacher,
-                     'students': args.students, 'budget': _describe_budget(jobs),
+                     'teacher_disjoint': not (args.dataset not in (None, '') or args.data_dir),
+                     'students': args.students, 'budget': _describe_budget(jobs, args.tune),
                      'run_seconds': {k: round(v['seconds'], 1) for k, v in done.items()},
                      'run_cpu_seconds': {k: round(v['cpu_seconds'], 1) for k, v in done.items()
                                          if 'cpu_seconds' in v}},

@@ -132,7 +132,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error('--in-process trains one run at a time in this process: give --jobs 1 and no --launcher')
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f'--max-train-steps must be >= 1, got {args.max_train_steps}')
-    protocol.check_tuning_arguments(p, args, given_data=args.dataset is not None or args.data_dir is not None)
+    protocol.check_tuning_arguments(p, args, given_data=args.dataset is not None or args.data_dir is not None,
+                                    data_dir=args.data_dir)
+    if args.tune and args.launcher and args.lr is None:  # the grid's centre: the rule scales with the process count
+        p.error('lr tuning under --launcher needs --lr (the base lr of the grid, for the global batch)')
     return args
 
 
@@ -425,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out).resolve()  # train.py runs with cwd=ROOT
     runs_dir, logs = out / 'runs', out / 'logs'
     logs.mkdir(parents=True, exist_ok=True)
-    if args.dataset is None and args.data_dir is None:  # the digits: the reported runs' part + a held-out part
+    if args.dataset is None and args.data_dir is None and args.tune:  # digits: the reported runs' part + held-out
         from timm_alphanet.data import build_digits_folder
         args.fit_folder, args.tune_folder = protocol.holdout_folders(build_digits_folder(out / 'data' / 'digits32'),
                                                                      args.holdout_fraction)
@@ -497,8 +500,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'cpu_s': round(_cpu_seconds(), 1), 'load_average_at_end': list(os.getloadavg()),
         'threads_per_run': args.threads, 'parallel_runs': args.jobs,
         'miniature_changes': {k: list(v) if isinstance(v, tuple) else v for k, v in MINIATURE.items()},
-        'lr': {f'{net}/{setting}': cfgs[(net, setting, args.seeds[0])].lr for net in args.nets
-               for setting in args.settings},
+        'lr': {f'{net}/{setting}': learning_rate(cfgs[(net, setting, args.seeds[0])], 1) for net in args.nets
+               for setting in args.settings},  # (under a --launcher the recipe's rule scales a null lr further)
         'lr_tuning': tuning, 'tune': args.tune, 'lr_grid_factors': list(args.lr_grid_factors),
         'holdout': held,
         'initial_logit_scale': {net: initial_logit_scale(cfgs[(net, args.settings[0], args.seeds[0])])
