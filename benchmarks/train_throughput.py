@@ -14,6 +14,8 @@ same run stopped after 2 steps, per step, so start-up and saving cancel out.
         --variants contiguous,channels_last,channels_last_compile --no-per-subnet   # issue 19's CPU step target
     python benchmarks/train_throughput.py --trainer-steps 20                # also through train.py
     python benchmarks/train_throughput.py --compare-with /tmp/before        # before/after: another checkout
+    python benchmarks/train_throughput.py --space paper --batch-size 8 --threads 2 --variants channels_last \
+        --profile     # also: where a step's CPU time goes (convolutions, BN, activations, copies, the rest)
 """
 import argparse
 import copy
@@ -34,6 +36,32 @@ from _timing import time_interleaved, timed
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 VARIANTS = ('contiguous', 'channels_last', 'silu_out_of_place', 'compile', 'channels_last_compile')
+# `op_shares`' kinds, by what an op's name holds (first match wins; convolution_backward before convolution)
+OP_KINDS = (('convolution backward', ('convolution_backward',)), ('convolution forward', ('convolution',)),
+            ('batch norm', ('batch_norm',)), ('activation', ('silu', 'relu', 'hardswish', 'hardsigmoid', 'gelu',
+                                                               'sigmoid')),
+            ('copies', ('copy_',)))
+
+
+def op_shares(self_times: Dict[str, float]) -> Dict[str, float]:
+    """Percent of the total self time per `OP_KINDS` kind (plus 'rest') from ``{op name: self time}``."""
+    total = sum(self_times.values())
+    shares = {kind: 0.0 for kind, _ in OP_KINDS}
+    shares['rest'] = 0.0
+    for name, t in self_times.items():
+        kind = next((k for k, parts in OP_KINDS if any(part in name for part in parts)), 'rest')
+        shares[kind] += 100.0 * t / total if total else 0.0
+    return shares
+
+
+def _profile(fn: Callable[[], None], steps: int) -> Dict[str, float]:
+    """`op_shares` of `steps` calls of `fn` under torch.profiler (CPU self time, after one call as warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    return op_shares({e.key: e.self_cpu_time_total for e in prof.key_averages()})
 
 
 def _median_times(fns: Dict[str, Callable[[], None]], steps: int, repeats: int) -> Dict[str, float]:
@@ -90,6 +118,9 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
         fns[f'kd/{variant}'] = _kd_step(kd, xv, y)
     out = _median_times(fns, args.steps, args.repeats)
     out.update(compiled)
+    if args.profile:  # a separate pass: the profiler's overhead stays out of the timings above
+        for name, share in _profile(fns[f'sandwich/{args.variants[0]}'], args.steps).items():
+            out[f'_profile/{name}'] = share
     if args.per_subnet:
         out.update(_per_subnet(supernet, space, x, args))
     out['_module'] = timm_alphanet.__file__
@@ -200,6 +231,8 @@ def main() -> None:
                    help=f'comma-separated, from {",".join(VARIANTS)} (compile: the trainer\'s compile_task, '
                         'minutes of compiling on a CPU)')
     p.add_argument('--no-per-subnet', dest='per_subnet', action='store_false')
+    p.add_argument('--profile', action='store_true', help='also print where the first variant\'s sandwich step '
+                   'spends its CPU time (torch.profiler, self time per kind of op)')
     p.add_argument('--trainer-steps', type=int, default=0, help='also time train.py (demo) per step, N > 2 steps')
     p.add_argument('--compare-with', type=Path, default=None, help='another checkout (e.g. git archive of a commit)')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
@@ -219,7 +252,7 @@ def main() -> None:
         argv = ['--space', args.space, '--batch-size', str(args.batch_size), '--steps', str(args.steps),
                 '--repeats', '1', '--num-subnets', str(args.num_subnets), '--student', args.student,
                 '--teacher', args.teacher, '--threads', str(args.threads), '--variants', ','.join(args.variants),
-                *([] if args.per_subnet else ['--no-per-subnet'])]
+                *([] if args.per_subnet else ['--no-per-subnet']), *(['--profile'] if args.profile else [])]
         runs: Dict[str, List[Dict[str, float]]] = {t: [] for t in trees}
         for r in range(args.repeats):
             for tree in (list(trees) if r % 2 == 0 else list(reversed(trees))):
@@ -230,6 +263,10 @@ def main() -> None:
     for k, r in results.items():
         print(f'  {k}: timm_alphanet from {r.pop("_module")}, {r.pop("_threads")} threads')
         compile_notes[k] = {n: r.pop(n) for n in [n for n in r if n.startswith('_compile/')]}
+        profile = {n[len('_profile/'):]: r.pop(n) for n in [n for n in r if n.startswith('_profile/')]}
+        if profile:
+            print(f'  {k} sandwich/{args.variants[0]}, share of CPU self time: '
+                  + ', '.join(f'{n} {v:.1f} %' for n, v in profile.items()))
         if compile_notes[k]:  # compile_task's cost: the first steps' seconds and dynamo's graphs
             print(f'  {k} compile_task: ' + ', '.join(f'{n[len("_compile/"):]} {v:.4g}'
                                                         for n, v in compile_notes[k].items()))

@@ -153,3 +153,22 @@ def test_gpu_check_smoke_prints_every_variant_and_the_host_reads(tmp_path):
     assert all(v['error'] is None and v['s_per_step'] > 0 for v in variants.values())
     assert {'trainer / bare loop (s per step: trainer overhead)',
             'supernet / static x4 (s per step: weight-sharing overhead)'} <= set(data['ratios'])
+
+
+def test_op_shares_sorts_ops_by_kind_and_sums_to_100():
+    tt = _load('train_throughput')
+    shares = tt.op_shares({'aten::convolution_backward': 45.0, 'aten::mkldnn_convolution': 15.0,
+                           'aten::native_batch_norm_backward': 8.0, 'aten::native_batch_norm': 6.0,
+                           'aten::silu_backward': 6.0, 'aten::silu_': 4.0, 'aten::copy_': 4.0, 'aten::add_': 12.0})
+    assert shares == {'convolution backward': 45.0, 'convolution forward': 15.0, 'batch norm': 14.0,
+                      'activation': 10.0, 'copies': 4.0, 'rest': 12.0}
+
+
+def test_profile_of_a_convolution_step_names_its_convolutions():
+    import torch
+    tt = _load('train_throughput')
+    conv = torch.nn.Conv2d(3, 8, 3)
+    x = torch.randn(2, 3, 16, 16)
+    shares = tt._profile(lambda: conv(x).sum().backward(), 2)
+    assert abs(sum(shares.values()) - 100.0) < 1e-6
+    assert shares['convolution backward'] > 0 and shares['convolution forward'] > 0 and shares['batch norm'] == 0
