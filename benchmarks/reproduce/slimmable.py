@@ -14,8 +14,9 @@ Every setting has the label loss's scale: the max width learns from the labels, 
 (w/o KD) or from the in-place KD loss alone (as the original), each with weight 1. Afterwards every run's final
 weights are BN-calibrated per width on the same fixed training images (eval transform) and evaluated on the
 validation split. Writes ``slimmable.md`` (the table, mean +- std over seeds, next to the paper's ImageNet
-numbers), ``slimmable.json`` (every run) and, with matplotlib, ``slimmable.png`` into ``--out``. Finished runs (tuning runs too, and their held-out scores) are reused
-and interrupted ones resumed, so a killed benchmark continues where it stopped.
+numbers), ``slimmable.json`` (every run) and, with matplotlib, ``slimmable.png`` into ``--out``. Finished runs
+(tuning runs too, and their held-out scores) are reused and interrupted ones resumed, so a killed benchmark
+continues where it stopped.
 
     python benchmarks/reproduce/slimmable.py                         # digits at 64 px, 2 seeds x 8 epochs
     python benchmarks/reproduce/slimmable.py --seeds 0 1 2 3 --epochs 30 --jobs 4 --threads 4
@@ -27,10 +28,10 @@ Digits are 8x8 images (written at 32 px): at 32 px a MobileNet's stride-32 featu
 64 px (2x2 features).
 
 The default budget is 36 runs of 8 epochs: 24 tuning runs (2 nets x 3 settings x 4 lrs x 1 tuning seed, on 80% of
-the training images) and 12 reported ones (2 nets x 3 settings x 2 seeds), about 80 CPU-minutes (40 min of wall time
-on 2 free cores; the 12 runs alone measured 30 CPU-minutes). Two seeds rather than more epochs: one seed cannot
-tell a KD gain from the noise of 355 validation images (one image is 0.28 points), and at 8 epochs the max width
-is at 89-97 % top-1 already. The three KD settings always share the budget.
+the training images) and 12 reported ones (2 nets x 3 settings x 2 seeds), about 2.6 CPU-hours (the MobileNet-V2
+half, 18 runs and their evaluation, measured 78 CPU-minutes on the project's 2-core CPU; 1 thread per run). Two
+seeds rather than more epochs: one seed cannot tell a KD gain from the noise of 355 validation images (one image is
+0.28 points), and at 8 epochs the max width is at 89-97 % top-1 already. The three KD settings always share the budget.
 """
 import argparse
 import concurrent.futures
