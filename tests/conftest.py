@@ -12,17 +12,12 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 # pytest-xdist runs test files side by side: every torchrun a test starts would take the default port 29500 and the
-# second would die with "address already in use"; each worker gives its launches a port of its own (torchrun reads
-# PET_MASTER_PORT, `accelerate launch` its --main_process_port, which the tests pass as 0 = a free one)
-os.environ.setdefault('PET_MASTER_PORT', str(_free_port()))
+# second would die with "address already in use". A port picked once per worker is no cure: it is an ephemeral port,
+# which any client socket (the other worker's process groups) may hold when a later launch binds it (CI saw that).
+# torchrun --standalone (PET_STANDALONE, which torchrun reads like the flag) binds its store to port 0 at launch:
+# the kernel's free port, no window. `accelerate launch` gets --main_process_port 0 from the tests likewise.
+os.environ.setdefault('PET_STANDALONE', '1')
 
 
 @pytest.fixture(autouse=True)
