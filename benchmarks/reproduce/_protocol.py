@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Hashable, List, Sequence, Tuple
 __all__ = ['PROTOCOL', 'NONINFERIORITY_MARGIN', 'SIGNIFICANCE', 'POWER', 'LR_GRID_FACTORS', 'disjoint_splits',
            'convex_weights', 'choose_lr', 'paired_test', 'min_detectable_effect', 'seeds_needed',
            'teacher_information', 'logit_scale', 'hypotheses_lines', 'holdout_folders', 'logit_scale_lines',
-           'tuning_table', 'add_tuning_arguments', 'check_tuning_arguments']
+           'tuning_table', 'add_tuning_arguments', 'check_tuning_arguments', 'initial_logit_scale']
 
 NONINFERIORITY_MARGIN = 1.0  # top-1 points: the paper's alpha - KL gains are +0.2 to +1, so "not worse by 1"
 SIGNIFICANCE = 0.05  # one-sided
@@ -223,6 +223,23 @@ def teacher_information(teacher_logits, labels, smoothing: float) -> Dict[str, f
 def logit_scale(logits) -> float:
     """The std of the logits (over images and classes): the start's scale, to report (0 for a zero-init head)."""
     return float(logits.double().std(unbiased=False))
+
+
+def initial_logit_scale(cfg: Any) -> Dict[str, float]:
+    """`logit_scale` of the model a `TrainConfig` builds (its seed and ``head_init``; a supernet's max subnet) on one
+    batch of its training images, as 'run', and with timm's default head as 'timm_default' (0 for a zero head)."""
+    import torch
+
+    from timm_alphanet.train import build_accelerator, build_data, build_loaders, build_model
+    out = {}
+    for label, c in (('run', cfg), ('timm_default', cfg.replace(head_init='default'))):
+        acc = build_accelerator(c)  # data preparation waits for every process: call it on all of them
+        data = build_data(c, acc)
+        model = build_model(c, acc, data.num_classes)
+        x, _ = next(iter(build_loaders(c, data, model)[0]))
+        with torch.no_grad():
+            out[label] = logit_scale(model.eval()(x))
+    return out
 
 
 def logit_scale_lines(scales: Dict[str, Dict[str, float]], what: str) -> List[str]:

@@ -409,7 +409,7 @@ def train_job(job: Job, threads: int, keep: bool) -> Dict[str, Any]:
         results, seconds = timed(lambda: run(job.cfg) if job.inplace_kd else _run_without_inplace_kd(job.cfg))
     cpu_seconds = time.process_time() - cpu0
     mechanism = None
-    if job.mechanism_teacher and int(os.environ.get('WORLD_SIZE', '1')) == 1:  # before the final model is removed
+    if job.mechanism_teacher and _world_size() == 1:  # before the final model is removed
         mechanism = mechanism_figures(run_dir / 'final', job.mechanism_teacher, job.cfg)
     if not keep:  # the result is recorded; checkpoints are only needed to resume this run
         shutil.rmtree(run_dir / 'checkpoints', ignore_errors=True)
@@ -532,22 +532,11 @@ def initial_logit_scales(jobs: List[Job]) -> Dict[str, Dict[str, float]]:
     """Per row (supernet, each student): `protocol.logit_scale` of the model as the trainer builds it (seed and
     ``head_init`` of its first reported run) on one batch of its training images, and with timm's default head for
     comparison. 0 for a zero-initialised classifier."""
-    import torch
-
-    from timm_alphanet.train import build_accelerator, build_data, build_loaders, build_model
     out: Dict[str, Dict[str, float]] = {}
     for job in jobs:
         name = 'supernet' if job.part == 'supernet' else job.model
-        if job.part == 'teacher' or job.tuning_lr is not None or name in out:
-            continue
-        out[name] = {}
-        for label, cfg in (('run', job.cfg), ('timm_default', job.cfg.replace(head_init='default'))):
-            acc = build_accelerator(cfg)
-            data = build_data(cfg, acc)
-            model = build_model(cfg, acc, data.num_classes)
-            x, _ = next(iter(build_loaders(cfg, data, model)[0]))
-            with torch.no_grad():
-                out[name][label] = protocol.logit_scale(model.eval()(x))
+        if job.part != 'teacher' and job.tuning_lr is None and name not in out:
+            out[name] = protocol.initial_logit_scale(job.cfg)
     return out
 
 
@@ -800,7 +789,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.output = args.output.resolve()  # run folders and the teacher's local-dir: path hold it
     args.resolution_given = args.resolution is not None
     args.resolution = args.resolution or 12
-    distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
+    distributed = _world_size() > 1
     if args.jobs is None:
         import torch
         args.jobs = 1 if distributed or torch.cuda.is_available() else min(2, os.cpu_count() or 1)

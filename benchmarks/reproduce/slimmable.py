@@ -191,23 +191,6 @@ def tuning_score(cfg, widths: Sequence[float], calib_images: int, logs: Path) ->
     return score
 
 
-def initial_logit_scale(cfg) -> Dict[str, float]:
-    """`protocol.logit_scale` of the supernet as the trainer builds it (`cfg`'s seed and head init; its max width)
-    on one training batch, and with timm's default head for comparison (0 for a zero-initialised classifier)."""
-    import torch
-
-    from timm_alphanet.train import build_accelerator, build_data, build_loaders, build_model
-    out = {}
-    for label, c in (('run', cfg), ('timm_default', cfg.replace(head_init='default'))):
-        acc = build_accelerator(c)
-        data = build_data(c, acc)
-        model = build_model(c, acc, data.num_classes)
-        x, _ = next(iter(build_loaders(c, data, model)[0]))
-        with torch.no_grad():
-            out[label] = protocol.logit_scale(model.eval()(x))
-    return out
-
-
 def run_name(net: str, setting: str, seed: int) -> str:
     tag = {'w/o KD': 'nokd', 'KL-KD': 'kl', 'adaptive-KD': 'alpha'}[setting]
     return f'{net}-{tag}-seed{seed}'
@@ -505,7 +488,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                for setting in args.settings},  # (under a --launcher the recipe's rule scales a null lr further)
         'lr_tuning': tuning, 'tune': args.tune, 'lr_grid_factors': list(args.lr_grid_factors),
         'holdout': held,
-        'initial_logit_scale': {net: initial_logit_scale(cfgs[(net, args.settings[0], args.seeds[0])])
+        'initial_logit_scale': {net: protocol.initial_logit_scale(cfgs[(net, args.settings[0], args.seeds[0])])
                                 for net in args.nets},
     }
     summary = summarise(runs, widths, args.seeds)
